@@ -9,4 +9,6 @@
 //! - [`client`]: the client library every tool uses;
 //! - [`cli`]: `ipchubctl`.
 
+pub mod config;
+pub mod hub;
 pub mod wire;

@@ -1,0 +1,655 @@
+//! The routing core: clients, channels, subscriptions and bounded queues.
+//!
+//! The hub sees frames in and leaves encoded frames in per-client queues; it
+//! never touches a file descriptor. The event loop feeds it and flushes the
+//! queues it marks dirty. That keeps every routing decision testable without
+//! sockets, and lets every transport share one set of semantics:
+//! - fan-out: a message goes once to every client with a matching
+//!   subscription, however many of its patterns match;
+//! - order: frames of one publisher are handled in arrival order and each
+//!   subscriber queue is FIFO, so per-publisher order holds per subscriber;
+//! - bounded: every subscriber queue has limits and an overflow policy, and
+//!   every loss is counted and announced in-band (MISSED);
+//! - back-pressure: under `block` the hub stops *handling* a publisher's
+//!   frames ([`Step::Pause`]) until the subscriber drains, so nothing is
+//!   queued past a limit and nothing is lost.
+
+pub mod queue;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::{Config, Overflow};
+use crate::wire::frame::{error_payload, MAX_PRIORITY};
+use crate::wire::{channel, encode_header, ErrorCode, Frame, FrameType, Pattern, ACK_REQUESTED};
+use queue::{Kind, OutQueue};
+pub use stats::{ChannelStats, ClientStats, HubStats, Totals};
+
+/// A client's id, unique for the life of the hub (never reused).
+pub type ClientId = u32;
+
+/// The transports a client can pick for its data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    Socket,
+    Pipe,
+    Fifo,
+    Mqueue,
+    Shm,
+}
+
+impl TransportKind {
+    pub const ALL: [TransportKind; 5] = [
+        TransportKind::Socket,
+        TransportKind::Pipe,
+        TransportKind::Fifo,
+        TransportKind::Mqueue,
+        TransportKind::Shm,
+    ];
+
+    /// The name used on the command line and in HELLO.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Socket => "socket",
+            TransportKind::Pipe => "pipe",
+            TransportKind::Fifo => "fifo",
+            TransportKind::Mqueue => "mqueue",
+            TransportKind::Shm => "shm",
+        }
+    }
+
+    /// The name for people (`Connected to hub via …`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            TransportKind::Socket => "UNIX socket",
+            TransportKind::Pipe => "pipe",
+            TransportKind::Fifo => "FIFO",
+            TransportKind::Mqueue => "message queue",
+            TransportKind::Shm => "shared memory",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TransportKind> {
+        TransportKind::ALL.into_iter().find(|t| t.name() == s)
+    }
+}
+
+/// Who a client is, from the kernel (SO_PEERCRED), never from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What the event loop should do with the client whose frame was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Go on with its next frame.
+    Continue,
+    /// Stop handling its frames (keep them buffered) until [`Hub::take_resumed`] names it.
+    Pause,
+    /// Disconnect it; an ERROR naming the reason is already queued.
+    Close,
+}
+
+/// Why a client could not be admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("hub is full: {0} clients connected (limit hub.max_clients)")]
+    TooManyClients(usize),
+}
+
+#[derive(Debug, Default)]
+struct PeerCounters {
+    messages_in: u64,
+    messages_out: u64,
+    dropped: u64,
+}
+
+struct Peer {
+    ident: Identity,
+    transport: TransportKind,
+    name: String,
+    patterns: Vec<Pattern>,
+    out: OutQueue,
+    /// Set while this publisher is paused: on whom, and since when.
+    blocked: Option<(ClientId, Instant)>,
+    /// Publishers paused until this client's queue drains.
+    holding: Vec<ClientId>,
+    dirty: bool,
+    counters: PeerCounters,
+}
+
+struct Channel {
+    /// Clients with at least one matching subscription, each once.
+    subscribers: Vec<ClientId>,
+    overflow: Overflow,
+    published: u64,
+    delivered: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+pub struct Hub {
+    cfg: Config,
+    peers: HashMap<ClientId, Peer>,
+    channels: HashMap<Box<str>, Channel>,
+    next_id: ClientId,
+    totals: Totals,
+    dirty: Vec<ClientId>,
+    resumed: Vec<ClientId>,
+    doomed: Vec<(ClientId, String)>,
+    started: SystemTime,
+    transports: Vec<TransportKind>,
+}
+
+impl Hub {
+    pub fn new(cfg: Config) -> Hub {
+        Hub {
+            cfg,
+            peers: HashMap::new(),
+            channels: HashMap::new(),
+            next_id: 1,
+            totals: Totals::default(),
+            dirty: Vec::new(),
+            resumed: Vec::new(),
+            doomed: Vec::new(),
+            started: SystemTime::now(),
+            transports: vec![TransportKind::Socket],
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Tell the hub which transports the daemon serves (for statistics).
+    pub fn set_transports(&mut self, t: Vec<TransportKind>) {
+        self.transports = t;
+    }
+
+    /// Apply a reloaded configuration: limits and policies change for
+    /// existing queues and channels at once.
+    pub fn reload(&mut self, cfg: Config) {
+        for peer in self.peers.values_mut() {
+            peer.out.set_limits(cfg.queue.max_messages, cfg.queue.max_bytes);
+        }
+        for (name, ch) in self.channels.iter_mut() {
+            ch.overflow = cfg.overflow_for(name);
+        }
+        self.cfg = cfg;
+    }
+
+    /// Admit a new client; its transport may still change at handshake.
+    pub fn admit(&mut self, ident: Identity) -> Result<ClientId, AdmitError> {
+        if self.peers.len() >= self.cfg.hub.max_clients {
+            return Err(AdmitError::TooManyClients(self.peers.len()));
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let q = &self.cfg.queue;
+        self.peers.insert(
+            id,
+            Peer {
+                ident,
+                transport: TransportKind::Socket,
+                name: String::new(),
+                patterns: Vec::new(),
+                out: OutQueue::new(q.max_messages, q.max_bytes),
+                blocked: None,
+                holding: Vec::new(),
+                dirty: false,
+                counters: PeerCounters::default(),
+            },
+        );
+        Ok(id)
+    }
+
+    pub fn set_transport(&mut self, id: ClientId, transport: TransportKind, name: &str) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.transport = transport;
+            p.name = name.chars().take(64).collect();
+        }
+    }
+
+    pub fn identity(&self, id: ClientId) -> Option<Identity> {
+        self.peers.get(&id).map(|p| p.ident)
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Forget a client: its subscriptions end, publishers it held resume.
+    pub fn remove(&mut self, id: ClientId) {
+        let Some(peer) = self.peers.remove(&id) else { return };
+        for pat in &peer.patterns {
+            self.for_matching_channels(pat, |_, ch| ch.subscribers.retain(|s| *s != id));
+        }
+        if let Some((on, _)) = peer.blocked {
+            if let Some(holder) = self.peers.get_mut(&on) {
+                holder.holding.retain(|h| *h != id);
+            }
+        }
+        for p in peer.holding {
+            self.resume(p);
+        }
+    }
+
+    /// Queue a control frame for a client (ACK, ERROR, WELCOME, STATS_REPLY…).
+    pub fn send_control(&mut self, id: ClientId, ty: FrameType, seq: u64, payload: &[u8]) {
+        let header = encode_header(ty, 0, 0, 0, payload.len(), 0, seq);
+        self.push(id, Kind::Control, &[&header, payload]);
+    }
+
+    pub fn send_error(&mut self, id: ClientId, seq: u64, code: ErrorCode, text: &str) {
+        self.send_control(id, FrameType::Error, seq, &error_payload(code, text));
+    }
+
+    fn push(&mut self, id: ClientId, kind: Kind, parts: &[&[u8]]) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.out.push(kind, parts);
+            if !p.dirty {
+                p.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Clients whose queues gained frames since the last call: flush them.
+    pub fn take_dirty(&mut self, into: &mut Vec<ClientId>) {
+        for id in self.dirty.drain(..) {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.dirty = false;
+                into.push(id);
+            }
+        }
+    }
+
+    /// Paused publishers that may go on: handle their buffered frames, then read.
+    pub fn take_resumed(&mut self, into: &mut Vec<ClientId>) {
+        into.append(&mut self.resumed);
+    }
+
+    /// Clients the overflow policy or a timeout condemned, with the reason.
+    pub fn take_doomed(&mut self, into: &mut Vec<(ClientId, String)>) {
+        into.append(&mut self.doomed);
+    }
+
+    /// The outbound queue a transport flushes.
+    pub fn queue(&mut self, id: ClientId) -> Option<&mut OutQueue> {
+        self.peers.get_mut(&id).map(|p| &mut p.out)
+    }
+
+    /// Call after a flush: resumes publishers once this client has drained enough.
+    pub fn flushed(&mut self, id: ClientId) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        if p.holding.is_empty() || !p.out.below_low_watermark() {
+            return;
+        }
+        for h in std::mem::take(&mut p.holding) {
+            self.resume(h);
+        }
+    }
+
+    fn resume(&mut self, id: ClientId) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            if p.blocked.take().is_some() {
+                self.resumed.push(id);
+            }
+        }
+    }
+
+    /// When the next block timeout can fire, if any publisher is paused.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timeout = Duration::from_millis(self.cfg.hub.block_timeout_ms);
+        self.peers.values().filter_map(|p| p.blocked.map(|(_, since)| since + timeout)).min()
+    }
+
+    /// Condemn subscribers that held publishers back past `block_timeout_ms`.
+    pub fn check_timeouts(&mut self, now: Instant) {
+        let timeout = Duration::from_millis(self.cfg.hub.block_timeout_ms);
+        let mut late: Vec<ClientId> = self
+            .peers
+            .values()
+            .filter_map(|p| p.blocked.filter(|(_, since)| now >= *since + timeout).map(|(on, _)| on))
+            .collect();
+        late.sort_unstable();
+        late.dedup();
+        for holder in late {
+            if self.doomed.iter().any(|(d, _)| *d == holder) {
+                continue;
+            }
+            let reason = format!(
+                "queue full for more than {} ms while publishers waited (hub.block_timeout_ms); not reading fast enough",
+                self.cfg.hub.block_timeout_ms
+            );
+            self.send_error(holder, 0, ErrorCode::SlowConsumer, &reason);
+            self.doomed.push((holder, reason));
+        }
+    }
+
+    /// Handle one frame from client `id`.
+    pub fn handle(&mut self, id: ClientId, frame: &Frame<'_>, now: Instant) -> Step {
+        let Some(peer) = self.peers.get(&id) else { return Step::Close };
+        // A client that does not read our answers cannot make us queue more
+        // of them: stop handling its requests until it reads.
+        if peer.out.total_bytes() > self.cfg.queue.max_bytes {
+            return self.block(id, id, now);
+        }
+        let seq = frame.header.seq;
+        match frame.header.ty {
+            FrameType::Publish => self.publish(id, frame, now),
+            FrameType::Subscribe => {
+                match self.subscribe(id, frame.channel) {
+                    Ok(()) => self.send_control(id, FrameType::Ack, seq, &[]),
+                    Err((code, text)) => self.send_error(id, seq, code, &text),
+                }
+                Step::Continue
+            }
+            FrameType::Unsubscribe => {
+                match self.unsubscribe(id, frame.channel) {
+                    Ok(()) => self.send_control(id, FrameType::Ack, seq, &[]),
+                    Err((code, text)) => self.send_error(id, seq, code, &text),
+                }
+                Step::Continue
+            }
+            FrameType::StatsRequest => {
+                let json = serde_json::to_vec(&self.stats()).unwrap_or_default();
+                self.send_control(id, FrameType::StatsReply, seq, &json);
+                Step::Continue
+            }
+            FrameType::Ping => {
+                self.send_control(id, FrameType::Pong, seq, &[]);
+                Step::Continue
+            }
+            FrameType::Hello => {
+                self.send_error(id, seq, ErrorCode::BadHandshake, "HELLO may only be the first frame");
+                Step::Close
+            }
+            other => {
+                let text = format!("frame type {other:?} ({}) is sent by the hub, never by a client", other as u8);
+                self.send_error(id, seq, ErrorCode::UnknownType, &text);
+                Step::Close
+            }
+        }
+    }
+
+    fn block(&mut self, id: ClientId, on: ClientId, now: Instant) -> Step {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.blocked = Some((on, now));
+        }
+        if let Some(h) = self.peers.get_mut(&on) {
+            if !h.holding.contains(&id) {
+                h.holding.push(id);
+            }
+        }
+        Step::Pause
+    }
+
+    fn subscribe(&mut self, id: ClientId, text: &str) -> Result<(), (ErrorCode, String)> {
+        let pat = Pattern::parse(text).map_err(|e| (ErrorCode::BadChannel, e.to_string()))?;
+        let max = self.cfg.hub.max_subscriptions_per_client;
+        let peer = self.peers.get_mut(&id).expect("caller checked");
+        if peer.patterns.contains(&pat) {
+            return Ok(());
+        }
+        if peer.patterns.len() >= max {
+            return Err((
+                ErrorCode::LimitReached,
+                format!("{max} subscriptions already (limit hub.max_subscriptions_per_client)"),
+            ));
+        }
+        peer.patterns.push(pat.clone());
+        if pat.is_exact() && !self.channels.contains_key(pat.as_str()) {
+            // Create the channel now so it shows in statistics before traffic.
+            if let Err(e) = self.ensure_channel(pat.as_str()) {
+                self.peers.get_mut(&id).unwrap().patterns.pop();
+                return Err(e);
+            }
+        }
+        self.for_matching_channels(&pat, |_, ch| {
+            if !ch.subscribers.contains(&id) {
+                ch.subscribers.push(id);
+            }
+        });
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, id: ClientId, text: &str) -> Result<(), (ErrorCode, String)> {
+        let peer = self.peers.get_mut(&id).expect("caller checked");
+        let Some(pos) = peer.patterns.iter().position(|p| p.as_str() == text) else {
+            return Err((ErrorCode::NotSubscribed, format!("not subscribed to '{text}'")));
+        };
+        let pat = peer.patterns.remove(pos);
+        let rest = peer.patterns.clone();
+        self.for_matching_channels(&pat, |ch_name, ch| {
+            if !rest.iter().any(|p| p.matches(ch_name)) {
+                ch.subscribers.retain(|s| *s != id);
+            }
+        });
+        Ok(())
+    }
+
+    fn for_matching_channels(&mut self, pat: &Pattern, mut f: impl FnMut(&str, &mut Channel)) {
+        if pat.is_exact() {
+            if let Some(ch) = self.channels.get_mut(pat.as_str()) {
+                f(pat.as_str(), ch);
+            }
+        } else {
+            for (name, ch) in self.channels.iter_mut() {
+                if pat.matches(name) {
+                    f(name, ch);
+                }
+            }
+        }
+    }
+
+    /// Look up or create a channel, evicting an idle one at the limit.
+    fn ensure_channel(&mut self, name: &str) -> Result<(), (ErrorCode, String)> {
+        if self.channels.contains_key(name) {
+            return Ok(());
+        }
+        if self.channels.len() >= self.cfg.hub.max_channels {
+            let idle = self.channels.iter().find(|(_, c)| c.subscribers.is_empty()).map(|(n, _)| n.clone());
+            match idle {
+                Some(n) => {
+                    self.channels.remove(&n);
+                }
+                None => {
+                    return Err((
+                        ErrorCode::LimitReached,
+                        format!("{} channels in use (limit hub.max_channels)", self.channels.len()),
+                    ))
+                }
+            }
+        }
+        let mut subscribers: Vec<ClientId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.patterns.iter().any(|pat| pat.matches(name)))
+            .map(|(id, _)| *id)
+            .collect();
+        subscribers.sort_unstable();
+        self.channels.insert(
+            name.into(),
+            Channel {
+                subscribers,
+                overflow: self.cfg.overflow_for(name),
+                published: 0,
+                delivered: 0,
+                bytes: 0,
+                dropped: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn publish(&mut self, id: ClientId, frame: &Frame<'_>, now: Instant) -> Step {
+        let seq = frame.header.seq;
+        if let Err(e) = channel::validate_name(frame.channel) {
+            self.send_error(id, seq, ErrorCode::BadChannel, &e.to_string());
+            return Step::Continue;
+        }
+        if frame.header.priority > MAX_PRIORITY {
+            self.send_error(id, seq, ErrorCode::Malformed, "priority above 31");
+            return Step::Continue;
+        }
+        if let Err((code, text)) = self.ensure_channel(frame.channel) {
+            self.send_error(id, seq, code, &text);
+            return Step::Continue;
+        }
+        let ch = self.channels.get_mut(frame.channel).expect("just ensured");
+        let len = frame.header.frame_len();
+
+        // Under `block`, check every target before delivering to any, so a
+        // message is delivered to all of them or (for now) to none.
+        if ch.overflow == Overflow::Block {
+            let full = ch.subscribers.iter().copied().find(|s| {
+                self.peers.get(s).is_some_and(|p| !p.out.has_room(len))
+            });
+            if let Some(holder) = full {
+                return self.block(id, holder, now);
+            }
+        }
+
+        let header = encode_header(
+            FrameType::Data,
+            0,
+            frame.header.priority,
+            frame.channel.len(),
+            frame.payload.len(),
+            id,
+            seq,
+        );
+        let parts: [&[u8]; 3] = [&header, frame.channel.as_bytes(), frame.payload];
+        let mut delivered = 0u32;
+        let mut dropped = 0u64;
+        for &sub in &ch.subscribers {
+            let Some(p) = self.peers.get_mut(&sub) else { continue };
+            let kind = match ch.overflow {
+                Overflow::Block => Kind::Data,
+                Overflow::Disconnect => {
+                    if !p.out.has_room(len) {
+                        if !self.doomed.iter().any(|(d, _)| *d == sub) {
+                            let reason = format!(
+                                "queue full ({} messages / {} bytes, limits queue.max_messages={} queue.max_bytes={}) on channel '{}' with overflow = \"disconnect\"",
+                                p.out.messages(), p.out.data_bytes(), self.cfg.queue.max_messages, self.cfg.queue.max_bytes, frame.channel
+                            );
+                            self.doomed.push((sub, reason));
+                        }
+                        p.counters.dropped += 1;
+                        dropped += 1;
+                        continue;
+                    }
+                    Kind::Data
+                }
+                Overflow::DropOldest => {
+                    let (fits, evicted) = p.out.evict_for(len);
+                    p.counters.dropped += evicted;
+                    dropped += evicted;
+                    if !fits {
+                        p.out.note_missed_at_back(1);
+                        p.counters.dropped += 1;
+                        dropped += 1;
+                        mark_dirty(&mut self.dirty, sub, p);
+                        continue;
+                    }
+                    Kind::Droppable
+                }
+            };
+            p.out.push(kind, &parts);
+            p.counters.messages_out += 1;
+            mark_dirty(&mut self.dirty, sub, p);
+            delivered += 1;
+        }
+        ch.published += 1;
+        ch.delivered += delivered as u64;
+        ch.bytes += frame.payload.len() as u64;
+        ch.dropped += dropped;
+        self.totals.messages_in += 1;
+        self.totals.bytes_in += frame.payload.len() as u64;
+        self.totals.messages_out += delivered as u64;
+        self.totals.bytes_out += delivered as u64 * frame.payload.len() as u64;
+        self.totals.dropped += dropped;
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.counters.messages_in += 1;
+        }
+        if frame.header.flags & ACK_REQUESTED != 0 {
+            self.send_control(id, FrameType::Ack, seq, &delivered.to_le_bytes());
+        }
+        Step::Continue
+    }
+
+    /// Evictions under drop-oldest are counted where they happen; this
+    /// records messages a subscriber lost for other reasons (its transport
+    /// refused them) so no loss goes uncounted.
+    pub fn count_lost(&mut self, id: ClientId, n: u64) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.counters.dropped += n;
+        }
+        self.totals.dropped += n;
+    }
+
+    pub fn stats(&self) -> HubStats {
+        let now = SystemTime::now();
+        let mut channels: Vec<ChannelStats> = self
+            .channels
+            .iter()
+            .map(|(name, c)| ChannelStats {
+                name: name.to_string(),
+                subscribers: c.subscribers.len(),
+                overflow: c.overflow.as_str().to_string(),
+                published: c.published,
+                delivered: c.delivered,
+                bytes: c.bytes,
+                dropped: c.dropped,
+            })
+            .collect();
+        channels.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut clients: Vec<ClientStats> = self
+            .peers
+            .iter()
+            .map(|(id, p)| ClientStats {
+                id: *id,
+                name: p.name.clone(),
+                transport: p.transport.name().to_string(),
+                pid: p.ident.pid,
+                uid: p.ident.uid,
+                gid: p.ident.gid,
+                subscriptions: p.patterns.iter().map(|p| p.to_string()).collect(),
+                queue_messages: p.out.messages(),
+                queue_bytes: p.out.total_bytes(),
+                messages_in: p.counters.messages_in,
+                messages_out: p.counters.messages_out,
+                dropped: p.counters.dropped,
+                blocked: p.blocked.is_some(),
+            })
+            .collect();
+        clients.sort_by_key(|c| c.id);
+        let epoch = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        HubStats {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: epoch(self.started),
+            uptime_secs: now.duration_since(self.started).map_or(0, |d| d.as_secs()),
+            transports: self.transports.iter().map(|t| t.name().to_string()).collect(),
+            client_count: self.peers.len(),
+            channel_count: self.channels.len(),
+            totals: self.totals.clone(),
+            channels,
+            clients,
+        }
+    }
+}
+
+fn mark_dirty(dirty: &mut Vec<ClientId>, id: ClientId, p: &mut Peer) {
+    if !p.dirty {
+        p.dirty = true;
+        dirty.push(id);
+    }
+}
+
+#[cfg(test)]
+mod tests;

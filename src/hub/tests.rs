@@ -1,0 +1,269 @@
+//! Routing behaviour, driven frame by frame without any I/O.
+
+use super::*;
+use crate::wire::{decode, encode};
+
+fn hub_with(cfg: Config) -> Hub {
+    Hub::new(cfg)
+}
+
+fn ident() -> Identity {
+    Identity { pid: 1, uid: 1000, gid: 1000 }
+}
+
+struct Bytes(Vec<u8>);
+
+fn frame(ty: FrameType, flags: u8, chan: &str, payload: &[u8], seq: u64) -> Bytes {
+    let mut v = Vec::new();
+    encode(&mut v, ty, flags, 0, chan, payload, 0, seq);
+    Bytes(v)
+}
+
+fn send(hub: &mut Hub, id: ClientId, b: &Bytes) -> Step {
+    let (f, _) = decode(&b.0, 1 << 20).unwrap().unwrap();
+    hub.handle(id, &f, Instant::now())
+}
+
+fn sub(hub: &mut Hub, id: ClientId, pat: &str) {
+    assert_eq!(send(hub, id, &frame(FrameType::Subscribe, 0, pat, b"", 1)), Step::Continue);
+    let out = drain(hub, id);
+    assert_eq!(out[0].0, FrameType::Ack, "subscribe to {pat}: {:?}", out[0]);
+}
+
+fn publish(hub: &mut Hub, id: ClientId, chan: &str, payload: &[u8], seq: u64) -> Step {
+    send(hub, id, &frame(FrameType::Publish, ACK_REQUESTED, chan, payload, seq))
+}
+
+/// Everything queued for `id`, as (type, seq, channel, payload).
+fn drain(hub: &mut Hub, id: ClientId) -> Vec<(FrameType, u64, String, Vec<u8>)> {
+    let q = hub.queue(id).unwrap();
+    let (a, b) = q.as_slices();
+    let bytes: Vec<u8> = a.iter().chain(b).copied().collect();
+    q.consume(bytes.len());
+    hub.flushed(id);
+    let mut out = Vec::new();
+    let mut off = 0;
+    while let Some((f, used)) = decode(&bytes[off..], 1 << 20).unwrap() {
+        out.push((f.header.ty, f.header.seq, f.channel.to_string(), f.payload.to_vec()));
+        off += used;
+    }
+    out
+}
+
+fn ack_count(frames: &[(FrameType, u64, String, Vec<u8>)], seq: u64) -> u32 {
+    let f = frames.iter().find(|f| f.0 == FrameType::Ack && f.1 == seq).expect("ack");
+    u32::from_le_bytes(f.3[..4].try_into().unwrap())
+}
+
+#[test]
+fn fan_out_reaches_every_subscriber_once_and_counts_them() {
+    let mut hub = hub_with(Config::default());
+    let p = hub.admit(ident()).unwrap();
+    let subs: Vec<_> = (0..3).map(|_| hub.admit(ident()).unwrap()).collect();
+    for &s in &subs {
+        sub(&mut hub, s, "weather");
+    }
+    // A second, overlapping pattern must not duplicate delivery.
+    sub(&mut hub, subs[0], "#");
+    publish(&mut hub, p, "weather", b"{\"temp\": 72}", 9);
+    assert_eq!(ack_count(&drain(&mut hub, p), 9), 3);
+    for &s in &subs {
+        let got = drain(&mut hub, s);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, FrameType::Data);
+        assert_eq!(got[0].3, b"{\"temp\": 72}");
+    }
+}
+
+#[test]
+fn wildcards_match_channels_created_before_and_after() {
+    let mut hub = hub_with(Config::default());
+    let p = hub.admit(ident()).unwrap();
+    publish(&mut hub, p, "sensors/kitchen/temp", b"1", 1);
+    let s = hub.admit(ident()).unwrap();
+    sub(&mut hub, s, "sensors/+/temp");
+    publish(&mut hub, p, "sensors/kitchen/temp", b"2", 2);
+    publish(&mut hub, p, "sensors/hall/temp", b"3", 3);
+    publish(&mut hub, p, "sensors/hall/humidity", b"4", 4);
+    let got: Vec<_> = drain(&mut hub, s).into_iter().map(|f| f.3).collect();
+    assert_eq!(got, vec![b"2".to_vec(), b"3".to_vec()]);
+    let acks = drain(&mut hub, p);
+    assert_eq!(ack_count(&acks, 1), 0);
+    assert_eq!(ack_count(&acks, 4), 0);
+    assert_eq!(ack_count(&acks, 3), 1);
+}
+
+#[test]
+fn unsubscribe_keeps_channels_another_pattern_still_matches() {
+    let mut hub = hub_with(Config::default());
+    let p = hub.admit(ident()).unwrap();
+    let s = hub.admit(ident()).unwrap();
+    sub(&mut hub, s, "a/#");
+    sub(&mut hub, s, "a/b");
+    send(&mut hub, s, &frame(FrameType::Unsubscribe, 0, "a/#", b"", 5));
+    assert_eq!(drain(&mut hub, s)[0].0, FrameType::Ack);
+    publish(&mut hub, p, "a/b", b"x", 1);
+    publish(&mut hub, p, "a/c", b"y", 2);
+    let got = drain(&mut hub, s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].2, "a/b");
+    send(&mut hub, s, &frame(FrameType::Unsubscribe, 0, "nope", b"", 6));
+    assert_eq!(drain(&mut hub, s)[0].0, FrameType::Error);
+}
+
+#[test]
+fn bad_channel_is_an_error_but_not_fatal() {
+    let mut hub = hub_with(Config::default());
+    let p = hub.admit(ident()).unwrap();
+    assert_eq!(publish(&mut hub, p, "a//b", b"x", 3), Step::Continue);
+    let out = drain(&mut hub, p);
+    assert_eq!(out[0].0, FrameType::Error);
+    assert_eq!(out[0].1, 3);
+    let (code, text) = crate::wire::frame::parse_error_payload(&out[0].3);
+    assert_eq!(code, ErrorCode::BadChannel as u16);
+    assert!(text.contains("empty level"), "{text}");
+    assert_eq!(publish(&mut hub, p, "ok", b"x", 4), Step::Continue);
+}
+
+#[test]
+fn client_only_frames_from_a_client_close_it() {
+    let mut hub = hub_with(Config::default());
+    let p = hub.admit(ident()).unwrap();
+    assert_eq!(send(&mut hub, p, &frame(FrameType::Data, 0, "a", b"", 1)), Step::Close);
+    assert_eq!(drain(&mut hub, p)[0].0, FrameType::Error);
+}
+
+fn small_queue(overflow: Overflow) -> Config {
+    let mut cfg = Config::default();
+    cfg.queue.max_messages = 4;
+    cfg.queue.overflow = overflow;
+    cfg
+}
+
+#[test]
+fn block_pauses_the_publisher_and_loses_nothing() {
+    let mut hub = hub_with(small_queue(Overflow::Block));
+    let p = hub.admit(ident()).unwrap();
+    let s = hub.admit(ident()).unwrap();
+    sub(&mut hub, s, "c");
+    for i in 0..4 {
+        assert_eq!(publish(&mut hub, p, "c", b"m", i), Step::Continue);
+    }
+    assert_eq!(publish(&mut hub, p, "c", b"m", 4), Step::Pause);
+    assert!(hub.stats().clients.iter().any(|c| c.id == p && c.blocked));
+    let mut resumed = Vec::new();
+    hub.take_resumed(&mut resumed);
+    assert!(resumed.is_empty());
+    assert_eq!(drain(&mut hub, s).len(), 4);
+    hub.take_resumed(&mut resumed);
+    assert_eq!(resumed, vec![p]);
+    // The loop re-handles the same frame: now it goes through.
+    assert_eq!(publish(&mut hub, p, "c", b"m", 4), Step::Continue);
+    let seqs: Vec<u64> = drain(&mut hub, s).iter().map(|f| f.1).collect();
+    assert_eq!(seqs, vec![4]);
+    assert_eq!(hub.stats().totals.dropped, 0);
+}
+
+#[test]
+fn block_timeout_condemns_the_stuck_subscriber() {
+    let mut cfg = small_queue(Overflow::Block);
+    cfg.hub.block_timeout_ms = 50;
+    let mut hub = hub_with(cfg);
+    let p = hub.admit(ident()).unwrap();
+    let s = hub.admit(ident()).unwrap();
+    sub(&mut hub, s, "c");
+    for i in 0..5 {
+        publish(&mut hub, p, "c", b"m", i);
+    }
+    let t0 = Instant::now();
+    assert!(hub.next_deadline().unwrap() > t0);
+    hub.check_timeouts(t0);
+    let mut doomed = Vec::new();
+    hub.take_doomed(&mut doomed);
+    assert!(doomed.is_empty());
+    hub.check_timeouts(t0 + Duration::from_millis(60));
+    hub.take_doomed(&mut doomed);
+    assert_eq!(doomed.len(), 1);
+    assert_eq!(doomed[0].0, s);
+    assert!(doomed[0].1.contains("block_timeout_ms"));
+    hub.remove(s);
+    let mut resumed = Vec::new();
+    hub.take_resumed(&mut resumed);
+    assert_eq!(resumed, vec![p], "removing the holder resumes the publisher");
+}
+
+#[test]
+fn drop_oldest_counts_and_notifies() {
+    let mut hub = hub_with(small_queue(Overflow::DropOldest));
+    let p = hub.admit(ident()).unwrap();
+    let s = hub.admit(ident()).unwrap();
+    sub(&mut hub, s, "c");
+    for i in 0..10 {
+        assert_eq!(publish(&mut hub, p, "c", b"m", i), Step::Continue);
+    }
+    let got = drain(&mut hub, s);
+    assert_eq!(got[0].0, FrameType::Missed);
+    assert_eq!(u64::from_le_bytes(got[0].3[..8].try_into().unwrap()), 6);
+    let seqs: Vec<u64> = got[1..].iter().map(|f| f.1).collect();
+    assert_eq!(seqs, vec![6, 7, 8, 9]);
+    let st = hub.stats();
+    assert_eq!(st.totals.dropped, 6);
+    assert_eq!(st.channels[0].dropped, 6);
+    assert_eq!(st.clients.iter().find(|c| c.id == s).unwrap().dropped, 6);
+}
+
+#[test]
+fn disconnect_policy_condemns_with_the_limit_named() {
+    let mut hub = hub_with(small_queue(Overflow::Disconnect));
+    let p = hub.admit(ident()).unwrap();
+    let s = hub.admit(ident()).unwrap();
+    sub(&mut hub, s, "c");
+    for i in 0..5 {
+        publish(&mut hub, p, "c", b"m", i);
+    }
+    let mut doomed = Vec::new();
+    hub.take_doomed(&mut doomed);
+    assert_eq!(doomed.len(), 1);
+    assert!(doomed[0].1.contains("queue.max_messages=4"), "{}", doomed[0].1);
+    assert_eq!(hub.stats().totals.dropped, 1);
+    assert_eq!(ack_count(&drain(&mut hub, p), 4), 0);
+}
+
+#[test]
+fn limits_name_themselves() {
+    let mut cfg = Config::default();
+    cfg.hub.max_clients = 1;
+    cfg.hub.max_subscriptions_per_client = 1;
+    cfg.hub.max_channels = 1;
+    let mut hub = hub_with(cfg);
+    let p = hub.admit(ident()).unwrap();
+    assert!(hub.admit(ident()).unwrap_err().to_string().contains("hub.max_clients"));
+    sub(&mut hub, p, "a");
+    send(&mut hub, p, &frame(FrameType::Subscribe, 0, "b", b"", 2));
+    let e = drain(&mut hub, p);
+    assert!(String::from_utf8_lossy(&e[0].3).contains("max_subscriptions_per_client"));
+    publish(&mut hub, p, "z", b"", 3);
+    let e = drain(&mut hub, p);
+    assert!(String::from_utf8_lossy(&e[0].3).contains("hub.max_channels"), "{e:?}");
+}
+
+#[test]
+fn stats_report_per_channel_and_client() {
+    let mut hub = hub_with(Config::default());
+    let p = hub.admit(Identity { pid: 42, uid: 7, gid: 8 }).unwrap();
+    let s = hub.admit(ident()).unwrap();
+    sub(&mut hub, s, "weather");
+    publish(&mut hub, p, "weather", b"12345", 1);
+    send(&mut hub, p, &frame(FrameType::StatsRequest, 0, "", b"", 77));
+    let out = drain(&mut hub, p);
+    let reply = out.iter().find(|f| f.0 == FrameType::StatsReply).unwrap();
+    assert_eq!(reply.1, 77);
+    let st: HubStats = serde_json::from_slice(&reply.3).unwrap();
+    assert_eq!(st.client_count, 2);
+    assert_eq!(st.totals.messages_in, 1);
+    assert_eq!(st.totals.bytes_in, 5);
+    let ch = st.channels.iter().find(|c| c.name == "weather").unwrap();
+    assert_eq!((ch.subscribers, ch.published, ch.delivered), (1, 1, 1));
+    let c = st.clients.iter().find(|c| c.id == p).unwrap();
+    assert_eq!((c.pid, c.uid, c.messages_in), (42, 7, 1));
+}
