@@ -15,14 +15,21 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/ipchub/ipchub.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config {path}: {key}: {message}")]
-    Value { path: PathBuf, key: String, message: String },
+    Value {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub hub: HubConfig,
@@ -109,23 +116,18 @@ impl Default for HubConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { max_messages: 65536, max_bytes: 16 << 20, overflow: Overflow::Block }
+        QueueConfig {
+            max_messages: 65536,
+            max_bytes: 16 << 20,
+            overflow: Overflow::Block,
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into() }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            hub: HubConfig::default(),
-            queue: QueueConfig::default(),
-            log: LogConfig::default(),
-            channels: Vec::new(),
+        LogConfig {
+            level: "info".into(),
         }
     }
 }
@@ -133,8 +135,10 @@ impl Default for Config {
 impl Config {
     /// Parse and validate config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -147,7 +151,9 @@ impl Config {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => Config::parse(&text, &path),
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
             Err(source) => Err(ConfigError::Read { path, source }),
         }
     }
@@ -160,7 +166,10 @@ impl Config {
         };
         let h = &self.hub;
         if h.max_message_size == 0 || h.max_message_size > 256 << 20 {
-            return Err(bad("hub.max_message_size", "must be between 1 and 268435456".into()));
+            return Err(bad(
+                "hub.max_message_size",
+                "must be between 1 and 268435456".into(),
+            ));
         }
         if h.max_clients == 0 {
             return Err(bad("hub.max_clients", "must be at least 1".into()));
@@ -169,7 +178,10 @@ impl Config {
             return Err(bad("hub.max_channels", "must be at least 1".into()));
         }
         if h.max_subscriptions_per_client == 0 {
-            return Err(bad("hub.max_subscriptions_per_client", "must be at least 1".into()));
+            return Err(bad(
+                "hub.max_subscriptions_per_client",
+                "must be at least 1".into(),
+            ));
         }
         if self.queue.max_messages == 0 {
             return Err(bad("queue.max_messages", "must be at least 1".into()));
@@ -222,7 +234,9 @@ mod tests {
         let file: toml::Table = toml::from_str(&text).unwrap();
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (table, v) in &defaults {
-            let toml::Value::Table(keys) = v else { continue };
+            let toml::Value::Table(keys) = v else {
+                continue;
+            };
             for key in keys.keys() {
                 assert!(
                     file.get(table).and_then(|t| t.get(key)).is_some(),
@@ -244,9 +258,11 @@ mod tests {
     fn bad_values_are_named() {
         let e = Config::parse("[queue]\nmax_messages = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("queue.max_messages"), "{e}");
-        let e = Config::parse("[queue]\noverflow = \"sometimes\"\n", Path::new("x.toml")).unwrap_err();
+        let e =
+            Config::parse("[queue]\noverflow = \"sometimes\"\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("sometimes"), "{e}");
-        let e = Config::parse("[[channel]]\npattern = \"a/#/b\"\n", Path::new("x.toml")).unwrap_err();
+        let e =
+            Config::parse("[[channel]]\npattern = \"a/#/b\"\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("channel[0].pattern"), "{e}");
     }
 

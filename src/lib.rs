@@ -1,14 +1,19 @@
 //! ipchub: a local publish/subscribe hub for Linux.
 //!
 //! The layers, bottom to top (dependencies point downward only):
-//! - [`wire`]: frames and channel names, pure;
-//! - [`config`]: the typed configuration tree;
-//! - [`hub`]: the routing core (peers, subscriptions, bounded queues), no I/O;
-//! - [`transport`]: the OS objects a peer's bytes travel through;
-//! - [`daemon`]: the event loop and the systemd edge (`ipchubd`);
-//! - [`client`]: the client library every tool uses;
-//! - [`cli`]: `ipchubctl`.
+//! - [`wire`], frames and channel names, pure;
+//! - [`config`], the typed configuration tree;
+//! - [`hub`], the routing core (peers, subscriptions, bounded queues), no I/O;
+//! - [`transport`], the OS objects a peer's bytes travel through;
+//! - [`daemon`], the event loop and the systemd edge (`ipchubd`);
+//! - [`client`], the client library every tool uses;
+//! - [`cli`], `ipchubctl`.
 
+pub mod cli;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod hub;
+pub mod paths;
+pub mod transport;
 pub mod wire;

@@ -1,1 +1,9 @@
-fn main(){}
+//! `ipchubd`: shim over [`ipchub::daemon`].
+use clap::Parser;
+
+fn main() {
+    if let Err(e) = ipchub::daemon::main_with(ipchub::daemon::Args::parse()) {
+        eprintln!("ipchubd: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -174,7 +174,8 @@ impl Hub {
     /// existing queues and channels at once.
     pub fn reload(&mut self, cfg: Config) {
         for peer in self.peers.values_mut() {
-            peer.out.set_limits(cfg.queue.max_messages, cfg.queue.max_bytes);
+            peer.out
+                .set_limits(cfg.queue.max_messages, cfg.queue.max_bytes);
         }
         for (name, ch) in self.channels.iter_mut() {
             ch.overflow = cfg.overflow_for(name);
@@ -224,7 +225,9 @@ impl Hub {
 
     /// Forget a client: its subscriptions end, publishers it held resume.
     pub fn remove(&mut self, id: ClientId) {
-        let Some(peer) = self.peers.remove(&id) else { return };
+        let Some(peer) = self.peers.remove(&id) else {
+            return;
+        };
         for pat in &peer.patterns {
             self.for_matching_channels(pat, |_, ch| ch.subscribers.retain(|s| *s != id));
         }
@@ -285,7 +288,9 @@ impl Hub {
 
     /// Call after a flush: resumes publishers once this client has drained enough.
     pub fn flushed(&mut self, id: ClientId) {
-        let Some(p) = self.peers.get_mut(&id) else { return };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
         if p.holding.is_empty() || !p.out.below_low_watermark() {
             return;
         }
@@ -305,7 +310,10 @@ impl Hub {
     /// When the next block timeout can fire, if any publisher is paused.
     pub fn next_deadline(&self) -> Option<Instant> {
         let timeout = Duration::from_millis(self.cfg.hub.block_timeout_ms);
-        self.peers.values().filter_map(|p| p.blocked.map(|(_, since)| since + timeout)).min()
+        self.peers
+            .values()
+            .filter_map(|p| p.blocked.map(|(_, since)| since + timeout))
+            .min()
     }
 
     /// Condemn subscribers that held publishers back past `block_timeout_ms`.
@@ -314,7 +322,11 @@ impl Hub {
         let mut late: Vec<ClientId> = self
             .peers
             .values()
-            .filter_map(|p| p.blocked.filter(|(_, since)| now >= *since + timeout).map(|(on, _)| on))
+            .filter_map(|p| {
+                p.blocked
+                    .filter(|(_, since)| now >= *since + timeout)
+                    .map(|(on, _)| on)
+            })
             .collect();
         late.sort_unstable();
         late.dedup();
@@ -333,7 +345,9 @@ impl Hub {
 
     /// Handle one frame from client `id`.
     pub fn handle(&mut self, id: ClientId, frame: &Frame<'_>, now: Instant) -> Step {
-        let Some(peer) = self.peers.get(&id) else { return Step::Close };
+        let Some(peer) = self.peers.get(&id) else {
+            return Step::Close;
+        };
         // A client that does not read our answers cannot make us queue more
         // of them: stop handling its requests until it reads.
         if peer.out.total_bytes() > self.cfg.queue.max_bytes {
@@ -366,11 +380,19 @@ impl Hub {
                 Step::Continue
             }
             FrameType::Hello => {
-                self.send_error(id, seq, ErrorCode::BadHandshake, "HELLO may only be the first frame");
+                self.send_error(
+                    id,
+                    seq,
+                    ErrorCode::BadHandshake,
+                    "HELLO may only be the first frame",
+                );
                 Step::Close
             }
             other => {
-                let text = format!("frame type {other:?} ({}) is sent by the hub, never by a client", other as u8);
+                let text = format!(
+                    "frame type {other:?} ({}) is sent by the hub, never by a client",
+                    other as u8
+                );
                 self.send_error(id, seq, ErrorCode::UnknownType, &text);
                 Step::Close
             }
@@ -421,7 +443,10 @@ impl Hub {
     fn unsubscribe(&mut self, id: ClientId, text: &str) -> Result<(), (ErrorCode, String)> {
         let peer = self.peers.get_mut(&id).expect("caller checked");
         let Some(pos) = peer.patterns.iter().position(|p| p.as_str() == text) else {
-            return Err((ErrorCode::NotSubscribed, format!("not subscribed to '{text}'")));
+            return Err((
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to '{text}'"),
+            ));
         };
         let pat = peer.patterns.remove(pos);
         let rest = peer.patterns.clone();
@@ -453,7 +478,11 @@ impl Hub {
             return Ok(());
         }
         if self.channels.len() >= self.cfg.hub.max_channels {
-            let idle = self.channels.iter().find(|(_, c)| c.subscribers.is_empty()).map(|(n, _)| n.clone());
+            let idle = self
+                .channels
+                .iter()
+                .find(|(_, c)| c.subscribers.is_empty())
+                .map(|(n, _)| n.clone());
             match idle {
                 Some(n) => {
                     self.channels.remove(&n);
@@ -461,7 +490,10 @@ impl Hub {
                 None => {
                     return Err((
                         ErrorCode::LimitReached,
-                        format!("{} channels in use (limit hub.max_channels)", self.channels.len()),
+                        format!(
+                            "{} channels in use (limit hub.max_channels)",
+                            self.channels.len()
+                        ),
                     ))
                 }
             }
@@ -507,9 +539,11 @@ impl Hub {
         // Under `block`, check every target before delivering to any, so a
         // message is delivered to all of them or (for now) to none.
         if ch.overflow == Overflow::Block {
-            let full = ch.subscribers.iter().copied().find(|s| {
-                self.peers.get(s).is_some_and(|p| !p.out.has_room(len))
-            });
+            let full = ch
+                .subscribers
+                .iter()
+                .copied()
+                .find(|s| self.peers.get(s).is_some_and(|p| !p.out.has_room(len)));
             if let Some(holder) = full {
                 return self.block(id, holder, now);
             }
@@ -528,7 +562,9 @@ impl Hub {
         let mut delivered = 0u32;
         let mut dropped = 0u64;
         for &sub in &ch.subscribers {
-            let Some(p) = self.peers.get_mut(&sub) else { continue };
+            let Some(p) = self.peers.get_mut(&sub) else {
+                continue;
+            };
             let kind = match ch.overflow {
                 Overflow::Block => Kind::Data,
                 Overflow::Disconnect => {
@@ -629,12 +665,19 @@ impl Hub {
             })
             .collect();
         clients.sort_by_key(|c| c.id);
-        let epoch = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let epoch = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
         HubStats {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: epoch(self.started),
             uptime_secs: now.duration_since(self.started).map_or(0, |d| d.as_secs()),
-            transports: self.transports.iter().map(|t| t.name().to_string()).collect(),
+            transports: self
+                .transports
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect(),
             client_count: self.peers.len(),
             channel_count: self.channels.len(),
             totals: self.totals.clone(),

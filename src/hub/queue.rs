@@ -96,7 +96,10 @@ impl OutQueue {
         for p in parts {
             self.buf.extend(p.iter());
         }
-        self.frames.push_back(Meta { len: len as u32, kind });
+        self.frames.push_back(Meta {
+            len: len as u32,
+            kind,
+        });
         if matches!(kind, Kind::Data | Kind::Droppable) {
             self.data_msgs += 1;
             self.data_bytes += len;
@@ -117,7 +120,9 @@ impl OutQueue {
             }
             // Find the next droppable frame from the front.
             loop {
-                let Some(&meta) = self.frames.get(idx) else { break 'evict false };
+                let Some(&meta) = self.frames.get(idx) else {
+                    break 'evict false;
+                };
                 let untouched = idx > 0 || self.head_written == 0;
                 if meta.kind == Kind::Droppable && untouched {
                     break;
@@ -169,7 +174,13 @@ impl OutQueue {
         for (i, b) in frame.iter().enumerate() {
             self.buf.insert(off + i, *b);
         }
-        self.frames.insert(idx, Meta { len: frame.len() as u32, kind: Kind::Missed });
+        self.frames.insert(
+            idx,
+            Meta {
+                len: frame.len() as u32,
+                kind: Kind::Missed,
+            },
+        );
     }
 
     /// The unwritten bytes, as at most two slices (for `writev`).
@@ -203,8 +214,13 @@ impl OutQueue {
     /// Copy the front frame into `out` (cleared first) without removing it,
     /// for message transports that may refuse it (full queue) and retry.
     pub fn front_frame(&self, out: &mut Vec<u8>) -> bool {
-        let Some(meta) = self.frames.front() else { return false };
-        debug_assert_eq!(self.head_written, 0, "message transports never write partial frames");
+        let Some(meta) = self.frames.front() else {
+            return false;
+        };
+        debug_assert_eq!(
+            self.head_written, 0,
+            "message transports never write partial frames"
+        );
         out.clear();
         out.extend(self.buf.range(..meta.len as usize));
         true
@@ -247,7 +263,10 @@ mod tests {
     #[test]
     fn limits_count_messages_and_bytes() {
         let mut q = OutQueue::new(2, 1000);
-        assert!(q.has_room(10_000), "an empty queue takes one frame of any size");
+        assert!(
+            q.has_room(10_000),
+            "an empty queue takes one frame of any size"
+        );
         q.push(Kind::Data, &[&data(1, 10)]);
         assert!(q.has_room(35));
         q.push(Kind::Data, &[&data(2, 10)]);
@@ -296,7 +315,11 @@ mod tests {
                 (FrameType::Data, 4)
             ]
         );
-        assert_eq!(frames[0].2, 2u64.to_le_bytes(), "one notice counting both losses");
+        assert_eq!(
+            frames[0].2,
+            2u64.to_le_bytes(),
+            "one notice counting both losses"
+        );
     }
 
     #[test]

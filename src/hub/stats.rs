@@ -15,7 +15,7 @@ pub struct Totals {
     pub dropped: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HubStats {
     pub version: String,
     /// Seconds since the Unix epoch.

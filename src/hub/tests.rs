@@ -8,7 +8,11 @@ fn hub_with(cfg: Config) -> Hub {
 }
 
 fn ident() -> Identity {
-    Identity { pid: 1, uid: 1000, gid: 1000 }
+    Identity {
+        pid: 1,
+        uid: 1000,
+        gid: 1000,
+    }
 }
 
 struct Bytes(Vec<u8>);
@@ -25,13 +29,20 @@ fn send(hub: &mut Hub, id: ClientId, b: &Bytes) -> Step {
 }
 
 fn sub(hub: &mut Hub, id: ClientId, pat: &str) {
-    assert_eq!(send(hub, id, &frame(FrameType::Subscribe, 0, pat, b"", 1)), Step::Continue);
+    assert_eq!(
+        send(hub, id, &frame(FrameType::Subscribe, 0, pat, b"", 1)),
+        Step::Continue
+    );
     let out = drain(hub, id);
     assert_eq!(out[0].0, FrameType::Ack, "subscribe to {pat}: {:?}", out[0]);
 }
 
 fn publish(hub: &mut Hub, id: ClientId, chan: &str, payload: &[u8], seq: u64) -> Step {
-    send(hub, id, &frame(FrameType::Publish, ACK_REQUESTED, chan, payload, seq))
+    send(
+        hub,
+        id,
+        &frame(FrameType::Publish, ACK_REQUESTED, chan, payload, seq),
+    )
 }
 
 /// Everything queued for `id`, as (type, seq, channel, payload).
@@ -44,14 +55,22 @@ fn drain(hub: &mut Hub, id: ClientId) -> Vec<(FrameType, u64, String, Vec<u8>)> 
     let mut out = Vec::new();
     let mut off = 0;
     while let Some((f, used)) = decode(&bytes[off..], 1 << 20).unwrap() {
-        out.push((f.header.ty, f.header.seq, f.channel.to_string(), f.payload.to_vec()));
+        out.push((
+            f.header.ty,
+            f.header.seq,
+            f.channel.to_string(),
+            f.payload.to_vec(),
+        ));
         off += used;
     }
     out
 }
 
 fn ack_count(frames: &[(FrameType, u64, String, Vec<u8>)], seq: u64) -> u32 {
-    let f = frames.iter().find(|f| f.0 == FrameType::Ack && f.1 == seq).expect("ack");
+    let f = frames
+        .iter()
+        .find(|f| f.0 == FrameType::Ack && f.1 == seq)
+        .expect("ack");
     u32::from_le_bytes(f.3[..4].try_into().unwrap())
 }
 
@@ -100,14 +119,22 @@ fn unsubscribe_keeps_channels_another_pattern_still_matches() {
     let s = hub.admit(ident()).unwrap();
     sub(&mut hub, s, "a/#");
     sub(&mut hub, s, "a/b");
-    send(&mut hub, s, &frame(FrameType::Unsubscribe, 0, "a/#", b"", 5));
+    send(
+        &mut hub,
+        s,
+        &frame(FrameType::Unsubscribe, 0, "a/#", b"", 5),
+    );
     assert_eq!(drain(&mut hub, s)[0].0, FrameType::Ack);
     publish(&mut hub, p, "a/b", b"x", 1);
     publish(&mut hub, p, "a/c", b"y", 2);
     let got = drain(&mut hub, s);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].2, "a/b");
-    send(&mut hub, s, &frame(FrameType::Unsubscribe, 0, "nope", b"", 6));
+    send(
+        &mut hub,
+        s,
+        &frame(FrameType::Unsubscribe, 0, "nope", b"", 6),
+    );
     assert_eq!(drain(&mut hub, s)[0].0, FrameType::Error);
 }
 
@@ -129,7 +156,10 @@ fn bad_channel_is_an_error_but_not_fatal() {
 fn client_only_frames_from_a_client_close_it() {
     let mut hub = hub_with(Config::default());
     let p = hub.admit(ident()).unwrap();
-    assert_eq!(send(&mut hub, p, &frame(FrameType::Data, 0, "a", b"", 1)), Step::Close);
+    assert_eq!(
+        send(&mut hub, p, &frame(FrameType::Data, 0, "a", b"", 1)),
+        Step::Close
+    );
     assert_eq!(drain(&mut hub, p)[0].0, FrameType::Error);
 }
 
@@ -189,7 +219,11 @@ fn block_timeout_condemns_the_stuck_subscriber() {
     hub.remove(s);
     let mut resumed = Vec::new();
     hub.take_resumed(&mut resumed);
-    assert_eq!(resumed, vec![p], "removing the holder resumes the publisher");
+    assert_eq!(
+        resumed,
+        vec![p],
+        "removing the holder resumes the publisher"
+    );
 }
 
 #[test]
@@ -224,7 +258,11 @@ fn disconnect_policy_condemns_with_the_limit_named() {
     let mut doomed = Vec::new();
     hub.take_doomed(&mut doomed);
     assert_eq!(doomed.len(), 1);
-    assert!(doomed[0].1.contains("queue.max_messages=4"), "{}", doomed[0].1);
+    assert!(
+        doomed[0].1.contains("queue.max_messages=4"),
+        "{}",
+        doomed[0].1
+    );
     assert_eq!(hub.stats().totals.dropped, 1);
     assert_eq!(ack_count(&drain(&mut hub, p), 4), 0);
 }
@@ -237,20 +275,33 @@ fn limits_name_themselves() {
     cfg.hub.max_channels = 1;
     let mut hub = hub_with(cfg);
     let p = hub.admit(ident()).unwrap();
-    assert!(hub.admit(ident()).unwrap_err().to_string().contains("hub.max_clients"));
+    assert!(hub
+        .admit(ident())
+        .unwrap_err()
+        .to_string()
+        .contains("hub.max_clients"));
     sub(&mut hub, p, "a");
     send(&mut hub, p, &frame(FrameType::Subscribe, 0, "b", b"", 2));
     let e = drain(&mut hub, p);
     assert!(String::from_utf8_lossy(&e[0].3).contains("max_subscriptions_per_client"));
     publish(&mut hub, p, "z", b"", 3);
     let e = drain(&mut hub, p);
-    assert!(String::from_utf8_lossy(&e[0].3).contains("hub.max_channels"), "{e:?}");
+    assert!(
+        String::from_utf8_lossy(&e[0].3).contains("hub.max_channels"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn stats_report_per_channel_and_client() {
     let mut hub = hub_with(Config::default());
-    let p = hub.admit(Identity { pid: 42, uid: 7, gid: 8 }).unwrap();
+    let p = hub
+        .admit(Identity {
+            pid: 42,
+            uid: 7,
+            gid: 8,
+        })
+        .unwrap();
     let s = hub.admit(ident()).unwrap();
     sub(&mut hub, s, "weather");
     publish(&mut hub, p, "weather", b"12345", 1);

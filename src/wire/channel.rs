@@ -32,7 +32,9 @@ pub enum ChannelError {
     DotLevel { name: String },
     #[error("wildcards ('+', '#') are only allowed when subscribing, not in '{name}'")]
     WildcardInName { name: String },
-    #[error("'#' must be the last level and stand alone, and '+' must be a whole level, in '{name}'")]
+    #[error(
+        "'#' must be the last level and stand alone, and '+' must be a whole level, in '{name}'"
+    )]
     BadWildcard { name: String },
 }
 
@@ -64,27 +66,40 @@ pub fn validate_name(s: &str) -> Result<(), ChannelError> {
 
 fn check_level(whole: &str, level: &str, wildcards: bool) -> Result<(), ChannelError> {
     if level.is_empty() {
-        return Err(ChannelError::EmptyLevel { name: whole.to_string() });
+        return Err(ChannelError::EmptyLevel {
+            name: whole.to_string(),
+        });
     }
     if level == "+" || level == "#" {
         return if wildcards {
             Ok(())
         } else {
-            Err(ChannelError::WildcardInName { name: whole.to_string() })
+            Err(ChannelError::WildcardInName {
+                name: whole.to_string(),
+            })
         };
     }
     if level == "." || level == ".." {
-        return Err(ChannelError::DotLevel { name: whole.to_string() });
+        return Err(ChannelError::DotLevel {
+            name: whole.to_string(),
+        });
     }
     if let Some(found) = level.chars().find(|c| !level_char_ok(*c)) {
         return Err(if found == '+' || found == '#' {
             if wildcards {
-                ChannelError::BadWildcard { name: whole.to_string() }
+                ChannelError::BadWildcard {
+                    name: whole.to_string(),
+                }
             } else {
-                ChannelError::WildcardInName { name: whole.to_string() }
+                ChannelError::WildcardInName {
+                    name: whole.to_string(),
+                }
             }
         } else {
-            ChannelError::BadCharacter { name: whole.to_string(), found }
+            ChannelError::BadCharacter {
+                name: whole.to_string(),
+                found,
+            }
         });
     }
     Ok(())
@@ -106,11 +121,16 @@ impl Pattern {
         for (i, level) in levels.iter().enumerate() {
             check_level(s, level, true)?;
             if *level == "#" && i != levels.len() - 1 {
-                return Err(ChannelError::BadWildcard { name: s.to_string() });
+                return Err(ChannelError::BadWildcard {
+                    name: s.to_string(),
+                });
             }
         }
         let exact = !levels.iter().any(|l| *l == "+" || *l == "#");
-        Ok(Pattern { text: s.to_string(), exact })
+        Ok(Pattern {
+            text: s.to_string(),
+            exact,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -153,7 +173,12 @@ mod tests {
 
     #[test]
     fn good_names_pass() {
-        for n in ["weather", "sensors/kitchen/temp", "a-b_c.d:e@f=g", "x/1/2/3"] {
+        for n in [
+            "weather",
+            "sensors/kitchen/temp",
+            "a-b_c.d:e@f=g",
+            "x/1/2/3",
+        ] {
             validate_name(n).unwrap();
         }
     }
@@ -161,18 +186,42 @@ mod tests {
     #[test]
     fn bad_names_name_the_problem() {
         assert_eq!(validate_name(""), Err(ChannelError::Empty));
-        assert!(matches!(validate_name("a//b"), Err(ChannelError::EmptyLevel { .. })));
-        assert!(matches!(validate_name("/a"), Err(ChannelError::EmptyLevel { .. })));
-        assert!(matches!(validate_name("a/"), Err(ChannelError::EmptyLevel { .. })));
-        assert!(matches!(validate_name("a/../b"), Err(ChannelError::DotLevel { .. })));
+        assert!(matches!(
+            validate_name("a//b"),
+            Err(ChannelError::EmptyLevel { .. })
+        ));
+        assert!(matches!(
+            validate_name("/a"),
+            Err(ChannelError::EmptyLevel { .. })
+        ));
+        assert!(matches!(
+            validate_name("a/"),
+            Err(ChannelError::EmptyLevel { .. })
+        ));
+        assert!(matches!(
+            validate_name("a/../b"),
+            Err(ChannelError::DotLevel { .. })
+        ));
         assert!(matches!(
             validate_name("a b"),
             Err(ChannelError::BadCharacter { found: ' ', .. })
         ));
-        assert!(matches!(validate_name("a/+"), Err(ChannelError::WildcardInName { .. })));
-        assert!(matches!(validate_name("a/#"), Err(ChannelError::WildcardInName { .. })));
-        assert!(matches!(validate_name(&"x".repeat(256)), Err(ChannelError::TooLong { len: 256 })));
-        assert!(matches!(validate_name(&"a/".repeat(40).trim_end_matches('/').to_string()), Err(ChannelError::TooDeep)));
+        assert!(matches!(
+            validate_name("a/+"),
+            Err(ChannelError::WildcardInName { .. })
+        ));
+        assert!(matches!(
+            validate_name("a/#"),
+            Err(ChannelError::WildcardInName { .. })
+        ));
+        assert!(matches!(
+            validate_name(&"x".repeat(256)),
+            Err(ChannelError::TooLong { len: 256 })
+        ));
+        assert!(matches!(
+            validate_name("a/".repeat(40).trim_end_matches('/')),
+            Err(ChannelError::TooDeep)
+        ));
         assert!(validate_name("caf\u{e9}").is_err());
     }
 

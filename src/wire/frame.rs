@@ -218,7 +218,10 @@ pub fn decode_header(buf: &[u8], max_payload: u32) -> Result<Option<Header>, Dec
     }
     let payload_len = u32::from_le_bytes(buf[8..12].try_into().unwrap());
     if payload_len > max_payload {
-        return Err(DecodeError::PayloadTooLarge { len: payload_len, max: max_payload });
+        return Err(DecodeError::PayloadTooLarge {
+            len: payload_len,
+            max: max_payload,
+        });
     }
     Ok(Some(Header {
         ty,
@@ -247,7 +250,14 @@ pub fn decode(buf: &[u8], max_payload: u32) -> Result<Option<(Frame<'_>, usize)>
     let chan_end = HEADER_LEN + header.channel_len as usize;
     let channel =
         std::str::from_utf8(&buf[HEADER_LEN..chan_end]).map_err(|_| DecodeError::ChannelNotUtf8)?;
-    Ok(Some((Frame { header, channel, payload: &buf[chan_end..len] }, len)))
+    Ok(Some((
+        Frame {
+            header,
+            channel,
+            payload: &buf[chan_end..len],
+        },
+        len,
+    )))
 }
 
 /// Decode a frame that must fill `buf` exactly (message-oriented transports:
@@ -255,10 +265,16 @@ pub fn decode(buf: &[u8], max_payload: u32) -> Result<Option<(Frame<'_>, usize)>
 pub fn decode_exact(buf: &[u8], max_payload: u32) -> Result<Frame<'_>, DecodeError> {
     match decode(buf, max_payload)? {
         Some((frame, used)) if used == buf.len() => Ok(frame),
-        Some((_, used)) => Err(DecodeError::LengthMismatch { frame: used, got: buf.len() }),
+        Some((_, used)) => Err(DecodeError::LengthMismatch {
+            frame: used,
+            got: buf.len(),
+        }),
         None => {
             let frame = decode_header(buf, max_payload)?.map_or(HEADER_LEN, |h| h.frame_len());
-            Err(DecodeError::LengthMismatch { frame, got: buf.len() })
+            Err(DecodeError::LengthMismatch {
+                frame,
+                got: buf.len(),
+            })
         }
     }
 }
@@ -327,7 +343,10 @@ pub fn parse_error_payload(p: &[u8]) -> (u16, String) {
     if p.len() < 2 {
         return (0, String::from_utf8_lossy(p).into_owned());
     }
-    (u16::from_le_bytes([p[0], p[1]]), String::from_utf8_lossy(&p[2..]).into_owned())
+    (
+        u16::from_le_bytes([p[0], p[1]]),
+        String::from_utf8_lossy(&p[2..]).into_owned(),
+    )
 }
 
 /// Parse the `key=value` lines of HELLO and WELCOME payloads.
@@ -376,7 +395,10 @@ mod tests {
         let mut b = good.clone();
         b[0] = b'X';
         assert!(matches!(decode(&b, 10), Err(DecodeError::BadMagic(_))));
-        assert!(matches!(decode(b"GET / HTTP/1.1", 10), Err(DecodeError::BadMagic(_))));
+        assert!(matches!(
+            decode(b"GET / HTTP/1.1", 10),
+            Err(DecodeError::BadMagic(_))
+        ));
         let mut b = good.clone();
         b[2] = 9;
         assert_eq!(decode(&b, 10), Err(DecodeError::UnsupportedVersion(9)));
@@ -397,7 +419,10 @@ mod tests {
         b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
             decode(&b, 1 << 20),
-            Err(DecodeError::PayloadTooLarge { len: u32::MAX, max: 1 << 20 })
+            Err(DecodeError::PayloadTooLarge {
+                len: u32::MAX,
+                max: 1 << 20
+            })
         );
         let mut b = frame(FrameType::Publish, "ab", b"");
         b[HEADER_LEN] = 0xff;
@@ -410,8 +435,14 @@ mod tests {
         assert!(decode_exact(&b, 10).is_ok());
         let mut longer = b.clone();
         longer.push(0);
-        assert!(matches!(decode_exact(&longer, 10), Err(DecodeError::LengthMismatch { .. })));
-        assert!(matches!(decode_exact(&b[..b.len() - 1], 10), Err(DecodeError::LengthMismatch { .. })));
+        assert!(matches!(
+            decode_exact(&longer, 10),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            decode_exact(&b[..b.len() - 1], 10),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
     }
 
     proptest! {

@@ -1,0 +1,3 @@
+//! Command-line front ends built on the client library.
+
+pub mod ctl;

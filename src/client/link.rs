@@ -1,0 +1,93 @@
+//! Client side of the handshake: receive WELCOME (and any descriptors) and
+//! build the matching data path from the same [`Link`] types the hub uses.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use super::ClientError;
+use crate::hub::TransportKind;
+use crate::transport::stream::StreamLink;
+use crate::transport::Link;
+use crate::wire::frame::parse_error_payload;
+use crate::wire::{self, FrameType, HEADER_LEN};
+
+/// Most descriptors a WELCOME may carry.
+const MAX_FDS: usize = 8;
+
+/// Read exactly one frame (WELCOME or ERROR) from the blocking socket,
+/// collecting descriptors passed with it.
+pub(super) fn recv_welcome(sock: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), ClientError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = Vec::new();
+    let mut fds = Vec::new();
+    loop {
+        let need = match wire::frame::decode_header(&buf, 1 << 20) {
+            Ok(Some(h)) => h.frame_len(),
+            Ok(None) => HEADER_LEN,
+            Err(e) => return Err(ClientError::Protocol(format!("bad answer to HELLO: {e}"))),
+        };
+        if buf.len() >= need {
+            break;
+        }
+        let mut chunk = vec![0u8; need - buf.len()];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
+        let mut iov = [IoSliceMut::new(&mut chunk)];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| match e {
+            nix::errno::Errno::EAGAIN => ClientError::Timeout,
+            e => ClientError::Io(e.into()),
+        })?;
+        let n = msg.bytes;
+        for c in msg.cmsgs().map_err(|e| ClientError::Io(e.into()))? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
+                    // SAFETY: the kernel just installed this descriptor in our
+                    // table for this message; nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                }
+            }
+        }
+        if n == 0 {
+            return Err(ClientError::Closed(
+                "hub closed the connection during the handshake".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let (frame, _) = wire::decode(&buf, 1 << 20)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .ok_or_else(|| ClientError::Protocol("short WELCOME".into()))?;
+    match frame.header.ty {
+        FrameType::Welcome => Ok((frame.payload.to_vec(), fds)),
+        FrameType::Error => {
+            let (code, text) = parse_error_payload(frame.payload);
+            Err(ClientError::Refused { code, text })
+        }
+        other => Err(ClientError::Protocol(format!(
+            "expected WELCOME, got {other:?}"
+        ))),
+    }
+}
+
+/// Build the client's data path from the WELCOME. Returns the control socket
+/// to keep watching (None when it is itself the data path) and the link.
+pub(super) fn client_link(
+    transport: TransportKind,
+    sock: OwnedFd,
+    _welcome: &[(String, String)],
+    _fds: Vec<OwnedFd>,
+) -> Result<(Option<OwnedFd>, Box<dyn Link>), ClientError> {
+    match transport {
+        TransportKind::Socket => Ok((None, Box::new(StreamLink::duplex(sock)))),
+        other => Err(ClientError::Protocol(format!(
+            "transport {} not supported by this client",
+            other.name()
+        ))),
+    }
+}

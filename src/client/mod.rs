@@ -1,0 +1,598 @@
+//! The client library: connect with a chosen transport, publish, subscribe,
+//! receive. Every tool (`ipchubctl`, the bench, the bridges) uses it, and the
+//! same calls work whatever the transport.
+//!
+//! Publishing is buffered: frames collect in an outgoing queue and leave in
+//! one write when it passes [`AUTO_FLUSH_BYTES`], on [`Client::flush`], or
+//! whenever the client waits for anything. Confirmations are pipelined: a
+//! publish with `ack` returns at once with its sequence number, and the
+//! ACK (with the delivery count) arrives later as [`Event::Ack`]. While it
+//! writes, the client also reads, so neither side can deadlock on full
+//! buffers.
+
+mod link;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use crate::hub::queue::OutQueue;
+use crate::hub::{HubStats, TransportKind};
+use crate::transport::Link;
+use crate::wire::frame::{parse_error_payload, parse_kv};
+use crate::wire::{self, channel, ChannelError, ErrorCode, FrameType, Pattern, ACK_REQUESTED};
+
+/// Buffered publishes are written once this many bytes are waiting.
+pub const AUTO_FLUSH_BYTES: usize = 64 * 1024;
+/// How long connecting and the handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("hub not running: cannot connect to {path}: {source}")]
+    NotRunning { path: PathBuf, source: io::Error },
+    #[error("permission denied connecting to {path}")]
+    PermissionDenied { path: PathBuf },
+    #[error("cannot connect to {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("hub refused: {text}")]
+    Refused { code: u16, text: String },
+    #[error("invalid channel: {0}")]
+    BadChannel(#[from] ChannelError),
+    #[error(
+        "message of {len} bytes exceeds the hub's limit of {max} bytes (hub.max_message_size)"
+    )]
+    TooLarge { len: usize, max: u32 },
+    #[error("priority {0} above the maximum 31")]
+    BadPriority(u8),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("hub closed the connection: {0}")]
+    Closed(String),
+    #[error("timed out waiting for the hub")]
+    Timeout,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl ClientError {
+    /// The hub's error code when the hub refused something.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused { code, .. } => ErrorCode::from_u16(*code),
+            _ => None,
+        }
+    }
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Control socket; `None` resolves like the daemon does.
+    pub socket: Option<PathBuf>,
+    pub transport: TransportKind,
+    /// Shown in statistics.
+    pub name: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            socket: None,
+            transport: TransportKind::Socket,
+            name: String::new(),
+        }
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub channel: String,
+    pub payload: Vec<u8>,
+    /// The publisher's sequence number for this message.
+    pub seq: u64,
+    /// The publishing client's id.
+    pub origin: u32,
+    pub priority: u8,
+}
+
+/// Everything the hub can send a client after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Message(Message),
+    /// Request `seq` succeeded; for a publish, `delivered` is the subscriber count.
+    Ack {
+        seq: u64,
+        delivered: u32,
+    },
+    /// This many messages were lost to `drop-oldest` before the next one.
+    Missed(u64),
+    /// Request `seq` (0: none in particular) failed.
+    Error {
+        seq: u64,
+        code: u16,
+        text: String,
+    },
+    Stats(Box<HubStats>),
+    Pong(u64),
+}
+
+/// Per-publish settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOptions {
+    /// Ask for an ACK with the delivery count.
+    pub ack: bool,
+    /// POSIX mqueue priority, 0..=31, carried end to end.
+    pub priority: u8,
+}
+
+pub struct Client {
+    /// Control socket, kept for liveness when data flows elsewhere.
+    ctrl: Option<OwnedFd>,
+    link: Box<dyn Link>,
+    out: OutQueue,
+    inbuf: Vec<u8>,
+    events: VecDeque<Event>,
+    next_seq: u64,
+    id: u32,
+    max_message: u32,
+    transport: TransportKind,
+    closed: Option<String>,
+}
+
+impl Client {
+    /// Connect and perform the handshake for `opts.transport`.
+    pub fn connect(opts: &Options) -> Result<Client, ClientError> {
+        let path = crate::paths::socket_path(opts.socket.as_deref());
+        let sock = UnixStream::connect(&path).map_err(|e| connect_error(&path, e))?;
+        sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let mut hello = Vec::new();
+        let text = format!(
+            "version={}\ntransport={}\nname={}\n",
+            wire::VERSION,
+            opts.transport.name(),
+            opts.name
+        );
+        wire::encode(
+            &mut hello,
+            FrameType::Hello,
+            0,
+            0,
+            "",
+            text.as_bytes(),
+            0,
+            0,
+        );
+        io::Write::write_all(&mut &sock, &hello)?;
+        let (welcome, fds) = link::recv_welcome(&sock)?;
+        let kv = parse_kv(&welcome);
+        let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let id = get("client")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ClientError::Protocol("WELCOME without client id".into()))?;
+        let max_message = get("max_message")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1 << 20);
+        sock.set_nonblocking(true)?;
+        let sock = OwnedFd::from(sock);
+        let (ctrl, link) = link::client_link(opts.transport, sock, &kv, fds)?;
+        Ok(Client {
+            ctrl,
+            link,
+            out: OutQueue::new(usize::MAX, usize::MAX),
+            inbuf: Vec::new(),
+            events: VecDeque::new(),
+            next_seq: 1,
+            id,
+            max_message,
+            transport: opts.transport,
+            closed: None,
+        })
+    }
+
+    /// This client's id at the hub (the `origin` of its messages).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn transport(&self) -> TransportKind {
+        self.transport
+    }
+
+    /// The hub's limit on payload size.
+    pub fn max_message(&self) -> u32 {
+        self.max_message
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    fn queue_frame(
+        &mut self,
+        ty: FrameType,
+        flags: u8,
+        priority: u8,
+        channel: &str,
+        payload: &[u8],
+        seq: u64,
+    ) {
+        let header = wire::encode_header(ty, flags, priority, channel.len(), payload.len(), 0, seq);
+        self.out.push(
+            queue::Kind::Control,
+            &[&header, channel.as_bytes(), payload],
+        );
+    }
+
+    /// Queue a message; returns its sequence number. With `opts.ack` an
+    /// [`Event::Ack`] carrying the same number follows.
+    pub fn publish_with(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        opts: PublishOptions,
+    ) -> Result<u64, ClientError> {
+        channel::validate_name(channel)?;
+        if payload.len() > self.max_message as usize {
+            return Err(ClientError::TooLarge {
+                len: payload.len(),
+                max: self.max_message,
+            });
+        }
+        if opts.priority > wire::frame::MAX_PRIORITY {
+            return Err(ClientError::BadPriority(opts.priority));
+        }
+        self.check_open()?;
+        let seq = self.next_seq();
+        let flags = if opts.ack { ACK_REQUESTED } else { 0 };
+        self.queue_frame(
+            FrameType::Publish,
+            flags,
+            opts.priority,
+            channel,
+            payload,
+            seq,
+        );
+        if self.out.total_bytes() >= AUTO_FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(seq)
+    }
+
+    /// Fire-and-forget publish.
+    pub fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<u64, ClientError> {
+        self.publish_with(channel, payload, PublishOptions::default())
+    }
+
+    /// Publish and wait for the delivery count (one round trip).
+    pub fn publish_confirmed(&mut self, channel: &str, payload: &[u8]) -> Result<u32, ClientError> {
+        let seq = self.publish_with(
+            channel,
+            payload,
+            PublishOptions {
+                ack: true,
+                priority: 0,
+            },
+        )?;
+        self.wait_ack(seq).map(|d| d.unwrap_or(0))
+    }
+
+    /// Subscribe to a pattern (wildcards allowed) and wait for the hub's answer.
+    pub fn subscribe(&mut self, pattern: &str) -> Result<(), ClientError> {
+        Pattern::parse(pattern)?;
+        let seq = self.next_seq();
+        self.queue_frame(FrameType::Subscribe, 0, 0, pattern, b"", seq);
+        self.wait_ack(seq).map(|_| ())
+    }
+
+    pub fn unsubscribe(&mut self, pattern: &str) -> Result<(), ClientError> {
+        let seq = self.next_seq();
+        self.queue_frame(FrameType::Unsubscribe, 0, 0, pattern, b"", seq);
+        self.wait_ack(seq).map(|_| ())
+    }
+
+    /// Ask the hub for its statistics.
+    pub fn stats(&mut self) -> Result<HubStats, ClientError> {
+        let seq = self.next_seq();
+        self.queue_frame(FrameType::StatsRequest, 0, 0, "", b"", seq);
+        let deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+        loop {
+            if let Some(pos) = self
+                .events
+                .iter()
+                .position(|e| matches!(e, Event::Stats(_)))
+            {
+                if let Some(Event::Stats(s)) = self.events.remove(pos) {
+                    return Ok(*s);
+                }
+            }
+            if let Some(e) = self.take_error(seq) {
+                return Err(e);
+            }
+            self.pump(deadline)?;
+        }
+    }
+
+    /// Wait for the answer to request `seq`: `Some(delivered)` for an ACK.
+    /// Other events that arrive meanwhile stay queued for [`next_event`](Self::next_event).
+    fn wait_ack(&mut self, seq: u64) -> Result<Option<u32>, ClientError> {
+        loop {
+            if let Some(pos) = self
+                .events
+                .iter()
+                .position(|e| matches!(e, Event::Ack { seq: s, .. } if *s == seq))
+            {
+                if let Some(Event::Ack { delivered, .. }) = self.events.remove(pos) {
+                    return Ok(Some(delivered));
+                }
+            }
+            if let Some(e) = self.take_error(seq) {
+                return Err(e);
+            }
+            self.pump(None)?;
+        }
+    }
+
+    fn take_error(&mut self, seq: u64) -> Option<ClientError> {
+        let pos = self
+            .events
+            .iter()
+            .position(|e| matches!(e, Event::Error { seq: s, .. } if *s == seq))?;
+        match self.events.remove(pos) {
+            Some(Event::Error { code, text, .. }) => Some(ClientError::Refused { code, text }),
+            _ => None,
+        }
+    }
+
+    /// Write every buffered frame (reading meanwhile, so the hub never
+    /// stalls on us).
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        while !self.out.is_empty() {
+            self.check_open()?;
+            self.link.flush(&mut self.out)?;
+            if !self.out.is_empty() {
+                self.wait_io(None, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.out.total_bytes()
+    }
+
+    /// The next event, waiting up to `timeout` (`None`: forever). Flushes first.
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, ClientError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(ev) = self.events.pop_front() {
+                return Ok(Some(ev));
+            }
+            match self.pump(deadline) {
+                Ok(()) => {}
+                Err(ClientError::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Events already received, without waiting (after a non-blocking read).
+    pub fn poll_events(&mut self) -> Result<Option<Event>, ClientError> {
+        if self.events.is_empty() {
+            self.read_available()?;
+        }
+        Ok(self.events.pop_front())
+    }
+
+    /// The next message, skipping nothing: ACKs and notices are kept for
+    /// [`next_event`](Self::next_event); MISSED and errors are returned as errors here
+    /// only through `next_event`.
+    pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, ClientError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(pos) = self
+                .events
+                .iter()
+                .position(|e| matches!(e, Event::Message(_)))
+            {
+                if let Some(Event::Message(m)) = self.events.remove(pos) {
+                    return Ok(Some(m));
+                }
+            }
+            match self.pump(deadline) {
+                Ok(()) => {}
+                Err(ClientError::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn check_open(&self) -> Result<(), ClientError> {
+        match &self.closed {
+            Some(r) => Err(ClientError::Closed(r.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Flush, then wait until at least one new event arrived (or the deadline).
+    fn pump(&mut self, deadline: Option<Instant>) -> Result<(), ClientError> {
+        let before = self.events.len();
+        loop {
+            if !self.out.is_empty() {
+                self.check_open()?;
+                self.link.flush(&mut self.out)?;
+            }
+            self.read_available()?;
+            if self.events.len() > before {
+                return Ok(());
+            }
+            self.check_open()?;
+            self.wait_io(deadline, !self.out.is_empty())?;
+        }
+    }
+
+    /// Read whatever is there and decode it into events.
+    fn read_available(&mut self) -> Result<(), ClientError> {
+        let outcome = self.link.read_into(&mut self.inbuf, usize::MAX)?;
+        let mut off = 0;
+        loop {
+            match wire::decode(&self.inbuf[off..], u32::MAX) {
+                Ok(Some((f, used))) => {
+                    off += used;
+                    let seq = f.header.seq;
+                    let ev = match f.header.ty {
+                        FrameType::Data => Event::Message(Message {
+                            channel: f.channel.to_string(),
+                            payload: f.payload.to_vec(),
+                            seq,
+                            origin: f.header.origin,
+                            priority: f.header.priority,
+                        }),
+                        FrameType::Ack => {
+                            let delivered = f
+                                .payload
+                                .get(..4)
+                                .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()));
+                            Event::Ack { seq, delivered }
+                        }
+                        FrameType::Missed => {
+                            let n = f
+                                .payload
+                                .get(..8)
+                                .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+                            Event::Missed(n)
+                        }
+                        FrameType::Error => {
+                            let (code, text) = parse_error_payload(f.payload);
+                            Event::Error { seq, code, text }
+                        }
+                        FrameType::StatsReply => match serde_json::from_slice(f.payload) {
+                            Ok(s) => Event::Stats(Box::new(s)),
+                            Err(e) => {
+                                return Err(ClientError::Protocol(format!("bad STATS_REPLY: {e}")))
+                            }
+                        },
+                        FrameType::Pong => Event::Pong(seq),
+                        FrameType::Bye => {
+                            self.closed = Some(String::from_utf8_lossy(f.payload).into_owned());
+                            continue;
+                        }
+                        other => {
+                            return Err(ClientError::Protocol(format!(
+                                "unexpected {other:?} frame from hub"
+                            )))
+                        }
+                    };
+                    self.events.push_back(ev);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+        }
+        self.inbuf.drain(..off);
+        if outcome.eof && self.closed.is_none() {
+            self.closed = Some("connection lost".into());
+        }
+        if self.closed.is_some() && self.events.is_empty() {
+            return self.check_open();
+        }
+        Ok(())
+    }
+
+    /// Sleep until the link is readable (or writable, when `want_write`), the
+    /// control socket says the hub is gone, or the deadline passes.
+    fn wait_io(&mut self, deadline: Option<Instant>, want_write: bool) -> Result<(), ClientError> {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ClientError::Timeout);
+                }
+                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let (rfd, wfd) = (self.link.read_fd(), self.link.write_fd());
+        let rb = unsafe_borrow(rfd);
+        let wb = unsafe_borrow(wfd);
+        let mut fds = vec![PollFd::new(rb, PollFlags::POLLIN)];
+        if want_write {
+            fds.push(PollFd::new(wb, PollFlags::POLLOUT));
+        }
+        if let Some(c) = &self.ctrl {
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+        }
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(io::Error::from(e).into()),
+        }
+        if self.ctrl.is_some() {
+            let ctrl_gone = fds.last().and_then(|f| f.revents()).is_some_and(|r| {
+                r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+            });
+            if ctrl_gone {
+                self.check_ctrl()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Something happened on the control socket of a non-socket transport:
+    /// the hub only writes there to say goodbye, so read it and close.
+    fn check_ctrl(&mut self) -> Result<(), ClientError> {
+        let Some(c) = &self.ctrl else { return Ok(()) };
+        let mut buf = Vec::new();
+        let o = crate::transport::stream::read_stream(c, &mut buf, 1 << 16)?;
+        if o.eof {
+            // Whatever is still in the data path is read first.
+            self.read_available()?;
+            if self.closed.is_none() {
+                self.closed = Some("hub closed the control connection".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unsafe_borrow(fd: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: only used for the duration of one poll(2) call in `wait_io`,
+    // while the owning `Client` keeps the descriptor open; the 'static
+    // lifetime never escapes that call.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+fn connect_error(path: &Path, e: io::Error) -> ClientError {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+            path: path.to_path_buf(),
+            source: e,
+        },
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+            path: path.to_path_buf(),
+        },
+        _ => ClientError::Connect {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+use crate::hub::queue;
+
+impl AsRawFd for Client {
+    /// The descriptor to poll for incoming events.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.link.read_fd()
+    }
+}

@@ -1,0 +1,629 @@
+//! The data thread: one mio (epoll, edge-triggered) loop owning every client.
+//!
+//! Shape of one iteration: wait for readiness; read every ready client in
+//! large chunks and hand each complete frame to the [`Hub`]; flush every
+//! queue the hub marked dirty with one `writev` per client; close clients the
+//! hub condemned. Edge-triggered readiness is only reported once, so a client
+//! we stop reading early (budget spent, or paused by back-pressure) goes on
+//! the `pending` list and is serviced again without waiting for the kernel.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener as StdListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use tracing::{debug, info, warn};
+
+use super::handshake::{self, Handshake};
+use super::systemd;
+use crate::config::Config;
+use crate::hub::{ClientId, Hub, Identity, Step, TransportKind};
+use crate::transport::stream::{flush_stream, read_stream};
+use crate::transport::Link;
+use crate::wire::{self, DecodeError, FrameType};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+/// Client tokens are `id << 2 | role`.
+const ROLE_CTRL: usize = 0;
+const ROLE_DATA_IN: usize = 1;
+const ROLE_DATA_OUT: usize = 2;
+/// Bytes read from one client per turn before others get theirs.
+const READ_BUDGET: usize = 512 * 1024;
+
+fn token(id: ClientId, role: usize) -> Token {
+    Token(((id as usize) << 2) | role)
+}
+
+/// What the loop needs besides the listener.
+pub struct LoopOptions {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    /// Runtime directory for FIFOs and other per-client files.
+    pub runtime_dir: PathBuf,
+    /// Socket file to remove at exit (None when systemd owns it).
+    pub unlink_on_exit: Option<PathBuf>,
+}
+
+struct Client {
+    ident: Identity,
+    ctrl: OwnedFd,
+    ctrl_in: Vec<u8>,
+    /// The data path once the handshake chose one; None = frames on `ctrl`.
+    data: Option<Box<dyn Link>>,
+    data_in: Vec<u8>,
+    greeted: bool,
+    paused: bool,
+    transport: TransportKind,
+}
+
+pub struct EventLoop {
+    poll: Poll,
+    listener: mio::net::UnixListener,
+    signals: Signals,
+    hub: Hub,
+    clients: HashMap<ClientId, Client>,
+    pending: Vec<ClientId>,
+    opts: LoopOptions,
+    scratch_ids: Vec<ClientId>,
+}
+
+impl EventLoop {
+    pub fn new(listener: StdListener, opts: LoopOptions) -> io::Result<EventLoop> {
+        listener.set_nonblocking(true)?;
+        let poll = Poll::new()?;
+        let mut listener = mio::net::UnixListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let hub = Hub::new(opts.config.clone());
+        Ok(EventLoop {
+            poll,
+            listener,
+            signals,
+            hub,
+            clients: HashMap::new(),
+            pending: Vec::new(),
+            opts,
+            scratch_ids: Vec::new(),
+        })
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Run until SIGINT/SIGTERM. Returns after every client got a BYE.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let watchdog = systemd::watchdog_interval();
+        let mut next_ping = watchdog.map(|w| Instant::now() + w);
+        loop {
+            let now = Instant::now();
+            let mut timeout = if self.pending.is_empty() {
+                None
+            } else {
+                Some(Duration::ZERO)
+            };
+            for deadline in [self.hub.next_deadline(), next_ping].into_iter().flatten() {
+                let d = deadline.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(d, |t: Duration| t.min(d)));
+            }
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(),
+                    SIGNALS => {
+                        if self.handle_signals() {
+                            self.shutdown();
+                            return Ok(());
+                        }
+                    }
+                    Token(t) => {
+                        let id = (t >> 2) as ClientId;
+                        let role = t & 3;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.service(id, role);
+                        }
+                        if ev.is_writable() && (role == ROLE_DATA_OUT || role == ROLE_CTRL) {
+                            self.flush(id);
+                        }
+                    }
+                }
+            }
+            let pending = std::mem::take(&mut self.pending);
+            for id in pending {
+                self.service(id, ROLE_CTRL);
+                self.service(id, ROLE_DATA_IN);
+            }
+            self.settle();
+            let now = Instant::now();
+            if self.hub.next_deadline().is_some_and(|d| d <= now) {
+                self.hub.check_timeouts(now);
+                self.settle();
+            }
+            if let (Some(w), Some(at)) = (watchdog, next_ping) {
+                if now >= at {
+                    systemd::watchdog_ping();
+                    next_ping = Some(now + w);
+                }
+            }
+        }
+    }
+
+    /// Flush everything the hub queued, resume publishers that may go on,
+    /// close the condemned; repeat until nothing changes.
+    fn settle(&mut self) {
+        loop {
+            let mut ids = std::mem::take(&mut self.scratch_ids);
+            self.hub.take_dirty(&mut ids);
+            for id in ids.drain(..) {
+                self.flush(id);
+            }
+            let mut doomed = Vec::new();
+            self.hub.take_doomed(&mut doomed);
+            for (id, reason) in doomed {
+                self.close(id, &reason);
+            }
+            self.hub.take_resumed(&mut ids);
+            let resumed = !ids.is_empty();
+            for id in ids.drain(..) {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.paused = false;
+                    self.pending.push(id);
+                }
+            }
+            self.scratch_ids = ids;
+            if !resumed {
+                return;
+            }
+            // Resumed publishers are handled now rather than next turn, so a
+            // drained subscriber gets new data without an extra wake-up.
+            let pending = std::mem::take(&mut self.pending);
+            for id in pending {
+                self.service(id, ROLE_CTRL);
+                self.service(id, ROLE_DATA_IN);
+            }
+        }
+    }
+
+    fn handle_signals(&mut self) -> bool {
+        let mut stop = false;
+        for sig in self.signals.pending() {
+            match sig {
+                SIGHUP => self.reload(),
+                _ => {
+                    info!(signal = sig, "shutting down on signal");
+                    stop = true;
+                }
+            }
+        }
+        stop
+    }
+
+    fn reload(&mut self) {
+        systemd::reloading();
+        match Config::load(self.opts.config_path.as_deref()) {
+            Ok(cfg) => {
+                self.hub.reload(cfg);
+                info!("configuration reloaded");
+            }
+            Err(e) => warn!("reload failed, keeping the running configuration: {e}"),
+        }
+        systemd::reloaded(&self.status_line());
+    }
+
+    fn status_line(&self) -> String {
+        format!("serving {} clients", self.hub.client_count())
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(OwnedFd::from(stream)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and carry on; the connection
+                    // stays in the backlog until resources free up.
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, fd: OwnedFd) {
+        let ident =
+            match nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials) {
+                Ok(c) => Identity {
+                    pid: c.pid(),
+                    uid: c.uid(),
+                    gid: c.gid(),
+                },
+                Err(e) => {
+                    warn!("cannot read peer credentials, refusing client: {e}");
+                    return;
+                }
+            };
+        let id = match self.hub.admit(ident) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(
+                    client_pid = ident.pid,
+                    client_uid = ident.uid,
+                    "refusing client: {e}"
+                );
+                let mut out = Vec::new();
+                let p = wire::frame::error_payload(wire::ErrorCode::LimitReached, &e.to_string());
+                wire::encode(&mut out, FrameType::Error, 0, 0, "", &p, 0, 0);
+                let _ = nix::unistd::write(&fd, &out);
+                return;
+            }
+        };
+        let raw = fd.as_raw_fd();
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&raw),
+            token(id, ROLE_CTRL),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot register client: {e}");
+            self.hub.remove(id);
+            return;
+        }
+        debug!(
+            client = id,
+            client_pid = ident.pid,
+            client_uid = ident.uid,
+            "client connected"
+        );
+        self.clients.insert(
+            id,
+            Client {
+                ident,
+                ctrl: fd,
+                ctrl_in: Vec::new(),
+                data: None,
+                data_in: Vec::new(),
+                greeted: false,
+                paused: false,
+                transport: TransportKind::Socket,
+            },
+        );
+        // Data may already be waiting; edge-triggered readiness may not tell us again.
+        self.pending.push(id);
+    }
+
+    /// Read and handle input from one of a client's sources.
+    fn service(&mut self, id: ClientId, role: usize) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if c.paused {
+            return;
+        }
+        let max = self.hub.config().hub.max_message_size;
+        let res = match role {
+            ROLE_CTRL => read_stream(&c.ctrl, &mut c.ctrl_in, READ_BUDGET),
+            ROLE_DATA_IN => match c.data.as_mut() {
+                Some(link) => link.read_into(&mut c.data_in, READ_BUDGET),
+                None => return,
+            },
+            _ => return,
+        };
+        let outcome = match res {
+            Ok(o) => o,
+            Err(e) => {
+                self.close(id, &format!("read error: {e}"));
+                return;
+            }
+        };
+        if outcome.more {
+            self.pending.push(id);
+        }
+        let step = self.process(id, role, max);
+        match step {
+            Step::Close => {}
+            _ if outcome.eof => {
+                let c = &self.clients[&id];
+                let buf = if role == ROLE_CTRL {
+                    &c.ctrl_in
+                } else {
+                    &c.data_in
+                };
+                if step == Step::Pause && !buf.is_empty() {
+                    // Keep the client until its buffered frames are handled; the
+                    // EOF is seen again once it is resumed and reads.
+                    return;
+                }
+                let reason = if buf.is_empty() {
+                    "disconnected".to_string()
+                } else {
+                    format!(
+                        "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
+                        buf.len()
+                    )
+                };
+                self.close(id, &reason);
+            }
+            _ => {}
+        }
+    }
+
+    /// Decode and handle every complete frame buffered from `role`.
+    fn process(&mut self, id: ClientId, role: usize, max: u32) -> Step {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return Step::Close;
+        };
+        if !c.greeted {
+            if role != ROLE_CTRL {
+                return Step::Continue;
+            }
+            let hello = match wire::decode(&c.ctrl_in, max) {
+                Ok(None) => return Step::Continue,
+                Ok(Some((frame, used))) => Ok((
+                    frame.header.ty,
+                    frame.header.seq,
+                    frame.payload.to_vec(),
+                    used,
+                )),
+                Err(e) => Err(e),
+            };
+            match hello {
+                Ok((ty, seq, payload, used)) => {
+                    let res = self.greet(id, ty, seq, payload);
+                    if let Some(c) = self.clients.get_mut(&id) {
+                        c.ctrl_in.drain(..used);
+                    }
+                    if let Err(reason) = res {
+                        self.close(id, &reason);
+                        return Step::Close;
+                    }
+                }
+                Err(e) => {
+                    self.reject_frame(id, &e);
+                    return Step::Close;
+                }
+            }
+        }
+        let now = Instant::now();
+        let Some(c) = self.clients.get_mut(&id) else {
+            return Step::Close;
+        };
+        let buf = if role == ROLE_CTRL {
+            &mut c.ctrl_in
+        } else {
+            &mut c.data_in
+        };
+        let mut off = 0;
+        let step = loop {
+            match wire::decode(&buf[off..], max) {
+                Ok(Some((frame, used))) => match self.hub.handle(id, &frame, now) {
+                    Step::Continue => off += used,
+                    Step::Pause => {
+                        c.paused = true;
+                        break Step::Pause;
+                    }
+                    Step::Close => {
+                        off += used;
+                        break Step::Close;
+                    }
+                },
+                Ok(None) => break Step::Continue,
+                Err(e) => {
+                    buf.drain(..off);
+                    self.reject_frame(id, &e);
+                    return Step::Close;
+                }
+            }
+        };
+        buf.drain(..off);
+        if buf.is_empty() && buf.capacity() > 4 * READ_BUDGET {
+            // Give back the memory a burst of big frames needed.
+            *buf = Vec::new();
+        }
+        if step == Step::Close {
+            self.close(id, "protocol violation");
+        }
+        step
+    }
+
+    fn reject_frame(&mut self, id: ClientId, e: &DecodeError) {
+        self.hub.send_error(id, 0, e.code(), &e.to_string());
+        self.close(id, &format!("malformed input: {e}"));
+    }
+
+    /// The first frame must be HELLO: set up the chosen data path and answer WELCOME.
+    fn greet(
+        &mut self,
+        id: ClientId,
+        ty: FrameType,
+        seq: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
+        let c = self.clients.get_mut(&id).expect("caller checked");
+        let fail = |c: &Client, code: wire::ErrorCode, text: &str| {
+            let mut out = Vec::new();
+            wire::encode(
+                &mut out,
+                FrameType::Error,
+                0,
+                0,
+                "",
+                &wire::frame::error_payload(code, text),
+                0,
+                seq,
+            );
+            let _ = nix::unistd::write(&c.ctrl, &out);
+            text.to_string()
+        };
+        if ty != FrameType::Hello {
+            return Err(fail(
+                c,
+                wire::ErrorCode::BadHandshake,
+                &format!("expected HELLO as the first frame, got {ty:?}"),
+            ));
+        }
+        let hello =
+            handshake::Hello::parse(&payload).map_err(|e| fail(c, e.code(), &e.to_string()))?;
+        let setup = Handshake {
+            id,
+            ident: c.ident,
+            runtime_dir: &self.opts.runtime_dir,
+            max_message: self.hub.config().hub.max_message_size,
+        };
+        let handshake::DataPath { link, welcome, fds } =
+            handshake::setup(&setup, &hello).map_err(|e| fail(c, e.code(), &e.to_string()))?;
+        let mut out = Vec::new();
+        wire::encode(
+            &mut out,
+            FrameType::Welcome,
+            0,
+            0,
+            "",
+            welcome.as_bytes(),
+            0,
+            seq,
+        );
+        handshake::send_with_fds(&c.ctrl, &out, &fds)
+            .map_err(|e| format!("cannot send WELCOME: {e}"))?;
+        drop(fds);
+        if let Some(link) = &link {
+            let (r, w) = (link.read_fd(), link.write_fd());
+            let reg = self.poll.registry();
+            let res = if r == w {
+                reg.register(
+                    &mut SourceFd(&r),
+                    token(id, ROLE_DATA_IN),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+            } else {
+                reg.register(
+                    &mut SourceFd(&r),
+                    token(id, ROLE_DATA_IN),
+                    Interest::READABLE,
+                )
+                .and_then(|()| {
+                    reg.register(
+                        &mut SourceFd(&w),
+                        token(id, ROLE_DATA_OUT),
+                        Interest::WRITABLE,
+                    )
+                })
+            };
+            res.map_err(|e| format!("cannot register data path: {e}"))?;
+        }
+        c.data = link;
+        c.greeted = true;
+        c.transport = hello.transport;
+        self.hub.set_transport(id, hello.transport, &hello.name);
+        info!(
+            client = id,
+            client_pid = c.ident.pid,
+            client_uid = c.ident.uid,
+            transport = hello.transport.name(),
+            name = %hello.name,
+            "client connected via {}",
+            hello.transport.describe()
+        );
+        // Data may have arrived on the new path before we registered it.
+        self.pending.push(id);
+        Ok(())
+    }
+
+    fn flush(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let Some(q) = self.hub.queue(id) else { return };
+        let res = match c.data.as_mut() {
+            Some(link) => link.flush(q),
+            None => flush_stream(&c.ctrl, q).map(|()| 0),
+        };
+        match res {
+            Ok(lost) => {
+                if lost > 0 {
+                    self.hub.count_lost(id, lost);
+                }
+                self.hub.flushed(id);
+            }
+            Err(e) => self.close(id, &format!("write error: {e}")),
+        }
+    }
+
+    /// Disconnect a client: best-effort final flush (so an ERROR explaining
+    /// why reaches it), deregister, forget, and let its link clean up.
+    fn close(&mut self, id: ClientId, reason: &str) {
+        let Some(mut c) = self.clients.remove(&id) else {
+            return;
+        };
+        if let Some(q) = self.hub.queue(id) {
+            let _ = match c.data.as_mut() {
+                Some(link) => link.flush(q).map(|_| ()),
+                None => flush_stream(&c.ctrl, q),
+            };
+        }
+        let reg = self.poll.registry();
+        let _ = reg.deregister(&mut SourceFd(&c.ctrl.as_raw_fd()));
+        if let Some(link) = &c.data {
+            let (r, w) = (link.read_fd(), link.write_fd());
+            let _ = reg.deregister(&mut SourceFd(&r));
+            if w != r {
+                let _ = reg.deregister(&mut SourceFd(&w));
+            }
+        }
+        self.hub.remove(id);
+        let quiet = reason == "disconnected";
+        if quiet {
+            info!(
+                client = id,
+                client_pid = c.ident.pid,
+                client_uid = c.ident.uid,
+                transport = c.transport.name(),
+                "client disconnected"
+            );
+        } else {
+            warn!(
+                client = id,
+                client_pid = c.ident.pid,
+                client_uid = c.ident.uid,
+                transport = c.transport.name(),
+                "client disconnected: {reason}"
+            );
+        }
+        let _ = c.ctrl.as_fd();
+    }
+
+    /// Say goodbye to everyone and release what we created.
+    fn shutdown(&mut self) {
+        systemd::stopping();
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in &ids {
+            self.hub
+                .send_control(*id, FrameType::Bye, 0, b"hub shutting down");
+        }
+        for id in ids {
+            self.flush(id);
+            if let Some(c) = self.clients.remove(&id) {
+                drop(c);
+            }
+            self.hub.remove(id);
+        }
+        if let Some(p) = &self.opts.unlink_on_exit {
+            let _ = std::fs::remove_file(p);
+        }
+        info!("stopped");
+    }
+}

@@ -1,0 +1,139 @@
+//! The handshake: HELLO names a transport, the hub builds that data path and
+//! answers WELCOME (with descriptors over SCM_RIGHTS where the path needs them).
+
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use crate::hub::{ClientId, Identity, TransportKind};
+use crate::transport::Link;
+use crate::wire::frame::parse_kv;
+use crate::wire::{ErrorCode, VERSION};
+
+/// A parsed HELLO payload.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub transport: TransportKind,
+    pub name: String,
+    /// Extra keys a transport may read (e.g. `ring_size`).
+    pub params: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("HELLO: unsupported protocol version {0} (this hub speaks {VERSION})")]
+    Version(String),
+    #[error("HELLO: unknown transport '{0}' (known: socket, pipe, fifo, mqueue, shm)")]
+    UnknownTransport(String),
+    #[error("HELLO: transport '{0}' is not enabled on this hub")]
+    Disabled(&'static str),
+    #[error("HELLO: bad value for {key}: {value}")]
+    BadParam { key: String, value: String },
+    #[error("cannot set up the {transport} data path: {source}")]
+    Setup {
+        transport: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl HandshakeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            HandshakeError::Version(_) => ErrorCode::UnsupportedVersion,
+            HandshakeError::UnknownTransport(_) | HandshakeError::Disabled(_) => {
+                ErrorCode::UnknownTransport
+            }
+            HandshakeError::BadParam { .. } => ErrorCode::BadHandshake,
+            HandshakeError::Setup { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+impl Hello {
+    pub fn parse(payload: &[u8]) -> Result<Hello, HandshakeError> {
+        let mut hello = Hello {
+            transport: TransportKind::Socket,
+            name: String::new(),
+            params: Vec::new(),
+        };
+        for (k, v) in parse_kv(payload) {
+            match k.as_str() {
+                "version" => {
+                    if v != VERSION.to_string() {
+                        return Err(HandshakeError::Version(v));
+                    }
+                }
+                "transport" => {
+                    hello.transport =
+                        TransportKind::parse(&v).ok_or(HandshakeError::UnknownTransport(v))?
+                }
+                "name" => hello.name = v,
+                _ => hello.params.push((k, v)),
+            }
+        }
+        Ok(hello)
+    }
+}
+
+/// What a transport's setup needs to know about the client.
+pub struct Handshake<'a> {
+    pub id: ClientId,
+    pub ident: Identity,
+    pub runtime_dir: &'a Path,
+    pub max_message: u32,
+}
+
+/// A data path built for one client.
+pub struct DataPath {
+    /// None: data stays on the control socket.
+    pub link: Option<Box<dyn Link>>,
+    /// The WELCOME payload (`key=value` lines).
+    pub welcome: String,
+    /// Descriptors passed with WELCOME (SCM_RIGHTS).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Build the data path the client asked for.
+pub fn setup(h: &Handshake<'_>, hello: &Hello) -> Result<DataPath, HandshakeError> {
+    let mut welcome = format!(
+        "version={VERSION}\nclient={}\ntransport={}\nmax_message={}\nserver=ipchubd {}\n",
+        h.id,
+        hello.transport.name(),
+        h.max_message,
+        env!("CARGO_PKG_VERSION")
+    );
+    match hello.transport {
+        TransportKind::Socket => Ok(DataPath {
+            link: None,
+            welcome,
+            fds: Vec::new(),
+        }),
+        other => {
+            welcome.clear();
+            Err(HandshakeError::Disabled(other.name()))
+        }
+    }
+}
+
+/// Send `bytes` on the control socket with `fds` attached (SCM_RIGHTS).
+pub fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[OwnedFd]) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
+    let n = sendmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    if n != bytes.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "short write of WELCOME",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! `ipchubd`: configuration, the listening socket, logging, then the event loop.
+//!
+//! [`run`] takes an already open listener, so the binary (socket-activated or
+//! self-bound) and tests share one entry point.
+
+pub mod event_loop;
+pub mod handshake;
+pub mod listener;
+pub mod logging;
+pub mod systemd;
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::config::Config;
+use event_loop::{EventLoop, LoopOptions};
+
+/// ipchubd: the ipchub publish/subscribe daemon.
+///
+/// Routes messages on named channels between local processes over UNIX
+/// sockets, pipes, FIFOs, POSIX message queues and shared memory. Runs in the
+/// foreground; under systemd it uses the socket passed by ipchub.socket.
+#[derive(Debug, Parser)]
+#[command(name = "ipchubd", version, about, long_about)]
+pub struct Args {
+    /// Control socket to bind when not socket-activated [default: /run/ipchub/ipchub.sock as root,
+    /// else $XDG_RUNTIME_DIR/ipchub/ipchub.sock]
+    #[arg(long, short = 's', env = "IPCHUB_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Configuration file [default: /etc/ipchub/ipchub.toml if it exists, else built-in defaults]
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration and exit: status 0 if valid, else the error.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The daemon's whole life; `main` is a shim over this.
+pub fn main_with(args: Args) -> anyhow::Result<()> {
+    // Socket activation first: it edits the environment, which must happen
+    // before any thread exists.
+    let passed = systemd::take_listen_fds().context("reading LISTEN_FDS")?;
+    let config = Config::load(args.config.as_deref())?;
+    if args.check_config {
+        println!("configuration OK");
+        return Ok(());
+    }
+    logging::init(&config.log.level);
+
+    let (listener, unlink, socket_path) = match passed.into_iter().find(|p| p.name != "fifo") {
+        Some(p) => {
+            let l = UnixListener::from(p.fd);
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(PathBuf::from))
+                .unwrap_or_else(|| crate::paths::socket_path(args.socket.as_deref()));
+            tracing::info!(socket = %path.display(), "using socket passed by systemd");
+            (l, None, path)
+        }
+        None => {
+            let path = crate::paths::socket_path(args.socket.as_deref());
+            let l = listener::bind(&path)?;
+            tracing::info!(socket = %path.display(), "listening");
+            (l, Some(path.clone()), path)
+        }
+    };
+    let runtime_dir = crate::paths::runtime_dir_for(&socket_path);
+    let mut ev = EventLoop::new(
+        listener,
+        LoopOptions {
+            config,
+            config_path: args.config.clone(),
+            runtime_dir,
+            unlink_on_exit: unlink,
+        },
+    )
+    .context("starting the event loop")?;
+    systemd::ready(&format!("listening on {}", socket_path.display()));
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "ipchubd ready");
+    ev.run().context("event loop failed")?;
+    Ok(())
+}

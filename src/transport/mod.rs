@@ -1,0 +1,54 @@
+//! Transports: the OS objects a client's frames travel through.
+//!
+//! Every transport carries the same frames (see [`crate::wire`]); they differ
+//! only in how bytes move. The contract every implementation keeps, checked by
+//! the conformance suite in `tests/transports.rs`:
+//! - **order**: frames leave in the order they were queued and are read in the
+//!   order they were written;
+//! - **whole frames**: a message transport (mqueue, shm) carries exactly one
+//!   frame per message and refuses one that does not fit, never truncating;
+//!   a stream transport (socket, pipe, FIFO) carries a byte stream of frames;
+//! - **non-blocking**: `read_into` and `flush` never block; `WouldBlock`
+//!   leaves everything in place for the next readiness event;
+//! - **bounded reads**: `read_into` takes at most `budget` bytes per call so
+//!   one busy client cannot starve the others;
+//! - **close**: end of stream (or a peer that went away) is reported as
+//!   `eof`, never as data; a client that dies mid-frame leaves a partial frame
+//!   that the caller discards and reports.
+
+pub mod stream;
+
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::hub::queue::OutQueue;
+
+/// What one `read_into` call found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Bytes appended to the input buffer.
+    pub bytes: usize,
+    /// The other side has gone: no more input will ever come.
+    pub eof: bool,
+    /// The budget ran out before the source was drained: call again soon
+    /// (edge-triggered readiness will not say so again).
+    pub more: bool,
+}
+
+/// One direction-pair of a client's data path, as the event loop sees it.
+pub trait Link: Send {
+    /// Append ready input to `inbuf` (at most about `budget` bytes).
+    fn read_into(&mut self, inbuf: &mut Vec<u8>, budget: usize) -> io::Result<ReadOutcome>;
+    /// Hand queued frames to the OS until the queue is empty or the OS would block.
+    /// Returns how many frames were lost because the transport cannot carry them.
+    fn flush(&mut self, q: &mut OutQueue) -> io::Result<u64>;
+    /// The descriptor that becomes readable when input is ready.
+    fn read_fd(&self) -> RawFd;
+    /// The descriptor that becomes writable when output may proceed (may equal `read_fd`).
+    fn write_fd(&self) -> RawFd;
+}
+
+/// True for errors that mean "try again on the next readiness event".
+pub(crate) fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
