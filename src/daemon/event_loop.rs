@@ -20,16 +20,18 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, info, warn};
 
+use super::control::{ControlHandle, EventFanout, Request};
 use super::handshake::{self, Handshake};
 use super::systemd;
 use crate::config::Config;
-use crate::hub::{ClientId, Hub, Identity, Step, TransportKind};
+use crate::hub::{ClientId, ControlOp, ControlReply, Hub, HubEvent, Identity, Step, TransportKind};
 use crate::transport::stream::{flush_stream, read_stream};
 use crate::transport::Link;
 use crate::wire::{self, DecodeError, FrameType};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
+const WAKER: Token = Token(2);
 /// Client tokens are `id << 2 | role`.
 const ROLE_CTRL: usize = 0;
 const ROLE_DATA_IN: usize = 1;
@@ -72,6 +74,10 @@ pub struct EventLoop {
     pending: Vec<ClientId>,
     opts: LoopOptions,
     scratch_ids: Vec<ClientId>,
+    waker: std::sync::Arc<mio::Waker>,
+    control_tx: std::sync::mpsc::Sender<Request>,
+    control_rx: std::sync::mpsc::Receiver<Request>,
+    fanout: EventFanout,
 }
 
 impl EventLoop {
@@ -85,7 +91,13 @@ impl EventLoop {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let hub = Hub::new(opts.config.clone());
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let (control_tx, control_rx) = std::sync::mpsc::channel();
         Ok(EventLoop {
+            waker,
+            control_tx,
+            control_rx,
+            fanout: EventFanout::default(),
             poll,
             listener,
             signals,
@@ -99,6 +111,70 @@ impl EventLoop {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// A handle for a control thread (D-Bus, bridge) to run operations here.
+    pub fn control_handle(&self) -> ControlHandle {
+        ControlHandle {
+            tx: self.control_tx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Receive [`HubEvent`]s (clients and channels coming and going).
+    pub fn subscribe_events(&mut self) -> std::sync::mpsc::Receiver<HubEvent> {
+        self.hub.set_event_recording(true);
+        self.fanout.subscribe()
+    }
+
+    fn run_control(&mut self) {
+        while let Ok((op, reply)) = self.control_rx.try_recv() {
+            let answer = match op {
+                ControlOp::Stats => ControlReply::Stats(Box::new(self.hub.stats())),
+                ControlOp::Publish {
+                    channel,
+                    payload,
+                    priority,
+                } => match self.hub.publish_internal(&channel, &payload, priority) {
+                    Ok(n) => ControlReply::Published(n),
+                    Err(e) => ControlReply::Failed(e),
+                },
+                ControlOp::DisconnectClient(id) => {
+                    if self.clients.contains_key(&id) {
+                        self.hub.send_error(
+                            id,
+                            0,
+                            wire::ErrorCode::NotPermitted,
+                            "disconnected by the administrator",
+                        );
+                        self.close(id, "disconnected by the administrator");
+                        ControlReply::Done
+                    } else {
+                        ControlReply::Failed(format!("no client with id {id}"))
+                    }
+                }
+                ControlOp::Reload => match self.reload() {
+                    Ok(()) => ControlReply::Done,
+                    Err(e) => ControlReply::Failed(e),
+                },
+                ControlOp::SetStatus { component, status } => {
+                    self.hub.set_component_status(component, status);
+                    ControlReply::Done
+                }
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn forward_events(&mut self) {
+        if self.fanout.is_empty() {
+            return;
+        }
+        let mut events = Vec::new();
+        self.hub.take_events(&mut events);
+        if !events.is_empty() {
+            self.fanout.send(&events);
+        }
     }
 
     /// Run until SIGINT/SIGTERM. Returns after every client got a BYE.
@@ -125,6 +201,7 @@ impl EventLoop {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
+                    WAKER => self.run_control(),
                     SIGNALS => {
                         if self.handle_signals() {
                             self.shutdown();
@@ -149,6 +226,7 @@ impl EventLoop {
                 self.service(id, ROLE_DATA_IN);
             }
             self.settle();
+            self.forward_events();
             let now = Instant::now();
             if self.hub.next_deadline().is_some_and(|d| d <= now) {
                 self.hub.check_timeouts(now);
@@ -203,7 +281,9 @@ impl EventLoop {
         let mut stop = false;
         for sig in self.signals.pending() {
             match sig {
-                SIGHUP => self.reload(),
+                SIGHUP => {
+                    let _ = self.reload();
+                }
                 _ => {
                     info!(signal = sig, "shutting down on signal");
                     stop = true;
@@ -213,16 +293,21 @@ impl EventLoop {
         stop
     }
 
-    fn reload(&mut self) {
+    fn reload(&mut self) -> Result<(), String> {
         systemd::reloading();
-        match Config::load(self.opts.config_path.as_deref()) {
+        let res = match Config::load(self.opts.config_path.as_deref()) {
             Ok(cfg) => {
                 self.hub.reload(cfg);
                 info!("configuration reloaded");
+                Ok(())
             }
-            Err(e) => warn!("reload failed, keeping the running configuration: {e}"),
-        }
+            Err(e) => {
+                warn!("reload failed, keeping the running configuration: {e}");
+                Err(e.to_string())
+            }
+        };
         systemd::reloaded(&self.status_line());
+        res
     }
 
     fn status_line(&self) -> String {

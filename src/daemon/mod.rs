@@ -3,6 +3,7 @@
 //! [`run`] takes an already open listener, so the binary (socket-activated or
 //! self-bound) and tests share one entry point.
 
+pub mod control;
 pub mod event_loop;
 pub mod handshake;
 pub mod listener;
@@ -79,8 +80,16 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         },
     )
     .context("starting the event loop")?;
+    start_components(&mut ev, &socket_path);
     systemd::ready(&format!("listening on {}", socket_path.display()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ipchubd ready");
     ev.run().context("event loop failed")?;
     Ok(())
+}
+
+/// Start the threads that sit beside the data thread (D-Bus, MQTT bridge).
+/// Each gets a [`control::ControlHandle`] and/or an event receiver from the
+/// loop, never the hub itself, so none of them can slow routing.
+fn start_components(ev: &mut EventLoop, socket_path: &std::path::Path) {
+    let _ = (ev, socket_path);
 }

@@ -14,6 +14,7 @@
 //!   frames ([`Step::Pause`]) until the subscriber drains, so nothing is
 //!   queued past a limit and nothing is lost.
 
+pub mod control;
 pub mod queue;
 pub mod stats;
 
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::{Config, Overflow};
 use crate::wire::frame::{error_payload, MAX_PRIORITY};
 use crate::wire::{channel, encode_header, ErrorCode, Frame, FrameType, Pattern, ACK_REQUESTED};
+pub use control::{ControlOp, ControlReply, HubEvent};
 use queue::{Kind, OutQueue};
 pub use stats::{ChannelStats, ClientStats, HubStats, Totals};
 
@@ -119,6 +121,8 @@ struct Peer {
     /// Publishers paused until this client's queue drains.
     holding: Vec<ClientId>,
     dirty: bool,
+    /// Handshake done (only greeted clients are announced).
+    greeted: bool,
     counters: PeerCounters,
 }
 
@@ -143,6 +147,10 @@ pub struct Hub {
     doomed: Vec<(ClientId, String)>,
     started: SystemTime,
     transports: Vec<TransportKind>,
+    /// Collected only while someone listens (`set_event_recording`), so a
+    /// hub without D-Bus never accumulates them.
+    events: Option<Vec<HubEvent>>,
+    components: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 impl Hub {
@@ -158,11 +166,39 @@ impl Hub {
             doomed: Vec::new(),
             started: SystemTime::now(),
             transports: vec![TransportKind::Socket],
+            events: None,
+            components: Default::default(),
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Start or stop recording [`HubEvent`]s for [`take_events`](Self::take_events).
+    pub fn set_event_recording(&mut self, on: bool) {
+        self.events = if on { Some(Vec::new()) } else { None };
+    }
+
+    pub fn take_events(&mut self, into: &mut Vec<HubEvent>) {
+        if let Some(ev) = self.events.as_mut() {
+            into.append(ev);
+        }
+    }
+
+    fn record(&mut self, ev: HubEvent) {
+        if let Some(events) = self.events.as_mut() {
+            events.push(ev);
+        }
+    }
+
+    /// Record a component's reported state (see [`ControlOp::SetStatus`]).
+    pub fn set_component_status(
+        &mut self,
+        name: String,
+        status: std::collections::BTreeMap<String, String>,
+    ) {
+        self.components.insert(name, status);
     }
 
     /// Tell the hub which transports the daemon serves (for statistics).
@@ -202,17 +238,28 @@ impl Hub {
                 blocked: None,
                 holding: Vec::new(),
                 dirty: false,
+                greeted: false,
                 counters: PeerCounters::default(),
             },
         );
         Ok(id)
     }
 
+    /// The handshake is done: record the transport and announce the client.
     pub fn set_transport(&mut self, id: ClientId, transport: TransportKind, name: &str) {
-        if let Some(p) = self.peers.get_mut(&id) {
-            p.transport = transport;
-            p.name = name.chars().take(64).collect();
-        }
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.transport = transport;
+        p.name = name.chars().take(64).collect();
+        let ev = HubEvent::ClientConnected {
+            id,
+            transport: transport.name().to_string(),
+            pid: p.ident.pid,
+            uid: p.ident.uid,
+        };
+        p.greeted = true;
+        self.record(ev);
     }
 
     pub fn identity(&self, id: ClientId) -> Option<Identity> {
@@ -486,6 +533,7 @@ impl Hub {
             match idle {
                 Some(n) => {
                     self.channels.remove(&n);
+                    self.record(HubEvent::ChannelRemoved(n.to_string()));
                 }
                 None => {
                     return Err((
@@ -516,6 +564,7 @@ impl Hub {
                 dropped: 0,
             },
         );
+        self.record(HubEvent::ChannelCreated(name.to_string()));
         Ok(())
     }
 
@@ -619,6 +668,97 @@ impl Hub {
         Step::Continue
     }
 
+    /// Publish as the hub itself (D-Bus `Publish`): origin 0, never pauses.
+    /// Under `block`, a full subscriber queue makes the whole publish fail
+    /// rather than lose the message silently.
+    pub fn publish_internal(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        priority: u8,
+    ) -> Result<u32, String> {
+        if payload.len() > self.cfg.hub.max_message_size as usize {
+            return Err(format!(
+                "message of {} bytes exceeds hub.max_message_size ({})",
+                payload.len(),
+                self.cfg.hub.max_message_size
+            ));
+        }
+        let mut buf = Vec::with_capacity(crate::wire::HEADER_LEN + channel.len() + payload.len());
+        crate::wire::encode(
+            &mut buf,
+            FrameType::Publish,
+            ACK_REQUESTED,
+            priority.min(MAX_PRIORITY),
+            channel,
+            payload,
+            0,
+            0,
+        );
+        let (frame, _) = crate::wire::decode(&buf, u32::MAX)
+            .map_err(|e| e.to_string())?
+            .ok_or("channel name too long")?;
+        // Route through the ordinary path with a transient internal peer, so
+        // policies, counters and statistics are exactly those of any client.
+        let id = self.admit_internal();
+        let step = self.publish(id, &frame, Instant::now());
+        let peer = self.peers.remove(&id).expect("just admitted");
+        for h in &peer.holding {
+            self.resume(*h);
+        }
+        if step == Step::Pause {
+            if let Some((on, _)) = peer.blocked {
+                if let Some(holder) = self.peers.get_mut(&on) {
+                    holder.holding.retain(|h| *h != id);
+                }
+            }
+            return Err(
+                "a subscriber's queue is full (overflow = \"block\"); try again later".into(),
+            );
+        }
+        let mut answer = Vec::new();
+        let (a, b) = peer.out.as_slices();
+        answer.extend_from_slice(a);
+        answer.extend_from_slice(b);
+        match crate::wire::decode(&answer, u32::MAX) {
+            Ok(Some((f, _))) if f.header.ty == FrameType::Ack => Ok(f
+                .payload
+                .get(..4)
+                .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()))),
+            Ok(Some((f, _))) if f.header.ty == FrameType::Error => {
+                Err(crate::wire::frame::parse_error_payload(f.payload).1)
+            }
+            _ => Err("internal error: no answer to publish".into()),
+        }
+    }
+
+    fn admit_internal(&mut self) -> ClientId {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.peers.insert(
+            id,
+            Peer {
+                ident: Identity {
+                    pid: std::process::id() as i32,
+                    uid: nix::unistd::geteuid().as_raw(),
+                    gid: 0,
+                },
+                transport: TransportKind::Socket,
+                name: "hub".into(),
+                patterns: Vec::new(),
+                out: OutQueue::new(usize::MAX, usize::MAX),
+                blocked: None,
+                holding: Vec::new(),
+                // Already "dirty" so it never enters the flush list: its
+                // answer is read back directly by `publish_internal`.
+                dirty: true,
+                greeted: false,
+                counters: PeerCounters::default(),
+            },
+        );
+        id
+    }
+
     /// Evictions under drop-oldest are counted where they happen; this
     /// records messages a subscriber lost for other reasons (its transport
     /// refused them) so no loss goes uncounted.
@@ -683,6 +823,7 @@ impl Hub {
             totals: self.totals.clone(),
             channels,
             clients,
+            components: self.components.clone(),
         }
     }
 }

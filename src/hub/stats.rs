@@ -1,6 +1,8 @@
 //! Statistics snapshots: what `ipchubctl stats`, the STATS_REPLY frame and the
 //! D-Bus interface report. One serde schema serves all three.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,9 @@ pub struct HubStats {
     pub totals: Totals,
     pub channels: Vec<ChannelStats>,
     pub clients: Vec<ClientStats>,
+    /// State reported by components such as the MQTT bridge, by name.
+    #[serde(default)]
+    pub components: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

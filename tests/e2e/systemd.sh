@@ -132,7 +132,7 @@ else
         mapfile -t mirror_args <<<"$MIRRORS"
         # TMPDIR on tmpfs: the root is unpacked there (seconds instead of a
         # minute on this disk); only the finished tarball goes to the cache.
-        TMPDIR=$RUN/tmp mmdebstrap --variant=apt --include="$INCLUDE" \
+        TMPDIR=$RUN/tmp mmdebstrap --variant=apt --format=tar --include="$INCLUDE" \
             "$SUITE" "$ROOT_TAR.tmp" "${mirror_args[@]}" >"$LOGDIR/mmdebstrap.log" 2>&1 ||
             { tail -20 "$LOGDIR/mmdebstrap.log" >&2; exit 1; }
         mv "$ROOT_TAR.tmp" "$ROOT_TAR"
