@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -38,6 +38,8 @@ const ROLE_DATA_IN: usize = 1;
 const ROLE_DATA_OUT: usize = 2;
 /// Bytes read from one client per turn before others get theirs.
 const READ_BUDGET: usize = 512 * 1024;
+/// How long a disconnected client may take to read its final ERROR.
+const LINGER: Duration = Duration::from_secs(2);
 
 fn token(id: ClientId, role: usize) -> Token {
     Token(((id as usize) << 2) | role)
@@ -63,6 +65,9 @@ struct Client {
     greeted: bool,
     paused: bool,
     transport: TransportKind,
+    /// Set once disconnected but still owed its last frames (an ERROR
+    /// saying why): until when, and what is left to write.
+    closing: Option<(Instant, crate::hub::queue::OutQueue)>,
 }
 
 pub struct EventLoop {
@@ -189,7 +194,14 @@ impl EventLoop {
             } else {
                 Some(Duration::ZERO)
             };
-            for deadline in [self.hub.next_deadline(), next_ping].into_iter().flatten() {
+            for deadline in [
+                self.hub.next_deadline(),
+                next_ping,
+                self.next_linger_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 let d = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t: Duration| t.min(d)));
             }
@@ -231,6 +243,9 @@ impl EventLoop {
             if self.hub.next_deadline().is_some_and(|d| d <= now) {
                 self.hub.check_timeouts(now);
                 self.settle();
+            }
+            if self.next_linger_deadline().is_some_and(|d| d <= now) {
+                self.expire_lingering(now);
             }
             if let (Some(w), Some(at)) = (watchdog, next_ping) {
                 if now >= at {
@@ -385,6 +400,7 @@ impl EventLoop {
                 greeted: false,
                 paused: false,
                 transport: TransportKind::Socket,
+                closing: None,
             },
         );
         // Data may already be waiting; edge-triggered readiness may not tell us again.
@@ -396,6 +412,22 @@ impl EventLoop {
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
+        if c.closing.is_some() {
+            // Only waiting for it to read its ERROR: discard input, notice EOF.
+            let mut sink = Vec::new();
+            let gone = match role {
+                ROLE_CTRL => read_stream(&c.ctrl, &mut sink, READ_BUDGET),
+                _ => match c.data.as_mut() {
+                    Some(link) => link.read_into(&mut sink, READ_BUDGET),
+                    None => return,
+                },
+            }
+            .map_or(true, |o| o.eof);
+            if gone {
+                self.finalize(id);
+            }
+            return;
+        }
         if c.paused {
             return;
         }
@@ -632,6 +664,10 @@ impl EventLoop {
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
+        if c.closing.is_some() {
+            self.flush_closing(id);
+            return;
+        }
         let Some(q) = self.hub.queue(id) else { return };
         let res = match c.data.as_mut() {
             Some(link) => link.flush(q),
@@ -648,30 +684,28 @@ impl EventLoop {
         }
     }
 
-    /// Disconnect a client: best-effort final flush (so an ERROR explaining
-    /// why reaches it), deregister, forget, and let its link clean up.
+    /// Disconnect a client. Its subscriptions end at once; if an explanation
+    /// (ERROR) is still queued and the client is alive, the connection
+    /// lingers up to [`LINGER`] so the client learns why, then closes.
     fn close(&mut self, id: ClientId, reason: &str) {
-        let Some(mut c) = self.clients.remove(&id) else {
+        let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
-        if let Some(q) = self.hub.queue(id) {
-            let _ = match c.data.as_mut() {
-                Some(link) => link.flush(q).map(|_| ()),
-                None => flush_stream(&c.ctrl, q),
-            };
+        if c.closing.is_some() {
+            return;
         }
-        let reg = self.poll.registry();
-        let _ = reg.deregister(&mut SourceFd(&c.ctrl.as_raw_fd()));
-        if let Some(link) = &c.data {
-            let (r, w) = (link.read_fd(), link.write_fd());
-            let _ = reg.deregister(&mut SourceFd(&r));
-            if w != r {
-                let _ = reg.deregister(&mut SourceFd(&w));
+        let peer_gone = reason == "disconnected"
+            || reason.starts_with("read error")
+            || reason.starts_with("write error");
+        if !peer_gone {
+            if let Some(q) = self.hub.queue(id) {
+                let _ = match c.data.as_mut() {
+                    Some(link) => link.flush(q).map(|_| ()),
+                    None => flush_stream(&c.ctrl, q),
+                };
             }
         }
-        self.hub.remove(id);
-        let quiet = reason == "disconnected";
-        if quiet {
+        if peer_gone {
             info!(
                 client = id,
                 client_pid = c.ident.pid,
@@ -688,7 +722,69 @@ impl EventLoop {
                 "client disconnected: {reason}"
             );
         }
-        let _ = c.ctrl.as_fd();
+        let leftover = if peer_gone {
+            None
+        } else {
+            self.hub.take_queue(id).filter(|q| !q.is_empty())
+        };
+        self.hub.remove(id);
+        match leftover {
+            Some(q) => c.closing = Some((Instant::now() + LINGER, q)),
+            None => self.finalize(id),
+        }
+    }
+
+    /// Forget a client for good: deregister and drop its descriptors (its
+    /// link's Drop removes any files or IPC objects it created).
+    fn finalize(&mut self, id: ClientId) {
+        let Some(c) = self.clients.remove(&id) else {
+            return;
+        };
+        let reg = self.poll.registry();
+        let _ = reg.deregister(&mut SourceFd(&c.ctrl.as_raw_fd()));
+        if let Some(link) = &c.data {
+            let (r, w) = (link.read_fd(), link.write_fd());
+            let _ = reg.deregister(&mut SourceFd(&r));
+            if w != r {
+                let _ = reg.deregister(&mut SourceFd(&w));
+            }
+        }
+    }
+
+    /// Flush a lingering client's last words; finalize once done.
+    fn flush_closing(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let Some((_, q)) = c.closing.as_mut() else {
+            return;
+        };
+        let res = match c.data.as_mut() {
+            Some(link) => link.flush(q).map(|_| ()),
+            None => flush_stream(&c.ctrl, q),
+        };
+        if res.is_err() || q.is_empty() {
+            self.finalize(id);
+        }
+    }
+
+    fn next_linger_deadline(&self) -> Option<Instant> {
+        self.clients
+            .values()
+            .filter_map(|c| c.closing.as_ref().map(|(d, _)| *d))
+            .min()
+    }
+
+    fn expire_lingering(&mut self, now: Instant) {
+        let expired: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.closing.as_ref().is_some_and(|(d, _)| *d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.finalize(id);
+        }
     }
 
     /// Say goodbye to everyone and release what we created.

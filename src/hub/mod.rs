@@ -333,6 +333,13 @@ impl Hub {
         self.peers.get_mut(&id).map(|p| &mut p.out)
     }
 
+    /// Take a client's queue out of the hub (before [`remove`](Self::remove)),
+    /// so its last frames can still be written after the hub forgot it.
+    pub fn take_queue(&mut self, id: ClientId) -> Option<OutQueue> {
+        let p = self.peers.get_mut(&id)?;
+        Some(std::mem::replace(&mut p.out, OutQueue::new(0, 0)))
+    }
+
     /// Call after a flush: resumes publishers once this client has drained enough.
     pub fn flushed(&mut self, id: ClientId) {
         let Some(p) = self.peers.get_mut(&id) else {
@@ -378,16 +385,41 @@ impl Hub {
         late.sort_unstable();
         late.dedup();
         for holder in late {
-            if self.doomed.iter().any(|(d, _)| *d == holder) {
-                continue;
-            }
             let reason = format!(
                 "queue full for more than {} ms while publishers waited (hub.block_timeout_ms); not reading fast enough",
                 self.cfg.hub.block_timeout_ms
             );
-            self.send_error(holder, 0, ErrorCode::SlowConsumer, &reason);
-            self.doomed.push((holder, reason));
+            self.doom(holder, ErrorCode::SlowConsumer, reason);
         }
+    }
+
+    /// Condemn a client: it receives no more messages, publishers it held
+    /// resume, what was queued for it is discarded (and counted), and an
+    /// ERROR with the reason is queued first in line. The loop then closes it.
+    pub fn doom(&mut self, id: ClientId, code: ErrorCode, reason: String) {
+        if self.doomed.iter().any(|(d, _)| *d == id) {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let lost = peer.out.discard_unstarted();
+        peer.counters.dropped += lost;
+        let patterns = std::mem::take(&mut peer.patterns);
+        let holding = std::mem::take(&mut peer.holding);
+        self.totals.dropped += lost;
+        for pat in &patterns {
+            self.for_matching_channels(pat, |_, ch| {
+                if ch.subscribers.contains(&id) {
+                    ch.subscribers.retain(|s| *s != id);
+                }
+            });
+        }
+        for h in holding {
+            self.resume(h);
+        }
+        self.send_error(id, 0, code, &reason);
+        self.doomed.push((id, reason));
     }
 
     /// Handle one frame from client `id`.
@@ -610,6 +642,7 @@ impl Hub {
         let parts: [&[u8]; 3] = [&header, frame.channel.as_bytes(), frame.payload];
         let mut delivered = 0u32;
         let mut dropped = 0u64;
+        let mut condemned: Vec<(ClientId, String)> = Vec::new();
         for &sub in &ch.subscribers {
             let Some(p) = self.peers.get_mut(&sub) else {
                 continue;
@@ -618,13 +651,11 @@ impl Hub {
                 Overflow::Block => Kind::Data,
                 Overflow::Disconnect => {
                     if !p.out.has_room(len) {
-                        if !self.doomed.iter().any(|(d, _)| *d == sub) {
-                            let reason = format!(
-                                "queue full ({} messages / {} bytes, limits queue.max_messages={} queue.max_bytes={}) on channel '{}' with overflow = \"disconnect\"",
-                                p.out.messages(), p.out.data_bytes(), self.cfg.queue.max_messages, self.cfg.queue.max_bytes, frame.channel
-                            );
-                            self.doomed.push((sub, reason));
-                        }
+                        let reason = format!(
+                            "queue full ({} messages / {} bytes, limits queue.max_messages={} queue.max_bytes={}) on channel '{}' with overflow = \"disconnect\"",
+                            p.out.messages(), p.out.data_bytes(), self.cfg.queue.max_messages, self.cfg.queue.max_bytes, frame.channel
+                        );
+                        condemned.push((sub, reason));
                         p.counters.dropped += 1;
                         dropped += 1;
                         continue;
@@ -661,6 +692,9 @@ impl Hub {
         self.totals.dropped += dropped;
         if let Some(p) = self.peers.get_mut(&id) {
             p.counters.messages_in += 1;
+        }
+        for (sub, reason) in condemned {
+            self.doom(sub, ErrorCode::SlowConsumer, reason);
         }
         if frame.header.flags & ACK_REQUESTED != 0 {
             self.send_control(id, FrameType::Ack, seq, &delivered.to_le_bytes());

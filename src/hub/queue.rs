@@ -183,6 +183,34 @@ impl OutQueue {
         );
     }
 
+    /// Throw away every queued message not yet started (keeping control
+    /// frames and a partly written head frame, so the stream stays
+    /// well-formed). Returns how many messages were discarded. Used when a
+    /// client is being disconnected: its ERROR must not wait behind data.
+    pub fn discard_unstarted(&mut self) -> u64 {
+        let mut buf = VecDeque::with_capacity(self.total_bytes().min(1 << 16));
+        let mut frames = VecDeque::new();
+        let mut discarded = 0;
+        let mut off = 0usize;
+        for (i, meta) in self.frames.iter().enumerate() {
+            let len = meta.len as usize;
+            let started = i == 0 && self.head_written > 0;
+            let is_data = matches!(meta.kind, Kind::Data | Kind::Droppable);
+            if is_data && !started {
+                discarded += 1;
+                self.data_msgs -= 1;
+                self.data_bytes -= len;
+            } else {
+                buf.extend(self.buf.range(off..off + len));
+                frames.push_back(*meta);
+            }
+            off += len;
+        }
+        self.buf = buf;
+        self.frames = frames;
+        discarded
+    }
+
     /// The unwritten bytes, as at most two slices (for `writev`).
     pub fn as_slices(&self) -> (&[u8], &[u8]) {
         let (a, b) = self.buf.as_slices();
@@ -332,6 +360,31 @@ mod tests {
         q.note_missed_at_back(1);
         let (a, b) = q.as_slices();
         assert_eq!(a.len() + b.len(), 35 * 2 - 5 + 32);
+    }
+
+    #[test]
+    fn discarding_keeps_the_stream_well_formed() {
+        let mut q = OutQueue::new(10, 10_000);
+        q.push(Kind::Data, &[&data(0, 10)]);
+        q.push(Kind::Control, &[&data(1, 3)]);
+        q.push(Kind::Droppable, &[&data(2, 10)]);
+        q.consume(4);
+        assert_eq!(q.discard_unstarted(), 1);
+        q.push(Kind::Control, &[&data(3, 1)]);
+        let mut rest = vec![0u8; 4];
+        rest.copy_from_slice(&data(0, 10)[..4]);
+        let (a, b) = q.as_slices();
+        rest.extend(a.iter().chain(b));
+        q.consume(rest.len() - 4);
+        let mut off = 0;
+        let mut seqs = Vec::new();
+        while let Some((f, used)) = decode(&rest[off..], 1 << 20).unwrap() {
+            seqs.push(f.header.seq);
+            off += used;
+        }
+        assert_eq!(seqs, vec![0, 1, 3]);
+        assert!(q.is_empty());
+        assert_eq!(q.messages(), 0);
     }
 
     #[test]

@@ -1,0 +1,273 @@
+//! Test harness: a real `ipchubd` on a temporary runtime directory, plus
+//! clients, so each test reads as a few lines of intent.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ipchub::client::{Client, Options};
+use ipchub::hub::TransportKind;
+use ipchub::wire::{self, FrameType};
+
+pub const IPCHUBD: &str = env!("CARGO_BIN_EXE_ipchubd");
+pub const IPCHUBCTL: &str = env!("CARGO_BIN_EXE_ipchubctl");
+
+/// A running hub that is killed when dropped.
+pub struct Hub {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    log: PathBuf,
+}
+
+impl Hub {
+    /// A hub with built-in defaults.
+    pub fn start() -> Hub {
+        Hub::start_with("")
+    }
+
+    /// A hub with this configuration text.
+    pub fn start_with(config: &str) -> Hub {
+        let dir = tempfile::Builder::new()
+            .prefix("ipchub-test")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("ipchub.sock");
+        let cfg = dir.path().join("ipchub.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.path().join("ipchubd.log");
+        let mut hub = Hub {
+            child: None,
+            dir,
+            socket,
+            config: cfg,
+            log,
+        };
+        hub.spawn();
+        hub
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(IPCHUBD)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--config")
+            .arg(&self.config)
+            .env("IPCHUB_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).unwrap())
+            .spawn()
+            .expect("start ipchubd");
+        self.child = Some(child);
+        wait_for(
+            || UnixStream::connect(&self.socket).is_ok(),
+            "hub socket to accept",
+        );
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn options(&self, t: TransportKind) -> Options {
+        Options {
+            socket: Some(self.socket.clone()),
+            transport: t,
+            name: "test".into(),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client_via(TransportKind::Socket)
+    }
+
+    pub fn client_via(&self, t: TransportKind) -> Client {
+        Client::connect(&self.options(t))
+            .unwrap_or_else(|e| panic!("connect via {}: {e}\nlog:\n{}", t.name(), self.log()))
+    }
+
+    /// A subscriber on `pattern`, handshake and subscription confirmed.
+    pub fn subscriber(&self, t: TransportKind, pattern: &str) -> Client {
+        let mut c = self.client_via(t);
+        c.subscribe(pattern).unwrap();
+        c
+    }
+
+    /// `ipchubctl` pointed at this hub.
+    pub fn ctl(&self) -> Command {
+        let mut c = Command::new(IPCHUBCTL);
+        c.env("IPCHUB_SOCKET", &self.socket);
+        c
+    }
+
+    /// A raw connection that has done the HELLO/WELCOME handshake.
+    pub fn raw(&self) -> Raw {
+        let mut r = Raw::connect(&self.socket);
+        r.send_frame(
+            FrameType::Hello,
+            0,
+            "",
+            b"version=1\ntransport=socket\nname=raw\n",
+            0,
+        );
+        let f = r.read_frame().expect("WELCOME");
+        assert_eq!(f.0, FrameType::Welcome);
+        r
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
+        wait_child(&mut child, Duration::from_secs(10))
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Start again on the same socket and config.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- ipchubd log ---\n{}", self.log());
+        }
+    }
+}
+
+pub fn wait_child(child: &mut Child, limit: Duration) -> ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Poll `cond` until true, failing the test after 10 s.
+pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let t0 = Instant::now();
+    while !cond() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A raw protocol connection, for bad input and byte-exact checks.
+pub struct Raw {
+    pub sock: UnixStream,
+    buf: Vec<u8>,
+}
+
+pub type RawFrame = (FrameType, u64, String, Vec<u8>);
+
+impl Raw {
+    pub fn connect(path: &Path) -> Raw {
+        let sock = UnixStream::connect(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).unwrap();
+    }
+
+    pub fn send_frame(
+        &mut self,
+        ty: FrameType,
+        flags: u8,
+        channel: &str,
+        payload: &[u8],
+        seq: u64,
+    ) {
+        let mut v = Vec::new();
+        wire::encode(&mut v, ty, flags, 0, channel, payload, 0, seq);
+        self.send(&v);
+    }
+
+    /// The next frame, or None at end of stream.
+    pub fn read_frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if let Some((f, used)) =
+                wire::decode(&self.buf, u32::MAX).expect("hub sent a malformed frame")
+            {
+                let out = (
+                    f.header.ty,
+                    f.header.seq,
+                    f.channel.to_string(),
+                    f.payload.to_vec(),
+                );
+                self.buf.drain(..used);
+                return Some(out);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Read until the hub closes; returns every frame seen.
+    pub fn read_to_end(&mut self) -> Vec<RawFrame> {
+        let mut v = Vec::new();
+        while let Some(f) = self.read_frame() {
+            v.push(f);
+        }
+        v
+    }
+}
+
+/// The text of the first ERROR frame in `frames`.
+pub fn error_text(frames: &[RawFrame]) -> Option<(u16, String)> {
+    frames
+        .iter()
+        .find(|f| f.0 == FrameType::Error)
+        .map(|f| wire::frame::parse_error_payload(&f.3))
+}
