@@ -317,11 +317,19 @@ lstep pubsub-socket 'pubsub weather socket
 expect_eq "$(systemctl is-active ipchub.service)" active "service started by socket activation"'
 lstep pubsub-mqueue 'pubsub weather mqueue'
 lstep pubsub-shm 'pubsub weather shm'
+lstep pubsub-pipe 'pubsub weather pipe'
 
 # A client that is not root: the socket mode and the hub handing FIFOs and
 # message queues to another uid (CAP_CHOWN under User=ipchub) are tested.
 lstep nonroot-socket 'pubsub weather socket nobody'
 lstep nonroot-fifo 'pubsub weather fifo nobody'
+# A logged-in user has XDG_RUNTIME_DIR set; with only the system hub
+# running, ipchubctl must still reach it (/run/ipchub/ipchub.sock).
+lstep user-session-client '
+install -d -o nobody -g nogroup -m 0700 /run/user/65534
+out=$(nobody env XDG_RUNTIME_DIR=/run/user/65534 timeout 10 ipchubctl pub --channel weather hello); rc=$?
+echo "pub as nobody with XDG_RUNTIME_DIR=/run/user/65534 (rc $rc): $out"
+expect_eq "$out" "Published (0 subscribers)" "publish from a user session"'
 lstep nonroot-mqueue 'pubsub weather mqueue nobody'
 
 lstep stats '
