@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 
 use super::ClientError;
 use crate::hub::TransportKind;
+use crate::transport;
 use crate::transport::stream::StreamLink;
 use crate::transport::Link;
 use crate::wire::frame::parse_error_payload;
@@ -80,14 +81,35 @@ pub(super) fn recv_welcome(sock: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>),
 pub(super) fn client_link(
     transport: TransportKind,
     sock: OwnedFd,
-    _welcome: &[(String, String)],
-    _fds: Vec<OwnedFd>,
+    welcome: &[(String, String)],
+    fds: Vec<OwnedFd>,
 ) -> Result<(Option<OwnedFd>, Box<dyn Link>), ClientError> {
-    match transport {
-        TransportKind::Socket => Ok((None, Box::new(StreamLink::duplex(sock)))),
-        other => Err(ClientError::Protocol(format!(
-            "transport {} not supported by this client",
-            other.name()
-        ))),
-    }
+    let get = |k: &str| {
+        welcome
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("WELCOME for {} lacks {k}", transport.name()))
+            })
+    };
+    let setup = |e: crate::transport::SetupError| {
+        ClientError::Protocol(format!("{} data path: {e}", transport.name()))
+    };
+    let link: Box<dyn Link> = match transport {
+        TransportKind::Socket => return Ok((None, Box::new(StreamLink::duplex(sock)))),
+        TransportKind::Pipe => Box::new(transport::pipe::accept(fds).map_err(setup)?),
+        TransportKind::Fifo => {
+            Box::new(transport::fifo::accept(get("fifo_up")?, get("fifo_down")?).map_err(setup)?)
+        }
+        TransportKind::Mqueue => {
+            Box::new(transport::mqueue::accept(get("mq_up")?, get("mq_down")?).map_err(setup)?)
+        }
+        TransportKind::Shm => {
+            return Err(ClientError::Protocol(
+                "transport shm not supported by this client".into(),
+            ));
+        }
+    };
+    Ok((Some(sock), link))
 }

@@ -21,7 +21,7 @@ use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, info, warn};
 
 use super::control::{ControlHandle, EventFanout, Request};
-use super::handshake::{self, Handshake};
+use super::handshake;
 use super::systemd;
 use crate::config::Config;
 use crate::hub::{ClientId, ControlOp, ControlReply, Hub, HubEvent, Identity, Step, TransportKind};
@@ -595,25 +595,18 @@ impl EventLoop {
         }
         let hello =
             handshake::Hello::parse(&payload).map_err(|e| fail(c, e.code(), &e.to_string()))?;
-        let setup = Handshake {
+        let peer = crate::transport::Peer {
             id,
-            ident: c.ident,
+            uid: c.ident.uid,
+            gid: c.ident.gid,
             runtime_dir: &self.opts.runtime_dir,
             max_message: self.hub.config().hub.max_message_size,
         };
-        let handshake::DataPath { link, welcome, fds } =
-            handshake::setup(&setup, &hello).map_err(|e| fail(c, e.code(), &e.to_string()))?;
+        let (offer, welcome) =
+            handshake::setup(&peer, &hello).map_err(|e| fail(c, e.code(), &e.to_string()))?;
+        let crate::transport::Offer { link, fds, .. } = offer;
         let mut out = Vec::new();
-        wire::encode(
-            &mut out,
-            FrameType::Welcome,
-            0,
-            0,
-            "",
-            welcome.as_bytes(),
-            0,
-            seq,
-        );
+        wire::encode(&mut out, FrameType::Welcome, 0, 0, "", welcome.as_bytes(), 0, seq);
         handshake::send_with_fds(&c.ctrl, &out, &fds)
             .map_err(|e| format!("cannot send WELCOME: {e}"))?;
         drop(fds);
@@ -802,6 +795,9 @@ impl EventLoop {
             }
             self.hub.remove(id);
         }
+        // Every link is dropped by now, removing its FIFOs and queues; the
+        // directory they lived in goes too.
+        let _ = std::fs::remove_dir(self.opts.runtime_dir.join(crate::transport::fifo::FIFO_DIR));
         if let Some(p) = &self.opts.unlink_on_exit {
             let _ = std::fs::remove_file(p);
         }

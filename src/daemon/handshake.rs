@@ -1,14 +1,12 @@
 //! The handshake: HELLO names a transport, the hub builds that data path and
 //! answers WELCOME (with descriptors over SCM_RIGHTS where the path needs them).
 
-use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::path::Path;
-
-use crate::hub::{ClientId, Identity, TransportKind};
-use crate::transport::Link;
+use crate::hub::TransportKind;
+use crate::transport::{Offer, Peer, SetupError};
 use crate::wire::frame::parse_kv;
 use crate::wire::{ErrorCode, VERSION};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 /// A parsed HELLO payload.
 #[derive(Debug, Clone)]
@@ -32,7 +30,7 @@ pub enum HandshakeError {
     #[error("cannot set up the {transport} data path: {source}")]
     Setup {
         transport: &'static str,
-        source: std::io::Error,
+        source: SetupError,
     },
 }
 
@@ -44,6 +42,10 @@ impl HandshakeError {
                 ErrorCode::UnknownTransport
             }
             HandshakeError::BadParam { .. } => ErrorCode::BadHandshake,
+            HandshakeError::Setup {
+                source: SetupError::Permission(_),
+                ..
+            } => ErrorCode::NotPermitted,
             HandshakeError::Setup { .. } => ErrorCode::Internal,
         }
     }
@@ -75,44 +77,34 @@ impl Hello {
     }
 }
 
-/// What a transport's setup needs to know about the client.
-pub struct Handshake<'a> {
-    pub id: ClientId,
-    pub ident: Identity,
-    pub runtime_dir: &'a Path,
-    pub max_message: u32,
-}
-
-/// A data path built for one client.
-pub struct DataPath {
-    /// None: data stays on the control socket.
-    pub link: Option<Box<dyn Link>>,
-    /// The WELCOME payload (`key=value` lines).
-    pub welcome: String,
-    /// Descriptors passed with WELCOME (SCM_RIGHTS).
-    pub fds: Vec<OwnedFd>,
-}
-
-/// Build the data path the client asked for.
-pub fn setup(h: &Handshake<'_>, hello: &Hello) -> Result<DataPath, HandshakeError> {
-    let mut welcome = format!(
-        "version={VERSION}\nclient={}\ntransport={}\nmax_message={}\nserver=ipchubd {}\n",
-        h.id,
-        hello.transport.name(),
-        h.max_message,
-        env!("CARGO_PKG_VERSION")
-    );
-    match hello.transport {
-        TransportKind::Socket => Ok(DataPath {
+/// Build the data path the client asked for and the WELCOME text.
+pub fn setup(peer: &Peer<'_>, hello: &Hello) -> Result<(Offer, String), HandshakeError> {
+    let offer = match hello.transport {
+        TransportKind::Socket => Ok(Offer {
             link: None,
-            welcome,
+            welcome: Vec::new(),
             fds: Vec::new(),
         }),
-        other => {
-            welcome.clear();
-            Err(HandshakeError::Disabled(other.name()))
-        }
+        TransportKind::Pipe => crate::transport::pipe::offer(peer),
+        TransportKind::Fifo => crate::transport::fifo::offer(peer),
+        TransportKind::Mqueue => crate::transport::mqueue::offer(peer),
+        TransportKind::Shm => return Err(HandshakeError::Disabled("shm")),
     }
+    .map_err(|source| HandshakeError::Setup {
+        transport: hello.transport.name(),
+        source,
+    })?;
+    let mut welcome = format!(
+        "version={VERSION}\nclient={}\ntransport={}\nmax_message={}\nserver=ipchubd {}\n",
+        peer.id,
+        hello.transport.name(),
+        peer.max_message,
+        env!("CARGO_PKG_VERSION")
+    );
+    for (k, v) in &offer.welcome {
+        welcome.push_str(&format!("{k}={v}\n"));
+    }
+    Ok((offer, welcome))
 }
 
 /// Send `bytes` on the control socket with `fds` attached (SCM_RIGHTS).

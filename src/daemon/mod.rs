@@ -70,6 +70,13 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         }
     };
     let runtime_dir = crate::paths::runtime_dir_for(&socket_path);
+    // Leftovers of a hub killed with -9: its FIFOs and message queues.
+    crate::transport::fifo::prepare_dir(&runtime_dir)
+        .with_context(|| format!("preparing {}/fifo", runtime_dir.display()))?;
+    let reaped = crate::transport::mqueue::reap_stale();
+    if reaped > 0 {
+        tracing::info!(count = reaped, "removed message queues left by a hub that is gone");
+    }
     let mut ev = EventLoop::new(
         listener,
         LoopOptions {

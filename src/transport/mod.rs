@@ -16,10 +16,14 @@
 //!   `eof`, never as data; a client that dies mid-frame leaves a partial frame
 //!   that the caller discards and reports.
 
+pub mod fifo;
+pub mod mqueue;
+pub mod pipe;
 pub mod stream;
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::Path;
 
 use crate::hub::queue::OutQueue;
 
@@ -51,4 +55,36 @@ pub trait Link: Send {
 /// True for errors that mean "try again on the next readiness event".
 pub(crate) fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// What a transport's hub side needs to know to build a client's data path.
+pub struct Peer<'a> {
+    pub id: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Where per-client files go (`<runtime>/fifo/…`).
+    pub runtime_dir: &'a Path,
+    /// The hub's largest payload, to size message queues and rings.
+    pub max_message: u32,
+}
+
+/// A data path built by the hub for one client.
+pub struct Offer {
+    /// The hub's side; None means data stays on the control socket.
+    pub link: Option<Box<dyn Link>>,
+    /// `key=value` pairs added to WELCOME (paths, queue names, sizes).
+    pub welcome: Vec<(String, String)>,
+    /// Descriptors passed with WELCOME (SCM_RIGHTS), in the documented order.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Why a data path could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{0}")]
+    Permission(String),
+    #[error("bad handover: {0}")]
+    Handover(String),
 }
