@@ -11,7 +11,21 @@ pub const SYSTEM_RUNTIME_DIR: &str = "/run/ipchub";
 pub const SOCKET_NAME: &str = "ipchub.sock";
 pub const SOCKET_ENV: &str = "IPCHUB_SOCKET";
 
-/// Resolve the control socket path.
+/// Resolve the control socket path a client connects to: as the daemon
+/// does, except that a user without a hub of their own in
+/// `$XDG_RUNTIME_DIR/ipchub/` reaches the system hub in `/run/ipchub/`.
+pub fn client_socket_path(explicit: Option<&Path>) -> PathBuf {
+    let p = socket_path(explicit);
+    if explicit.is_some()
+        || std::env::var_os(SOCKET_ENV).is_some_and(|v| !v.is_empty())
+        || p.exists()
+    {
+        return p;
+    }
+    PathBuf::from(SYSTEM_RUNTIME_DIR).join(SOCKET_NAME)
+}
+
+/// Resolve the control socket path the daemon binds.
 pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {
         return p.to_path_buf();

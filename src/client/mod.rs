@@ -149,7 +149,7 @@ pub struct Client {
 impl Client {
     /// Connect and perform the handshake for `opts.transport`.
     pub fn connect(opts: &Options) -> Result<Client, ClientError> {
-        let path = crate::paths::socket_path(opts.socket.as_deref());
+        let path = crate::paths::client_socket_path(opts.socket.as_deref());
         let sock = UnixStream::connect(&path).map_err(|e| connect_error(&path, e))?;
         sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;

@@ -65,10 +65,18 @@ impl Hub {
             .spawn()
             .expect("start ipchubd");
         self.child = Some(child);
-        wait_for(
-            || UnixStream::connect(&self.socket).is_ok(),
-            "hub socket to accept",
-        );
+        let t0 = Instant::now();
+        while UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ipchubd exited at start ({status}):\n{}", self.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "hub socket never accepted:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn pid(&self) -> i32 {
