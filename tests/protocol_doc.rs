@@ -7,7 +7,10 @@ use common::Hub;
 #[test]
 fn a_python_client_written_from_the_protocol_document_works() {
     let hub = Hub::start();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/minimal_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/minimal_client.py"
+    );
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(&hub.socket)
@@ -16,6 +19,10 @@ fn a_python_client_written_from_the_protocol_document_works() {
         .output()
         .expect("python3 is needed for this test");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout, "delivered=1\ndata=docs/check:{\"temp\": 72}\n");
 }

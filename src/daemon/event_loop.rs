@@ -606,7 +606,16 @@ impl EventLoop {
             handshake::setup(&peer, &hello).map_err(|e| fail(c, e.code(), &e.to_string()))?;
         let crate::transport::Offer { link, fds, .. } = offer;
         let mut out = Vec::new();
-        wire::encode(&mut out, FrameType::Welcome, 0, 0, "", welcome.as_bytes(), 0, seq);
+        wire::encode(
+            &mut out,
+            FrameType::Welcome,
+            0,
+            0,
+            "",
+            welcome.as_bytes(),
+            0,
+            seq,
+        );
         handshake::send_with_fds(&c.ctrl, &out, &fds)
             .map_err(|e| format!("cannot send WELCOME: {e}"))?;
         drop(fds);
