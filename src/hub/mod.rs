@@ -275,6 +275,10 @@ impl Hub {
         let Some(peer) = self.peers.remove(&id) else {
             return;
         };
+        // Only clients announced by `set_transport` are announced leaving.
+        if peer.greeted {
+            self.record(HubEvent::ClientDisconnected { id });
+        }
         for pat in &peer.patterns {
             self.for_matching_channels(pat, |_, ch| ch.subscribers.retain(|s| *s != id));
         }

@@ -318,3 +318,28 @@ fn stats_report_per_channel_and_client() {
     let c = st.clients.iter().find(|c| c.id == p).unwrap();
     assert_eq!((c.pid, c.uid, c.messages_in), (42, 7, 1));
 }
+
+#[test]
+fn events_announce_clients_coming_and_going() {
+    let mut hub = hub_with(Config::default());
+    hub.set_event_recording(true);
+    let quiet = hub.admit(ident()).unwrap();
+    let id = hub.admit(ident()).unwrap();
+    hub.set_transport(id, TransportKind::Socket, "x");
+    hub.remove(quiet); // never finished its handshake: never announced
+    hub.remove(id);
+    let mut events = Vec::new();
+    hub.take_events(&mut events);
+    assert_eq!(
+        events,
+        vec![
+            HubEvent::ClientConnected {
+                id,
+                transport: "socket".into(),
+                pid: 1,
+                uid: 1000
+            },
+            HubEvent::ClientDisconnected { id },
+        ]
+    );
+}
