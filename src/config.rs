@@ -35,6 +35,7 @@ pub struct Config {
     pub hub: HubConfig,
     pub queue: QueueConfig,
     pub log: LogConfig,
+    pub dbus: DbusConfig,
     /// Per-channel overrides of the queue settings, first match wins.
     #[serde(rename = "channel", skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<ChannelRule>,
@@ -100,6 +101,37 @@ pub struct ChannelRule {
 pub struct LogConfig {
     /// tracing filter: error, warn, info, debug, trace (IPCHUB_LOG overrides).
     pub level: String,
+}
+
+/// The D-Bus control interface (`org.ipchub`). Read at start only: a reload
+/// does not reconnect the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbusConfig {
+    /// Serve `org.ipchub`; without a reachable bus the hub runs anyway and retries.
+    pub enabled: bool,
+    pub bus: BusKind,
+    /// How often counters are sampled for properties and PropertiesChanged.
+    pub stats_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusKind {
+    /// `DBUS_SYSTEM_BUS_ADDRESS`, else `/run/dbus/system_bus_socket`.
+    System,
+    /// `DBUS_SESSION_BUS_ADDRESS`: for development without root.
+    Session,
+}
+
+impl Default for DbusConfig {
+    fn default() -> Self {
+        DbusConfig {
+            enabled: true,
+            bus: BusKind::System,
+            stats_interval_ms: 1000,
+        }
+    }
 }
 
 impl Default for HubConfig {
@@ -195,6 +227,14 @@ impl Config {
                 format!("must hold at least one largest frame ({largest} bytes for max_message_size {})", h.max_message_size),
             ));
         }
+        // Below 100 ms the property signals would approach per-message
+        // chatter; above an hour nobody would call them statistics.
+        if !(100..=3_600_000).contains(&self.dbus.stats_interval_ms) {
+            return Err(bad(
+                "dbus.stats_interval_ms",
+                "must be between 100 and 3600000".into(),
+            ));
+        }
         for (i, rule) in self.channels.iter().enumerate() {
             Pattern::parse(&rule.pattern)
                 .map_err(|e| bad(&format!("channel[{i}].pattern"), e.to_string()))?;
@@ -264,6 +304,10 @@ mod tests {
         let e =
             Config::parse("[[channel]]\npattern = \"a/#/b\"\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("channel[0].pattern"), "{e}");
+        let e = Config::parse("[dbus]\nstats_interval_ms = 5\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("dbus.stats_interval_ms"), "{e}");
+        let e = Config::parse("[dbus]\nbus = \"user\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("user"), "{e}");
     }
 
     #[test]
