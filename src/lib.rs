@@ -15,5 +15,6 @@ pub mod config;
 pub mod daemon;
 pub mod hub;
 pub mod paths;
+pub mod shm;
 pub mod transport;
 pub mod wire;

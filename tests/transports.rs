@@ -11,7 +11,7 @@ use common::{wait_for, Hub};
 use ipchub::client::{ClientError, Event, PublishOptions};
 use ipchub::hub::TransportKind::{self, *};
 
-const TRANSPORTS: &[TransportKind] = &[Socket, Pipe, Fifo, Mqueue];
+const TRANSPORTS: &[TransportKind] = &[Socket, Pipe, Fifo, Mqueue, Shm];
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
 /// Every byte value, NUL included, in a payload that fits every transport.

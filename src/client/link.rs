@@ -105,11 +105,7 @@ pub(super) fn client_link(
         TransportKind::Mqueue => {
             Box::new(transport::mqueue::accept(get("mq_up")?, get("mq_down")?).map_err(setup)?)
         }
-        TransportKind::Shm => {
-            return Err(ClientError::Protocol(
-                "transport shm not supported by this client".into(),
-            ));
-        }
+        TransportKind::Shm => Box::new(transport::shm::accept(fds).map_err(setup)?),
     };
     Ok((Some(sock), link))
 }

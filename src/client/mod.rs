@@ -353,11 +353,19 @@ impl Client {
         }
     }
 
-    /// Write every buffered frame (reading meanwhile, so the hub never
-    /// stalls on us).
+    /// Write every buffered frame, reading meanwhile: a hub that cannot
+    /// hand us our ACKs stops reading us, so a writer that never read would
+    /// deadlock. What arrives waits in the event queue.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         while !self.out.is_empty() {
             self.check_open()?;
+            self.link.flush(&mut self.out)?;
+            if self.out.is_empty() {
+                break;
+            }
+            self.read_available()?;
+            // Reading may have consumed a "room to write" notification
+            // (shared memory), so try again before sleeping.
             self.link.flush(&mut self.out)?;
             if !self.out.is_empty() {
                 self.wait_io(None, true)?;
@@ -437,6 +445,10 @@ impl Client {
                 return Ok(());
             }
             self.check_open()?;
+            if !self.out.is_empty() {
+                // See `flush`: the read may have taken our wake-up.
+                self.link.flush(&mut self.out)?;
+            }
             self.wait_io(deadline, !self.out.is_empty())?;
         }
     }
@@ -527,7 +539,7 @@ impl Client {
         let rb = unsafe_borrow(rfd);
         let wb = unsafe_borrow(wfd);
         let mut fds = vec![PollFd::new(rb, PollFlags::POLLIN)];
-        if want_write {
+        if want_write && !self.link.writable_via_read_fd() {
             fds.push(PollFd::new(wb, PollFlags::POLLOUT));
         }
         if let Some(c) = &self.ctrl {

@@ -57,7 +57,9 @@ pub struct LoopOptions {
 
 struct Client {
     ident: Identity,
-    ctrl: OwnedFd,
+    /// The control connection; None for endpoints the hub made itself
+    /// (spawned children, publish FIFOs), which only have a data link.
+    ctrl: Option<OwnedFd>,
     ctrl_in: Vec<u8>,
     /// The data path once the handshake chose one; None = frames on `ctrl`.
     data: Option<Box<dyn Link>>,
@@ -83,6 +85,7 @@ pub struct EventLoop {
     control_tx: std::sync::mpsc::Sender<Request>,
     control_rx: std::sync::mpsc::Receiver<Request>,
     fanout: EventFanout,
+    spawner: super::spawn::Spawner,
 }
 
 impl EventLoop {
@@ -103,6 +106,10 @@ impl EventLoop {
             control_tx,
             control_rx,
             fanout: EventFanout::default(),
+            spawner: super::spawn::Spawner::new(
+                &opts.config.spawn,
+                opts.config.hub.max_message_size as usize,
+            ),
             poll,
             listener,
             signals,
@@ -130,6 +137,152 @@ impl EventLoop {
     pub fn subscribe_events(&mut self) -> std::sync::mpsc::Receiver<HubEvent> {
         self.hub.set_event_recording(true);
         self.fanout.subscribe()
+    }
+
+    fn writes_on_read(&self, id: ClientId) -> bool {
+        self.clients
+            .get(&id)
+            .and_then(|c| c.data.as_ref())
+            .is_some_and(|l| l.writable_via_read_fd())
+    }
+
+    /// Register a client's data link for readiness.
+    fn register_link(&self, id: ClientId, link: &dyn Link) -> io::Result<()> {
+        let (r, w) = (link.read_fd(), link.write_fd());
+        let reg = self.poll.registry();
+        if link.writable_via_read_fd() {
+            reg.register(
+                &mut SourceFd(&r),
+                token(id, ROLE_DATA_IN),
+                Interest::READABLE,
+            )
+        } else if r == w {
+            reg.register(
+                &mut SourceFd(&r),
+                token(id, ROLE_DATA_IN),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        } else {
+            reg.register(
+                &mut SourceFd(&r),
+                token(id, ROLE_DATA_IN),
+                Interest::READABLE,
+            )?;
+            reg.register(
+                &mut SourceFd(&w),
+                token(id, ROLE_DATA_OUT),
+                Interest::WRITABLE,
+            )
+        }
+    }
+
+    /// Add an endpoint the hub made itself (spawned child, publish FIFO):
+    /// already "greeted", optionally subscribed, no control connection.
+    fn add_internal(
+        &mut self,
+        link: Box<dyn Link>,
+        pid: i32,
+        transport: TransportKind,
+        name: &str,
+        subscribe: Option<&str>,
+    ) -> Option<ClientId> {
+        let ident = Identity {
+            pid,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
+        let id = match self.hub.admit(ident) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(endpoint = name, "cannot add endpoint: {e}");
+                return None;
+            }
+        };
+        if let Err(e) = self.register_link(id, link.as_ref()) {
+            warn!(endpoint = name, "cannot register endpoint: {e}");
+            self.hub.remove(id);
+            return None;
+        }
+        self.hub.set_transport(id, transport, name);
+        if let Some(pattern) = subscribe {
+            let mut f = Vec::new();
+            wire::encode(&mut f, FrameType::Subscribe, 0, 0, pattern, b"", 0, 0);
+            if let Ok(Some((frame, _))) = wire::decode(&f, u32::MAX) {
+                self.hub.handle(id, &frame, Instant::now());
+            }
+        }
+        self.clients.insert(
+            id,
+            Client {
+                ident,
+                ctrl: None,
+                ctrl_in: Vec::new(),
+                data: Some(link),
+                data_in: Vec::new(),
+                greeted: true,
+                paused: false,
+                transport,
+                closing: None,
+            },
+        );
+        self.pending.push(id);
+        Some(id)
+    }
+
+    /// Start children that are due and reap those that ended.
+    fn tend_children(&mut self, now: Instant) {
+        self.spawner.reap(now);
+        for started in self.spawner.due(now) {
+            let cfg = self.spawner.config(started.slot).clone();
+            let sub = cfg.stdin_channel.clone();
+            if let Some(id) = self.add_internal(
+                Box::new(started.link),
+                started.pid,
+                TransportKind::Pipe,
+                &cfg.name,
+                sub.as_deref(),
+            ) {
+                self.spawner.attach(started.slot, id);
+            }
+        }
+    }
+
+    /// Create the per-channel publish FIFOs of `[fifo] publish_channels`.
+    fn open_publish_fifos(&mut self) {
+        let cfg = self.hub.config().fifo.clone();
+        if cfg.publish_channels.is_empty() {
+            return;
+        }
+        let dir = self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR);
+        for ch in &cfg.publish_channels {
+            match crate::transport::fifo::publish_fifo(&dir, ch, cfg.publish_mode) {
+                Ok((fd, path)) => {
+                    let max = self.hub.config().hub.max_message_size as usize;
+                    let link = crate::transport::lines::LineLink::new(
+                        Some(fd),
+                        None,
+                        Some(ch.clone()),
+                        max,
+                        &path.display().to_string(),
+                    )
+                    .remove_on_drop(&path);
+                    let name = format!("publish FIFO {}", path.display());
+                    if self
+                        .add_internal(
+                            Box::new(link),
+                            std::process::id() as i32,
+                            TransportKind::Fifo,
+                            &name,
+                            None,
+                        )
+                        .is_some()
+                    {
+                        info!(channel = %ch, path = %path.display(), "publish FIFO ready");
+                    }
+                }
+                Err(e) => warn!(channel = %ch, "cannot create publish FIFO: {e}"),
+            }
+        }
     }
 
     fn run_control(&mut self) {
@@ -187,6 +340,8 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let watchdog = systemd::watchdog_interval();
         let mut next_ping = watchdog.map(|w| Instant::now() + w);
+        self.open_publish_fifos();
+        self.tend_children(Instant::now());
         loop {
             let now = Instant::now();
             let mut timeout = if self.pending.is_empty() {
@@ -198,6 +353,7 @@ impl EventLoop {
                 self.hub.next_deadline(),
                 next_ping,
                 self.next_linger_deadline(),
+                self.spawner.next_deadline(now),
             ]
             .into_iter()
             .flatten()
@@ -225,6 +381,10 @@ impl EventLoop {
                         let role = t & 3;
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.service(id, role);
+                            // One eventfd may also mean "room to write".
+                            if role == ROLE_DATA_IN && self.writes_on_read(id) {
+                                self.flush(id);
+                            }
                         }
                         if ev.is_writable() && (role == ROLE_DATA_OUT || role == ROLE_CTRL) {
                             self.flush(id);
@@ -243,6 +403,9 @@ impl EventLoop {
             if self.hub.next_deadline().is_some_and(|d| d <= now) {
                 self.hub.check_timeouts(now);
                 self.settle();
+            }
+            if self.spawner.next_deadline(now).is_some_and(|d| d <= now) {
+                self.tend_children(now);
             }
             if self.next_linger_deadline().is_some_and(|d| d <= now) {
                 self.expire_lingering(now);
@@ -393,7 +556,7 @@ impl EventLoop {
             id,
             Client {
                 ident,
-                ctrl: fd,
+                ctrl: Some(fd),
                 ctrl_in: Vec::new(),
                 data: None,
                 data_in: Vec::new(),
@@ -416,7 +579,10 @@ impl EventLoop {
             // Only waiting for it to read its ERROR: discard input, notice EOF.
             let mut sink = Vec::new();
             let gone = match role {
-                ROLE_CTRL => read_stream(&c.ctrl, &mut sink, READ_BUDGET),
+                ROLE_CTRL => match &c.ctrl {
+                    Some(fd) => read_stream(fd, &mut sink, READ_BUDGET),
+                    None => return,
+                },
                 _ => match c.data.as_mut() {
                     Some(link) => link.read_into(&mut sink, READ_BUDGET),
                     None => return,
@@ -433,7 +599,10 @@ impl EventLoop {
         }
         let max = self.hub.config().hub.max_message_size;
         let res = match role {
-            ROLE_CTRL => read_stream(&c.ctrl, &mut c.ctrl_in, READ_BUDGET),
+            ROLE_CTRL => match &c.ctrl {
+                Some(fd) => read_stream(fd, &mut c.ctrl_in, READ_BUDGET),
+                None => return,
+            },
             ROLE_DATA_IN => match c.data.as_mut() {
                 Some(link) => link.read_into(&mut c.data_in, READ_BUDGET),
                 None => return,
@@ -583,7 +752,9 @@ impl EventLoop {
                 0,
                 seq,
             );
-            let _ = nix::unistd::write(&c.ctrl, &out);
+            if let Some(fd) = &c.ctrl {
+                let _ = nix::unistd::write(fd, &out);
+            }
             text.to_string()
         };
         if ty != FrameType::Hello {
@@ -601,6 +772,7 @@ impl EventLoop {
             gid: c.ident.gid,
             runtime_dir: &self.opts.runtime_dir,
             max_message: self.hub.config().hub.max_message_size,
+            shm_ring_size: self.hub.config().shm.ring_size,
         };
         let (offer, welcome) =
             handshake::setup(&peer, &hello).map_err(|e| fail(c, e.code(), &e.to_string()))?;
@@ -616,34 +788,14 @@ impl EventLoop {
             0,
             seq,
         );
-        handshake::send_with_fds(&c.ctrl, &out, &fds)
+        handshake::send_with_fds(c.ctrl.as_ref().ok_or("no control connection")?, &out, &fds)
             .map_err(|e| format!("cannot send WELCOME: {e}"))?;
         drop(fds);
         if let Some(link) = &link {
-            let (r, w) = (link.read_fd(), link.write_fd());
-            let reg = self.poll.registry();
-            let res = if r == w {
-                reg.register(
-                    &mut SourceFd(&r),
-                    token(id, ROLE_DATA_IN),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-            } else {
-                reg.register(
-                    &mut SourceFd(&r),
-                    token(id, ROLE_DATA_IN),
-                    Interest::READABLE,
-                )
-                .and_then(|()| {
-                    reg.register(
-                        &mut SourceFd(&w),
-                        token(id, ROLE_DATA_OUT),
-                        Interest::WRITABLE,
-                    )
-                })
-            };
-            res.map_err(|e| format!("cannot register data path: {e}"))?;
+            self.register_link(id, link.as_ref())
+                .map_err(|e| format!("cannot register data path: {e}"))?;
         }
+        let c = self.clients.get_mut(&id).expect("caller checked");
         c.data = link;
         c.greeted = true;
         c.transport = hello.transport;
@@ -673,7 +825,7 @@ impl EventLoop {
         let Some(q) = self.hub.queue(id) else { return };
         let res = match c.data.as_mut() {
             Some(link) => link.flush(q),
-            None => flush_stream(&c.ctrl, q).map(|()| 0),
+            None => flush_ctrl(&c.ctrl, q).map(|()| 0),
         };
         match res {
             Ok(lost) => {
@@ -703,7 +855,7 @@ impl EventLoop {
             if let Some(q) = self.hub.queue(id) {
                 let _ = match c.data.as_mut() {
                     Some(link) => link.flush(q).map(|_| ()),
-                    None => flush_stream(&c.ctrl, q),
+                    None => flush_ctrl(&c.ctrl, q),
                 };
             }
         }
@@ -730,6 +882,7 @@ impl EventLoop {
             self.hub.take_queue(id).filter(|q| !q.is_empty())
         };
         self.hub.remove(id);
+        self.spawner.client_closed(id);
         match leftover {
             Some(q) => c.closing = Some((Instant::now() + LINGER, q)),
             None => self.finalize(id),
@@ -743,7 +896,9 @@ impl EventLoop {
             return;
         };
         let reg = self.poll.registry();
-        let _ = reg.deregister(&mut SourceFd(&c.ctrl.as_raw_fd()));
+        if let Some(fd) = &c.ctrl {
+            let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
         if let Some(link) = &c.data {
             let (r, w) = (link.read_fd(), link.write_fd());
             let _ = reg.deregister(&mut SourceFd(&r));
@@ -763,7 +918,7 @@ impl EventLoop {
         };
         let res = match c.data.as_mut() {
             Some(link) => link.flush(q).map(|_| ()),
-            None => flush_stream(&c.ctrl, q),
+            None => flush_ctrl(&c.ctrl, q),
         };
         if res.is_err() || q.is_empty() {
             self.finalize(id);
@@ -806,10 +961,23 @@ impl EventLoop {
         }
         // Every link is dropped by now, removing its FIFOs and queues; the
         // directory they lived in goes too.
+        self.spawner.stop_all();
         let _ = std::fs::remove_dir(self.opts.runtime_dir.join(crate::transport::fifo::FIFO_DIR));
+        crate::transport::fifo::remove_publish_dir(
+            &self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR),
+        );
         if let Some(p) = &self.opts.unlink_on_exit {
             let _ = std::fs::remove_file(p);
         }
         info!("stopped");
+    }
+}
+
+/// Flush to the control connection (socket transport); a client without one
+/// always has a data link, so this is never reached for it.
+fn flush_ctrl(ctrl: &Option<OwnedFd>, q: &mut crate::hub::queue::OutQueue) -> io::Result<()> {
+    match ctrl {
+        Some(fd) => flush_stream(fd, q),
+        None => Ok(()),
     }
 }

@@ -88,7 +88,7 @@ pub fn setup(peer: &Peer<'_>, hello: &Hello) -> Result<(Offer, String), Handshak
         TransportKind::Pipe => crate::transport::pipe::offer(peer),
         TransportKind::Fifo => crate::transport::fifo::offer(peer),
         TransportKind::Mqueue => crate::transport::mqueue::offer(peer),
-        TransportKind::Shm => return Err(HandshakeError::Disabled("shm")),
+        TransportKind::Shm => crate::transport::shm::offer(peer, peer.shm_ring_size),
     }
     .map_err(|source| HandshakeError::Setup {
         transport: hello.transport.name(),

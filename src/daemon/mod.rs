@@ -8,6 +8,7 @@ pub mod event_loop;
 pub mod handshake;
 pub mod listener;
 pub mod logging;
+pub mod spawn;
 pub mod systemd;
 
 use std::os::unix::net::UnixListener;

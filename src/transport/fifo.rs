@@ -21,6 +21,8 @@ use crate::hub::queue::OutQueue;
 
 /// Subdirectory of the runtime directory holding per-client FIFOs.
 pub const FIFO_DIR: &str = "fifo";
+/// Subdirectory holding the per-channel publish FIFOs.
+pub const PUB_DIR: &str = "pub";
 
 /// The hub's side: a stream link that removes its files when dropped.
 pub struct FifoLink {
@@ -60,6 +62,7 @@ pub fn prepare_dir(runtime_dir: &Path) -> std::io::Result<PathBuf> {
     for entry in std::fs::read_dir(&dir)?.flatten() {
         let _ = std::fs::remove_file(entry.path());
     }
+    remove_publish_dir(&runtime_dir.join(PUB_DIR));
     Ok(dir)
 }
 
@@ -139,4 +142,57 @@ pub fn accept(up: &str, down: &str) -> Result<StreamLink, SetupError> {
     let down_fd = open(down, OFlag::O_RDONLY)?;
     let up_fd = open(up, OFlag::O_WRONLY)?;
     Ok(StreamLink::pair(down_fd, up_fd))
+}
+
+/// Create the publish FIFO for `channel` at `<dir>/<channel>` (levels become
+/// directories). Channel names cannot contain `..` or empty levels, so the
+/// path cannot leave `dir`; a symlink planted in the way is refused.
+pub fn publish_fifo(dir: &Path, channel: &str, mode: u32) -> std::io::Result<(OwnedFd, PathBuf)> {
+    crate::wire::channel::validate_name(channel)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let path = dir.join(channel);
+    let parent = path.parent().expect("inside dir");
+    std::fs::create_dir_all(parent)?;
+    let mut d = parent.to_path_buf();
+    while d.starts_with(dir) {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        if !d.pop() {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600))?;
+    // chmod after mkfifo: the umask must not narrow the configured mode.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    let fd = nix::fcntl::open(
+        &path,
+        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )?;
+    // SAFETY: `open` just returned this descriptor; we are its only owner.
+    Ok((
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+        path,
+    ))
+}
+
+/// Remove the publish FIFO directory tree (FIFOs and the directories made
+/// for channel levels), leaving anything else in place.
+pub fn remove_publish_dir(dir: &Path) {
+    fn walk(d: &Path) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&p),
+                    Ok(t) if std::os::unix::fs::FileTypeExt::is_fifo(&t) => {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(d);
+    }
+    walk(dir);
 }

@@ -17,8 +17,10 @@
 //!   that the caller discards and reports.
 
 pub mod fifo;
+pub mod lines;
 pub mod mqueue;
 pub mod pipe;
+pub mod shm;
 pub mod stream;
 
 use std::io;
@@ -50,6 +52,13 @@ pub trait Link: Send {
     fn read_fd(&self) -> RawFd;
     /// The descriptor that becomes writable when output may proceed (may equal `read_fd`).
     fn write_fd(&self) -> RawFd;
+    /// True when room to write is signalled by `read_fd` becoming readable
+    /// (shared memory: one eventfd means "input ready or output space"), so
+    /// a waiter must not poll for POLLOUT, and must retry `flush` after
+    /// every `read_into` (which may consume the notification).
+    fn writable_via_read_fd(&self) -> bool {
+        false
+    }
 }
 
 /// True for errors that mean "try again on the next readiness event".
@@ -66,6 +75,8 @@ pub struct Peer<'a> {
     pub runtime_dir: &'a Path,
     /// The hub's largest payload, to size message queues and rings.
     pub max_message: u32,
+    /// Requested shared memory ring size (`[shm] ring_size`).
+    pub shm_ring_size: usize,
 }
 
 /// A data path built by the hub for one client.

@@ -1,0 +1,198 @@
+//! Children the hub runs from `[[spawn]]`, wired to channels through pipes.
+//!
+//! The hub side of each child is a [`LineLink`]: its stdout lines become
+//! PUBLISH frames and the DATA frames of its stdin channel become lines, so a
+//! child is an ordinary client to the router (same queues, same
+//! back-pressure). This module only starts, watches and restarts processes;
+//! the event loop owns the clients.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::config::{Restart, SpawnConfig};
+use crate::hub::ClientId;
+use crate::transport::lines::LineLink;
+use crate::transport::pipe::{pipe_pair, set_nonblocking};
+
+struct Slot {
+    cfg: SpawnConfig,
+    child: Option<Child>,
+    client: Option<ClientId>,
+    restart_at: Option<Instant>,
+}
+
+/// A started child: its hub-side link and pid.
+pub struct Started {
+    pub slot: usize,
+    pub link: LineLink,
+    pub pid: i32,
+}
+
+pub struct Spawner {
+    slots: Vec<Slot>,
+    max_line: usize,
+}
+
+impl Spawner {
+    pub fn new(cfgs: &[SpawnConfig], max_line: usize) -> Spawner {
+        let now = Instant::now();
+        Spawner {
+            slots: cfgs
+                .iter()
+                .map(|c| Slot {
+                    cfg: c.clone(),
+                    child: None,
+                    client: None,
+                    restart_at: Some(now),
+                })
+                .collect(),
+            max_line,
+        }
+    }
+
+    pub fn config(&self, slot: usize) -> &SpawnConfig {
+        &self.slots[slot].cfg
+    }
+
+    /// Start every child whose (re)start time has come.
+    pub fn due(&mut self, now: Instant) -> Vec<Started> {
+        let mut started = Vec::new();
+        for i in 0..self.slots.len() {
+            if self.slots[i].restart_at.is_some_and(|t| t <= now) {
+                self.slots[i].restart_at = None;
+                match self.launch(i) {
+                    Ok(s) => started.push(s),
+                    Err(e) => {
+                        let slot = &mut self.slots[i];
+                        warn!(spawn = %slot.cfg.name, "cannot start {:?}: {e}", slot.cfg.command);
+                        if slot.cfg.restart != Restart::Never {
+                            slot.restart_at = Some(
+                                now + Duration::from_millis(slot.cfg.restart_delay_ms.max(100)),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        started
+    }
+
+    fn launch(&mut self, i: usize) -> std::io::Result<Started> {
+        let slot = &mut self.slots[i];
+        let (in_r, in_w) = pipe_pair()?; // child's stdin
+        let (out_r, out_w) = pipe_pair()?; // child's stdout
+        set_nonblocking(&in_w)?;
+        set_nonblocking(&out_r)?;
+        // Stdio::from dup2s the ends onto 0 and 1 and clears close-on-exec
+        // there; our copies of them are CLOEXEC and close with this scope.
+        let child = Command::new(&slot.cfg.command[0])
+            .args(&slot.cfg.command[1..])
+            .stdin(Stdio::from(in_r))
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let pid = child.id() as i32;
+        info!(spawn = %slot.cfg.name, pid, "started {:?}", slot.cfg.command);
+        slot.child = Some(child);
+        let link = LineLink::new(
+            Some(out_r),
+            slot.cfg.stdin_channel.as_ref().map(|_| in_w),
+            slot.cfg.stdout_channel.clone(),
+            self.max_line,
+            &slot.cfg.name,
+        );
+        Ok(Started { slot: i, link, pid })
+    }
+
+    pub fn attach(&mut self, slot: usize, client: ClientId) {
+        self.slots[slot].client = Some(client);
+    }
+
+    /// A child's client went away (its stdout closed, or the hub cut it off
+    /// as a slow consumer): make sure the process ends too.
+    pub fn client_closed(&mut self, client: ClientId) {
+        for slot in &mut self.slots {
+            if slot.client == Some(client) {
+                slot.client = None;
+                if let Some(c) = slot.child.as_mut() {
+                    if c.try_wait().ok().flatten().is_none() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(c.id() as i32),
+                            nix::sys::signal::SIGTERM,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reap exited children, log how they ended, schedule restarts.
+    pub fn reap(&mut self, now: Instant) {
+        for slot in &mut self.slots {
+            let Some(child) = slot.child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            slot.child = None;
+            let restart = match slot.cfg.restart {
+                Restart::Always => true,
+                Restart::OnFailure => !status.success(),
+                Restart::Never => false,
+            };
+            if status.success() {
+                info!(spawn = %slot.cfg.name, "exited: {status}");
+            } else {
+                warn!(spawn = %slot.cfg.name, "exited: {status}");
+            }
+            if restart {
+                info!(spawn = %slot.cfg.name, delay_ms = slot.cfg.restart_delay_ms, "restarting");
+                slot.restart_at = Some(now + Duration::from_millis(slot.cfg.restart_delay_ms));
+            }
+        }
+    }
+
+    /// When the loop must look again: a pending restart, or a child whose
+    /// client is gone and that has not been reaped yet.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                if s.child.is_some() && s.client.is_none() {
+                    Some(now + Duration::from_millis(50))
+                } else {
+                    s.restart_at
+                }
+            })
+            .min()
+    }
+
+    /// Stop every child: SIGTERM, a moment's grace, then SIGKILL.
+    pub fn stop_all(&mut self) {
+        for slot in &mut self.slots {
+            slot.restart_at = None;
+            if let Some(c) = &slot.child {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.id() as i32),
+                    nix::sys::signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for slot in &mut self.slots {
+            if let Some(mut c) = slot.child.take() {
+                while c.try_wait().ok().flatten().is_none() {
+                    if Instant::now() > deadline {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
