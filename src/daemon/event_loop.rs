@@ -353,7 +353,7 @@ impl EventLoop {
                 self.hub.next_deadline(),
                 next_ping,
                 self.next_linger_deadline(),
-                self.spawner.next_deadline(now),
+                self.spawner.next_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -404,7 +404,7 @@ impl EventLoop {
                 self.hub.check_timeouts(now);
                 self.settle();
             }
-            if self.spawner.next_deadline(now).is_some_and(|d| d <= now) {
+            if self.spawner.next_deadline().is_some_and(|d| d <= now) {
                 self.tend_children(now);
             }
             if self.next_linger_deadline().is_some_and(|d| d <= now) {

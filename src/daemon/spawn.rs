@@ -21,6 +21,8 @@ struct Slot {
     child: Option<Child>,
     client: Option<ClientId>,
     restart_at: Option<Instant>,
+    /// When to look again whether a child whose client went away has exited.
+    reap_at: Option<Instant>,
 }
 
 /// A started child: its hub-side link and pid.
@@ -46,6 +48,7 @@ impl Spawner {
                     child: None,
                     client: None,
                     restart_at: Some(now),
+                    reap_at: None,
                 })
                 .collect(),
             max_line,
@@ -116,6 +119,7 @@ impl Spawner {
         for slot in &mut self.slots {
             if slot.client == Some(client) {
                 slot.client = None;
+                slot.reap_at = Some(Instant::now());
                 if let Some(c) = slot.child.as_mut() {
                     if c.try_wait().ok().flatten().is_none() {
                         let _ = nix::sys::signal::kill(
@@ -134,10 +138,15 @@ impl Spawner {
             let Some(child) = slot.child.as_mut() else {
                 continue;
             };
+            if slot.reap_at.is_none_or(|t| t > now) {
+                continue;
+            }
             let Ok(Some(status)) = child.try_wait() else {
+                slot.reap_at = Some(now + Duration::from_millis(50));
                 continue;
             };
             slot.child = None;
+            slot.reap_at = None;
             let restart = match slot.cfg.restart {
                 Restart::Always => true,
                 Restart::OnFailure => !status.success(),
@@ -157,16 +166,11 @@ impl Spawner {
 
     /// When the loop must look again: a pending restart, or a child whose
     /// client is gone and that has not been reaped yet.
-    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Instant> {
         self.slots
             .iter()
-            .filter_map(|s| {
-                if s.child.is_some() && s.client.is_none() {
-                    Some(now + Duration::from_millis(50))
-                } else {
-                    s.restart_at
-                }
-            })
+            .flat_map(|s| [s.restart_at, s.reap_at])
+            .flatten()
             .min()
     }
 

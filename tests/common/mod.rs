@@ -38,6 +38,13 @@ impl Hub {
             .unwrap();
         let socket = dir.path().join("ipchub.sock");
         let cfg = dir.path().join("ipchub.toml");
+        // Test hubs never join the machine's real system bus (two would
+        // fight over org.ipchub); D-Bus tests configure their own bus.
+        let config = if config.contains("[dbus]") {
+            config.to_string()
+        } else {
+            format!("{config}\n[dbus]\nenabled = false\n")
+        };
         std::fs::write(&cfg, config).unwrap();
         let log = dir.path().join("ipchubd.log");
         let mut hub = Hub {
