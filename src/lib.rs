@@ -7,8 +7,10 @@
 //! - [`transport`], the OS objects a peer's bytes travel through;
 //! - [`daemon`], the event loop and the systemd edge (`ipchubd`);
 //! - [`client`], the client library every tool uses;
+//! - [`bridge`], bridges to other systems (MQTT), ordinary clients of the hub;
 //! - [`cli`], `ipchubctl`.
 
+pub mod bridge;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -355,6 +355,11 @@ fn stats(socket: Option<PathBuf>, a: StatsArgs) -> anyhow::Result<i32> {
             c.subscriptions.join(",")
         )?;
     }
+    // Components (e.g. bridge.mqtt) report free-form key=value state.
+    for (name, status) in &st.components {
+        let kv: Vec<String> = status.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "\nCOMPONENT {name}\n  {}", kv.join("  "))?;
+    }
     Ok(0)
 }
 

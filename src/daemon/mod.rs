@@ -99,5 +99,5 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
 /// Each gets a [`control::ControlHandle`] and/or an event receiver from the
 /// loop, never the hub itself, so none of them can slow routing.
 fn start_components(ev: &mut EventLoop, socket_path: &std::path::Path) {
-    let _ = (ev, socket_path);
+    crate::bridge::start(ev.hub().config(), socket_path, ev.control_handle());
 }

@@ -1,0 +1,596 @@
+//! The MQTT bridge against a real Mosquitto on a free loopback port and a
+//! real `ipchubd`: both directions, QoS 0 and 1, loops, a broker that
+//! restarts mid-stream, one that is not there at start, and a full spool.
+//! mosquitto_sub and mosquitto_pub play the outside MQTT world.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Hub;
+use ipchub::client::Client;
+use ipchub::hub::TransportKind::Socket;
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+/// Poll `cond` every 20 ms until it holds, failing after `limit`.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Mosquitto broker on a loopback port, killed when dropped.
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        Broker::start_on(free_port(), false)
+    }
+
+    /// With `persistent`, sessions and queued messages survive a SIGTERM
+    /// restart (saved in the broker's temporary directory).
+    fn start_on(port: u16, persistent: bool) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("ipchub-mqtt")
+            .tempdir()
+            .unwrap();
+        let mut conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
+        if persistent {
+            // As root, Mosquitto would otherwise switch to its own user, which
+            // cannot write the temporary directory; as anyone else it is ignored.
+            conf += &format!(
+                "persistence true\npersistence_location {}/\nuser root\n",
+                dir.path().display()
+            );
+        } else {
+            conf += "persistence false\n";
+        }
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut b = Broker {
+            child: None,
+            port,
+            dir,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto (apt-get install mosquitto)");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_until(Duration::from_secs(10), "mosquitto to listen", || {
+            TcpStream::connect(&addr).is_ok()
+        });
+    }
+
+    /// SIGTERM (Mosquitto saves its state) and wait for the exit.
+    fn stop(&mut self) {
+        let mut c = self.child.take().expect("broker running");
+        signal(&c, nix::sys::signal::SIGTERM);
+        common::wait_child(&mut c, Duration::from_secs(10));
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().expect("broker running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn restart(&mut self) {
+        self.spawn();
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// `mosquitto_pub` one message.
+    fn publish(&self, topic: &str, payload: &str, qos: u8) {
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-t", topic, "-m", payload, "-q", &qos.to_string()])
+            .status()
+            .expect("run mosquitto_pub");
+        assert!(st.success(), "mosquitto_pub failed");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("mosquitto.log"));
+            eprintln!("--- mosquitto log ---\n{}", log.unwrap_or_default());
+        }
+    }
+}
+
+fn signal(c: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig).unwrap();
+}
+
+/// A `mosquitto_sub -v` whose output lines ("topic payload") are read back
+/// from a file; killed when dropped.
+struct Sub {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Sub {
+    /// Subscribe to `filter` and return once messages flow: a probe topic
+    /// is published until it shows up, since mosquitto_sub cannot say when
+    /// its subscription is active.
+    fn start(broker: &Broker, filter: &str, extra: &[&str]) -> Sub {
+        let out = broker.dir.path().join(format!("sub-{}.out", free_port()));
+        let probe = format!("probe/{}", free_port());
+        let child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-v"])
+            .args(["-t", filter, "-t", &probe])
+            .args(extra)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub");
+        let sub = Sub { child, out };
+        wait_until(
+            Duration::from_secs(10),
+            "mosquitto_sub to subscribe",
+            || {
+                broker.publish(&probe, "ready", 0);
+                std::thread::sleep(Duration::from_millis(30));
+                sub.raw_lines().iter().any(|l| l.starts_with(&probe))
+            },
+        );
+        sub
+    }
+
+    fn raw_lines(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines().map(str::to_string).collect()
+    }
+
+    /// Received messages as "topic payload", probes left out.
+    fn lines(&self) -> Vec<String> {
+        let mut v = self.raw_lines();
+        v.retain(|l| !l.starts_with("probe/"));
+        v
+    }
+
+    fn wait_line(&self, line: &str) {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("'{line}' on the broker"),
+            || self.lines().iter().any(|l| l == line),
+        );
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The hub's configuration for a bridge to `url` plus `rules`.
+fn bridge_config(url: &str, extra: &str) -> String {
+    format!(
+        "[bridge.mqtt]\nenabled = true\nurl = \"{url}\"\nclient_id = \"ipchub-test-{}\"\n\
+         reconnect_min_ms = 100\nreconnect_max_ms = 400\n{extra}",
+        free_port()
+    )
+}
+
+/// The bridge's status as the hub reports it.
+fn status(c: &mut Client) -> BTreeMap<String, String> {
+    c.stats()
+        .unwrap()
+        .components
+        .get("bridge.mqtt")
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn num(st: &BTreeMap<String, String>, key: &str) -> u64 {
+    st.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Wait until the bridge is connected to both sides and its MQTT
+/// subscriptions are confirmed.
+fn wait_bridge_ready(c: &mut Client) {
+    wait_until(Duration::from_secs(15), "the bridge to connect", || {
+        let st = status(c);
+        st.get("connected").map(String::as_str) == Some("true")
+            && st.get("subscribed").map(String::as_str) == Some("true")
+            && st.get("hub_connected").map(String::as_str) == Some("true")
+    });
+}
+
+fn bridge_client_id(c: &mut Client) -> u32 {
+    let st = c.stats().unwrap();
+    st.clients
+        .iter()
+        .find(|cl| cl.name == "bridge.mqtt")
+        .expect("the bridge is a client of the hub")
+        .id
+}
+
+#[test]
+fn hub_messages_reach_the_broker_at_qos_0_and_1() {
+    let broker = Broker::start();
+    let sub = Sub::start(&broker, "ipchub/#", &["-q", "1"]);
+    let hub = Hub::start_with(&bridge_config(
+        &broker.url(),
+        "[[bridge.mqtt.export]]\npattern = \"sensors/#\"\nprefix = \"ipchub/\"\nqos = 0\n\
+         [[bridge.mqtt.export]]\npattern = \"jobs/+\"\nprefix = \"ipchub/\"\nqos = 1\n",
+    ));
+    let mut ctl = hub.client();
+    wait_bridge_ready(&mut ctl);
+
+    let mut publisher = hub.client_via(Socket);
+    publisher
+        .publish_confirmed("sensors/kitchen/temp", b"21.5")
+        .unwrap();
+    publisher.publish_confirmed("jobs/7", b"done").unwrap();
+    publisher
+        .publish_confirmed("elsewhere", b"not exported")
+        .unwrap();
+    let out = hub
+        .ctl()
+        .args(["pub", "-c", "jobs/8", "from ipchubctl"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    sub.wait_line("ipchub/sensors/kitchen/temp 21.5");
+    sub.wait_line("ipchub/jobs/7 done");
+    sub.wait_line("ipchub/jobs/8 from ipchubctl");
+    assert!(!sub.lines().iter().any(|l| l.contains("not exported")));
+    wait_until(Duration::from_secs(5), "sent = 3 in the status", || {
+        let st = status(&mut ctl);
+        num(&st, "sent") == 3 && num(&st, "spooled") == 0
+    });
+}
+
+#[test]
+fn broker_messages_reach_hub_subscribers_at_qos_0_and_1() {
+    let broker = Broker::start();
+    let hub = Hub::start_with(&bridge_config(
+        &broker.url(),
+        "[[bridge.mqtt.import]]\nfilter = \"cmd/#\"\nprefix = \"mqtt/\"\nqos = 1\n\
+         [[bridge.mqtt.import]]\nfilter = \"raw/+\"\nqos = 0\n",
+    ));
+    let mut ctl = hub.client();
+    let mut sub = hub.subscriber(Socket, "mqtt/#");
+    let mut raw = hub.subscriber(Socket, "raw/#");
+    wait_bridge_ready(&mut ctl);
+    let bridge = bridge_client_id(&mut ctl);
+
+    broker.publish("cmd/lamp/on", "1", 1);
+    let m = sub.recv(WAIT).unwrap().expect("imported message");
+    assert_eq!(
+        (m.channel.as_str(), m.payload.as_slice()),
+        ("mqtt/cmd/lamp/on", &b"1"[..])
+    );
+    assert_eq!(
+        m.origin, bridge,
+        "imports are published by the bridge's own connection"
+    );
+
+    broker.publish("raw/x", "qos0", 0);
+    let m = raw.recv(WAIT).unwrap().expect("imported message");
+    assert_eq!(
+        (m.channel.as_str(), m.payload.as_slice()),
+        ("raw/x", &b"qos0"[..])
+    );
+
+    // A topic that is no valid channel name is dropped and counted.
+    broker.publish("cmd/with space", "x", 1);
+    wait_until(
+        Duration::from_secs(5),
+        "the bad topic to be counted",
+        || num(&status(&mut ctl), "dropped_import") == 1,
+    );
+    let st = status(&mut ctl);
+    assert_eq!(
+        (num(&st, "received"), num(&st, "imported")),
+        (3, 2),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn overlapping_rules_never_loop_a_message() {
+    let broker = Broker::start();
+    let mqtt = Sub::start(&broker, "#", &["-q", "1"]);
+    // Everything goes out, everything comes in, under the same names.
+    let hub = Hub::start_with(&bridge_config(
+        &broker.url(),
+        "[[bridge.mqtt.export]]\npattern = \"#\"\n[[bridge.mqtt.import]]\nfilter = \"#\"\n",
+    ));
+    let mut ctl = hub.client();
+    let mut local = hub.subscriber(Socket, "#");
+    wait_bridge_ready(&mut ctl);
+
+    // Hub → broker: not echoed back into the hub (MQTT 5 no-local).
+    let mut publisher = hub.client();
+    publisher.publish_confirmed("a/b", b"from-hub").unwrap();
+    mqtt.wait_line("a/b from-hub");
+    // Broker → hub: not exported again (the hub-side origin check).
+    broker.publish("c/d", "from-mqtt", 1);
+    let first = local.recv(WAIT).unwrap().unwrap();
+    assert_eq!(first.payload, b"from-hub");
+    // Had "a/b" come back, the broker would have sent it before "c/d".
+    let second = local.recv(WAIT).unwrap().unwrap();
+    assert_eq!(
+        (second.channel.as_str(), second.payload.as_slice()),
+        ("c/d", &b"from-mqtt"[..])
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the bridge to skip its own import",
+        || num(&status(&mut ctl), "loops_prevented") == 1,
+    );
+    // Exports leave in order: had "c/d" gone out again it would precede this.
+    publisher.publish_confirmed("z/sentinel", b"end").unwrap();
+    mqtt.wait_line("z/sentinel end");
+    let lines = mqtt.lines();
+    assert_eq!(
+        lines,
+        ["a/b from-hub", "c/d from-mqtt", "z/sentinel end"],
+        "the broker saw a loop"
+    );
+    assert!(
+        local
+            .recv(Some(Duration::from_millis(200)))
+            .unwrap()
+            .unwrap()
+            .payload
+            == b"end"
+    );
+    assert!(
+        local
+            .recv(Some(Duration::from_millis(200)))
+            .unwrap()
+            .is_none(),
+        "the hub saw a loop"
+    );
+}
+
+#[test]
+fn broker_restart_mid_stream_loses_nothing_at_qos_1() {
+    let mut broker = Broker::start_on(free_port(), true);
+    // A persistent session, so the subscriber misses nothing while it
+    // reconnects after the restart either.
+    let sub = Sub::start(
+        &broker,
+        "ipchub/seq/#",
+        &["-q", "1", "-c", "-i", "restart-test-sub"],
+    );
+    let hub = Hub::start_with(&bridge_config(
+        &broker.url(),
+        "[[bridge.mqtt.export]]\npattern = \"seq/#\"\nprefix = \"ipchub/\"\nqos = 1\n\
+         [[bridge.mqtt.import]]\nfilter = \"back/#\"\n",
+    ));
+    let mut ctl = hub.client();
+    let mut imports = hub.subscriber(Socket, "back/#");
+    wait_bridge_ready(&mut ctl);
+
+    const N: usize = 300;
+    let mut publisher = hub.client();
+    for i in 0..N {
+        publisher
+            .publish("seq/n", i.to_string().as_bytes())
+            .unwrap();
+        publisher.flush().unwrap();
+        if i == 100 {
+            broker.stop();
+            // While the broker is away the hub routes as usual.
+            let mut local = hub.subscriber(Socket, "seq/#");
+            publisher
+                .publish_confirmed("seq/local", b"still routing")
+                .unwrap();
+            assert_eq!(local.recv(WAIT).unwrap().unwrap().payload, b"still routing");
+        }
+        if i == 150 {
+            // The status is at most a second old.
+            wait_until(
+                Duration::from_secs(3),
+                "spooled messages in the status",
+                || {
+                    let st = status(&mut ctl);
+                    st["connected"] == "false" && num(&st, "spooled") > 0
+                },
+            );
+            broker.restart();
+        }
+        // A burst before the stop leaves messages in flight when it comes;
+        // after the restart a steady stream.
+        if i > 150 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let want: BTreeSet<String> = (0..N).map(|i| format!("ipchub/seq/n {i}")).collect();
+    wait_until(
+        Duration::from_secs(30),
+        "every message on the broker",
+        || {
+            let got: BTreeSet<String> = sub.lines().into_iter().collect();
+            want.is_subset(&got)
+        },
+    );
+    // QoS 1 allows a duplicate after a reconnect, never a reordering of the
+    // first appearances.
+    let mut seen = BTreeSet::new();
+    let firsts: Vec<usize> = sub
+        .lines()
+        .iter()
+        .filter_map(|l| l.strip_prefix("ipchub/seq/n ")?.parse().ok())
+        .filter(|n| seen.insert(*n))
+        .collect();
+    assert_eq!(firsts, (0..N).collect::<Vec<_>>());
+
+    // The bridge subscribed again after the restart.
+    wait_bridge_ready(&mut ctl);
+    broker.publish("back/after-restart", "yes", 1);
+    let m = imports
+        .recv(WAIT)
+        .unwrap()
+        .expect("import after the restart");
+    assert_eq!(m.channel, "back/after-restart");
+    let st = status(&mut ctl);
+    assert!(num(&st, "reconnects") >= 1, "{st:?}");
+    assert_eq!(num(&st, "dropped"), 0, "{st:?}");
+}
+
+#[test]
+fn bridge_connects_once_an_absent_broker_appears() {
+    let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let hub = Hub::start_with(&bridge_config(
+        &url,
+        "[[bridge.mqtt.export]]\npattern = \"late/#\"\nprefix = \"ipchub/\"\nretain = true\n\
+         [[bridge.mqtt.import]]\nfilter = \"in/#\"\n",
+    ));
+    let mut ctl = hub.client();
+    let mut local = hub.subscriber(Socket, "#");
+    wait_until(Duration::from_secs(10), "the bridge on the hub", || {
+        status(&mut ctl).get("hub_connected").map(String::as_str) == Some("true")
+    });
+    let mut publisher = hub.client();
+    for i in 1..=3 {
+        publisher
+            .publish_confirmed(&format!("late/{i}"), b"spooled")
+            .unwrap();
+        assert_eq!(
+            local.recv(WAIT).unwrap().unwrap().channel,
+            format!("late/{i}")
+        );
+    }
+    wait_until(Duration::from_secs(5), "three spooled messages", || {
+        num(&status(&mut ctl), "spooled") == 3
+    });
+    let st = status(&mut ctl);
+    assert_eq!(st["connected"], "false");
+    assert!(!st["last_error"].is_empty(), "{st:?}");
+
+    let broker = Broker::start_on(port, false);
+    wait_bridge_ready(&mut ctl);
+    // Retained, so a subscriber that comes after the bridge sees them.
+    let sub = Sub::start(&broker, "ipchub/late/#", &[]);
+    for i in 1..=3 {
+        sub.wait_line(&format!("ipchub/late/{i} spooled"));
+    }
+    broker.publish("in/hello", "world", 1);
+    let m = local.recv(WAIT).unwrap().expect("import");
+    assert_eq!(
+        (m.channel.as_str(), m.payload.as_slice()),
+        ("in/hello", &b"world"[..])
+    );
+    wait_until(Duration::from_secs(5), "an empty spool", || {
+        let st = status(&mut ctl);
+        num(&st, "spooled") == 0 && num(&st, "sent") == 3
+    });
+}
+
+#[test]
+fn a_full_spool_drops_the_oldest_counts_and_logs() {
+    let mut broker = Broker::start();
+    let hub = Hub::start_with(&bridge_config(
+        &broker.url(),
+        "spool_max_messages = 5\n\
+         [[bridge.mqtt.export]]\npattern = \"s/#\"\nprefix = \"ipchub/\"\nretain = true\n",
+    ));
+    let mut ctl = hub.client();
+    wait_bridge_ready(&mut ctl);
+    let port = broker.port;
+    broker.kill9();
+    wait_until(Duration::from_secs(10), "the bridge to notice", || {
+        status(&mut ctl)["connected"] == "false"
+    });
+    let mut publisher = hub.client();
+    for i in 0..8 {
+        publisher
+            .publish_confirmed(&format!("s/{i}"), b"v")
+            .unwrap();
+    }
+    wait_until(Duration::from_secs(5), "three drops", || {
+        let st = status(&mut ctl);
+        num(&st, "dropped_spool_full") == 3 && num(&st, "spooled") == 5
+    });
+    wait_until(Duration::from_secs(5), "the drops in the log", || {
+        hub.log().contains("dropped messages")
+    });
+
+    let broker = Broker::start_on(port, false);
+    wait_bridge_ready(&mut ctl);
+    wait_until(Duration::from_secs(10), "the spool to empty", || {
+        num(&status(&mut ctl), "spooled") == 0
+    });
+    let sub = Sub::start(&broker, "ipchub/s/#", &[]);
+    for i in 3..8 {
+        sub.wait_line(&format!("ipchub/s/{i} v"));
+    }
+    let lines = sub.lines();
+    for i in 0..3 {
+        assert!(
+            !lines.contains(&format!("ipchub/s/{i} v")),
+            "oldest should be dropped: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn ipchubctl_stats_shows_the_bridge() {
+    let broker = Broker::start();
+    let hub = Hub::start_with(&bridge_config(&broker.url(), ""));
+    let mut ctl = hub.client();
+    wait_until(Duration::from_secs(10), "the bridge to connect", || {
+        status(&mut ctl).get("connected").map(String::as_str) == Some("true")
+    });
+    let out = hub.ctl().arg("stats").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("COMPONENT bridge.mqtt"), "{text}");
+    assert!(text.contains("connected=true"), "{text}");
+}
