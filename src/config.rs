@@ -39,6 +39,7 @@ pub struct Config {
     pub bridge: BridgeConfig,
     pub fifo: FifoConfig,
     pub shm: ShmConfig,
+    pub access: AccessConfig,
     /// Child processes the hub runs, wired to channels through pipes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub spawn: Vec<SpawnConfig>,
@@ -106,8 +107,50 @@ pub struct FifoConfig {
 
 impl Default for FifoConfig {
     fn default() -> Self {
-        FifoConfig { publish_channels: Vec::new(), publish_mode: 0o622 }
+        FifoConfig {
+            publish_channels: Vec::new(),
+            publish_mode: 0o622,
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessDefault {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// What channels no rule matches allow: "allow" or "deny".
+    pub default: AccessDefault,
+    /// Rules, first matching pattern wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rule: Vec<AccessRule>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            default: AccessDefault::Allow,
+            rule: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Channel pattern the rule governs.
+    pub pattern: String,
+    /// Who may publish: "*", "uid:N", "gid:N", "user:NAME", "group:NAME".
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Who may subscribe (same forms).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,7 +163,9 @@ pub struct ShmConfig {
 
 impl Default for ShmConfig {
     fn default() -> Self {
-        ShmConfig { ring_size: crate::transport::shm::DEFAULT_RING_SIZE }
+        ShmConfig {
+            ring_size: crate::transport::shm::DEFAULT_RING_SIZE,
+        }
     }
 }
 
@@ -494,21 +539,35 @@ impl Config {
             crate::wire::channel::validate_name(ch)
                 .map_err(|e| bad(&format!("fifo.publish_channels[{i}]"), e.to_string()))?;
         }
+        crate::hub::access::Policy::from_config(&self.access).map_err(|e| {
+            let (key, msg) = e.split_once(": ").unwrap_or(("access", e.as_str()));
+            bad(key, msg.to_string())
+        })?;
         if self.shm.ring_size < 4096 || self.shm.ring_size > 1 << 30 {
-            return Err(bad("shm.ring_size", "must be between 4096 and 1073741824".into()));
+            return Err(bad(
+                "shm.ring_size",
+                "must be between 4096 and 1073741824".into(),
+            ));
         }
         if self.fifo.publish_mode > 0o777 {
-            return Err(bad("fifo.publish_mode", "must be a file mode such as 0o622".into()));
+            return Err(bad(
+                "fifo.publish_mode",
+                "must be a file mode such as 0o622".into(),
+            ));
         }
         for (i, sp) in self.spawn.iter().enumerate() {
             if sp.command.is_empty() || sp.command[0].is_empty() {
-                return Err(bad(&format!("spawn[{i}].command"), "must name a program".into()));
+                return Err(bad(
+                    &format!("spawn[{i}].command"),
+                    "must name a program".into(),
+                ));
             }
             if sp.name.is_empty() {
                 return Err(bad(&format!("spawn[{i}].name"), "must not be empty".into()));
             }
             if let Some(p) = &sp.stdin_channel {
-                Pattern::parse(p).map_err(|e| bad(&format!("spawn[{i}].stdin_channel"), e.to_string()))?;
+                Pattern::parse(p)
+                    .map_err(|e| bad(&format!("spawn[{i}].stdin_channel"), e.to_string()))?;
             }
             if let Some(c) = &sp.stdout_channel {
                 crate::wire::channel::validate_name(c)

@@ -521,7 +521,8 @@ impl EventLoop {
                     return;
                 }
             };
-        let id = match self.hub.admit(ident) {
+        let groups = supplementary_groups(ident.uid, ident.gid);
+        let id = match self.hub.admit_with_groups(ident, groups) {
             Ok(id) => id,
             Err(e) => {
                 warn!(
@@ -980,4 +981,20 @@ fn flush_ctrl(ctrl: &Option<OwnedFd>, q: &mut crate::hub::queue::OutQueue) -> io
         Some(fd) => flush_stream(fd, q),
         None => Ok(()),
     }
+}
+
+/// The uid's supplementary groups from the user database, for `group:`
+/// access rules (SO_PEERCRED carries only the primary gid). A uid without
+/// an entry has none.
+fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) else {
+        return Vec::new();
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return Vec::new();
+    };
+    nix::unistd::getgrouplist(&name, gid.into()).map_or_else(
+        |_| Vec::new(),
+        |g| g.into_iter().map(|g| g.as_raw()).collect(),
+    )
 }

@@ -14,6 +14,7 @@
 //!   frames ([`Step::Pause`]) until the subscriber drains, so nothing is
 //!   queued past a limit and nothing is lost.
 
+pub mod access;
 pub mod control;
 pub mod queue;
 pub mod stats;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::{Config, Overflow};
 use crate::wire::frame::{error_payload, MAX_PRIORITY};
 use crate::wire::{channel, encode_header, ErrorCode, Frame, FrameType, Pattern, ACK_REQUESTED};
+use access::{Credentials, Op, Policy};
 pub use control::{ControlOp, ControlReply, HubEvent};
 use queue::{Kind, OutQueue};
 pub use stats::{ChannelStats, ClientStats, HubStats, Totals};
@@ -112,6 +114,10 @@ struct PeerCounters {
 
 struct Peer {
     ident: Identity,
+    /// Credentials for access control (uid, gid and supplementary groups).
+    creds: Credentials,
+    /// The hub itself (D-Bus Publish): authorised by its own front end.
+    internal: bool,
     transport: TransportKind,
     name: String,
     patterns: Vec<Pattern>,
@@ -127,9 +133,12 @@ struct Peer {
 }
 
 struct Channel {
-    /// Clients with at least one matching subscription, each once.
+    /// Clients with at least one matching subscription that the access
+    /// policy lets read this channel, each once.
     subscribers: Vec<ClientId>,
     overflow: Overflow,
+    /// The access rule governing this channel (None: the default).
+    rule: Option<usize>,
     published: u64,
     delivered: u64,
     bytes: u64,
@@ -138,6 +147,7 @@ struct Channel {
 
 pub struct Hub {
     cfg: Config,
+    policy: Policy,
     peers: HashMap<ClientId, Peer>,
     channels: HashMap<Box<str>, Channel>,
     next_id: ClientId,
@@ -156,6 +166,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(cfg: Config) -> Hub {
         Hub {
+            policy: policy_of(&cfg),
             cfg,
             peers: HashMap::new(),
             channels: HashMap::new(),
@@ -213,14 +224,37 @@ impl Hub {
             peer.out
                 .set_limits(cfg.queue.max_messages, cfg.queue.max_bytes);
         }
+        self.policy = policy_of(&cfg);
         for (name, ch) in self.channels.iter_mut() {
             ch.overflow = cfg.overflow_for(name);
+            ch.rule = self.policy.rule_for(name);
+            // Access may have changed: recompute who reads this channel.
+            let policy = &self.policy;
+            let mut subs: Vec<ClientId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.patterns.iter().any(|pat| pat.matches(name)))
+                .filter(|(_, p)| policy.allows_with(ch.rule, &p.creds, Op::Subscribe))
+                .map(|(id, _)| *id)
+                .collect();
+            subs.sort_unstable();
+            ch.subscribers = subs;
         }
         self.cfg = cfg;
     }
 
     /// Admit a new client; its transport may still change at handshake.
     pub fn admit(&mut self, ident: Identity) -> Result<ClientId, AdmitError> {
+        self.admit_with_groups(ident, Vec::new())
+    }
+
+    /// Admit a client whose supplementary groups the caller looked up
+    /// (for `group:` access rules).
+    pub fn admit_with_groups(
+        &mut self,
+        ident: Identity,
+        groups: Vec<u32>,
+    ) -> Result<ClientId, AdmitError> {
         if self.peers.len() >= self.cfg.hub.max_clients {
             return Err(AdmitError::TooManyClients(self.peers.len()));
         }
@@ -231,6 +265,12 @@ impl Hub {
             id,
             Peer {
                 ident,
+                creds: Credentials {
+                    uid: ident.uid,
+                    gid: ident.gid,
+                    groups,
+                },
+                internal: false,
                 transport: TransportKind::Socket,
                 name: String::new(),
                 patterns: Vec::new(),
@@ -507,7 +547,16 @@ impl Hub {
                 format!("{max} subscriptions already (limit hub.max_subscriptions_per_client)"),
             ));
         }
+        if pat.is_exact() && !self.policy.allows(pat.as_str(), &peer.creds, Op::Subscribe) {
+            let text = format!(
+                "uid {} may not subscribe to '{}' (access policy)",
+                peer.creds.uid, pat
+            );
+            tracing::warn!(client = id, client_pid = peer.ident.pid, client_uid = peer.ident.uid, channel = %pat, "subscribe denied");
+            return Err((ErrorCode::NotPermitted, text));
+        }
         peer.patterns.push(pat.clone());
+        let creds = peer.creds.clone();
         if pat.is_exact() && !self.channels.contains_key(pat.as_str()) {
             // Create the channel now so it shows in statistics before traffic.
             if let Err(e) = self.ensure_channel(pat.as_str()) {
@@ -515,8 +564,9 @@ impl Hub {
                 return Err(e);
             }
         }
-        self.for_matching_channels(&pat, |_, ch| {
-            if !ch.subscribers.contains(&id) {
+        let policy = &self.policy;
+        for_matching(&mut self.channels, &pat, |_, ch| {
+            if !ch.subscribers.contains(&id) && policy.allows_with(ch.rule, &creds, Op::Subscribe) {
                 ch.subscribers.push(id);
             }
         });
@@ -541,18 +591,8 @@ impl Hub {
         Ok(())
     }
 
-    fn for_matching_channels(&mut self, pat: &Pattern, mut f: impl FnMut(&str, &mut Channel)) {
-        if pat.is_exact() {
-            if let Some(ch) = self.channels.get_mut(pat.as_str()) {
-                f(pat.as_str(), ch);
-            }
-        } else {
-            for (name, ch) in self.channels.iter_mut() {
-                if pat.matches(name) {
-                    f(name, ch);
-                }
-            }
-        }
+    fn for_matching_channels(&mut self, pat: &Pattern, f: impl FnMut(&str, &mut Channel)) {
+        for_matching(&mut self.channels, pat, f);
     }
 
     /// Look up or create a channel, evicting an idle one at the limit.
@@ -582,10 +622,13 @@ impl Hub {
                 }
             }
         }
+        let rule = self.policy.rule_for(name);
+        let policy = &self.policy;
         let mut subscribers: Vec<ClientId> = self
             .peers
             .iter()
             .filter(|(_, p)| p.patterns.iter().any(|pat| pat.matches(name)))
+            .filter(|(_, p)| policy.allows_with(rule, &p.creds, Op::Subscribe))
             .map(|(id, _)| *id)
             .collect();
         subscribers.sort_unstable();
@@ -594,6 +637,7 @@ impl Hub {
             Channel {
                 subscribers,
                 overflow: self.cfg.overflow_for(name),
+                rule,
                 published: 0,
                 delivered: 0,
                 bytes: 0,
@@ -617,6 +661,25 @@ impl Hub {
         if let Err((code, text)) = self.ensure_channel(frame.channel) {
             self.send_error(id, seq, code, &text);
             return Step::Continue;
+        }
+        if !self.policy.is_open() {
+            let rule = self.channels[frame.channel].rule;
+            let peer = &self.peers[&id];
+            if !peer.internal && !self.policy.allows_with(rule, &peer.creds, Op::Publish) {
+                tracing::warn!(
+                    client = id,
+                    client_pid = peer.ident.pid,
+                    client_uid = peer.ident.uid,
+                    channel = frame.channel,
+                    "publish denied"
+                );
+                let text = format!(
+                    "uid {} may not publish to '{}' (access policy)",
+                    peer.creds.uid, frame.channel
+                );
+                self.send_error(id, seq, ErrorCode::NotPermitted, &text);
+                return Step::Continue;
+            }
         }
         let ch = self.channels.get_mut(frame.channel).expect("just ensured");
         let len = frame.header.frame_len();
@@ -781,6 +844,10 @@ impl Hub {
                     uid: nix::unistd::geteuid().as_raw(),
                     gid: 0,
                 },
+                // The hub's own publishes (D-Bus Publish) were authorised by
+                // the D-Bus policy; the channel policy is for clients.
+                creds: Credentials::default(),
+                internal: true,
                 transport: TransportKind::Socket,
                 name: "hub".into(),
                 patterns: Vec::new(),
@@ -862,6 +929,38 @@ impl Hub {
             channels,
             clients,
             components: self.components.clone(),
+        }
+    }
+}
+
+/// The access policy of a validated configuration.
+fn policy_of(cfg: &Config) -> Policy {
+    Policy::from_config(&cfg.access).unwrap_or_else(|e| {
+        // Config::validate resolved the same rules moments ago; a user or
+        // group deleted in between is the only way here. Fail closed.
+        tracing::error!("access policy no longer valid ({e}); denying everything until reload");
+        Policy::from_config(&crate::config::AccessConfig {
+            default: crate::config::AccessDefault::Deny,
+            rule: Vec::new(),
+        })
+        .expect("empty policy")
+    })
+}
+
+fn for_matching(
+    channels: &mut HashMap<Box<str>, Channel>,
+    pat: &Pattern,
+    mut f: impl FnMut(&str, &mut Channel),
+) {
+    if pat.is_exact() {
+        if let Some(ch) = channels.get_mut(pat.as_str()) {
+            f(pat.as_str(), ch);
+        }
+    } else {
+        for (name, ch) in channels.iter_mut() {
+            if pat.matches(name) {
+                f(name, ch);
+            }
         }
     }
 }

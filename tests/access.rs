@@ -1,0 +1,191 @@
+//! Access control from kernel credentials, the same on every transport, and
+//! per-client IPC objects owned by the client. Runs clients as `nobody`.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Output, Stdio};
+
+use common::{wait_for, Hub, IPCHUBCTL};
+
+const NOBODY: u32 = 65534;
+
+fn open_hub(config: &str) -> Hub {
+    let hub = Hub::start_with(config);
+    // The test's temporary directory is private; let `nobody` reach the socket.
+    std::fs::set_permissions(hub.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    hub
+}
+
+/// `ipchubctl ARGS` as user nobody.
+fn as_nobody(hub: &Hub, args: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        IPCHUBCTL,
+    ])
+    .args(args)
+    .env("IPCHUB_SOCKET", &hub.socket);
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.output().expect("setpriv (util-linux) is needed")
+}
+
+const POLICY: &str = r#"
+[access]
+default = "allow"
+[[access.rule]]
+pattern = "secure/#"
+publish = ["uid:0"]
+subscribe = ["user:root"]
+"#;
+
+#[test]
+fn denied_publish_and_subscribe_are_clear_errors_on_every_transport() {
+    let hub = open_hub(POLICY);
+    for t in ["socket", "pipe", "fifo", "mqueue", "shm"] {
+        let out = run({
+            let mut c = as_nobody(&hub, &["pub", "-t", t, "-c", "secure/door", "open"]);
+            c.stdin(Stdio::null());
+            c
+        });
+        assert!(!out.status.success(), "{t}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("uid 65534 may not publish to 'secure/door'"),
+            "{t}: {err}"
+        );
+        let out = run(as_nobody(&hub, &["pub", "-t", t, "-c", "public", "hello"]));
+        assert!(
+            out.status.success(),
+            "{t}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = run(as_nobody(
+            &hub,
+            &["sub", "-t", t, "-c", "secure/door", "-n", "1"],
+        ));
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("may not subscribe"),
+            "{t}"
+        );
+    }
+    assert!(hub.log().contains("publish denied") && hub.log().contains("client_uid=65534"));
+}
+
+#[test]
+fn a_wildcard_subscriber_only_sees_channels_it_may_read() {
+    let hub = open_hub(POLICY);
+    let sub = as_nobody(&hub, &["sub", "-t", "mqueue", "-c", "#", "-n", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut root = hub.client();
+    wait_for(
+        || {
+            root.stats()
+                .unwrap()
+                .clients
+                .iter()
+                .any(|c| c.uid == NOBODY && !c.subscriptions.is_empty())
+        },
+        "subscriber",
+    );
+    assert_eq!(
+        root.publish_confirmed("secure/door", b"secret").unwrap(),
+        0,
+        "not delivered to nobody"
+    );
+    assert_eq!(root.publish_confirmed("public", b"news").unwrap(), 1);
+    let out = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[public] news\n");
+}
+
+#[test]
+fn a_clients_fifos_and_queues_belong_to_it_with_mode_0600() {
+    let hub = open_hub("");
+    let mut subs = Vec::new();
+    for t in ["fifo", "mqueue"] {
+        subs.push(
+            as_nobody(&hub, &["sub", "-t", t, "-c", "x"])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let mut root = hub.client();
+    wait_for(
+        || {
+            root.stats()
+                .unwrap()
+                .clients
+                .iter()
+                .filter(|c| c.uid == NOBODY && !c.subscriptions.is_empty())
+                .count()
+                == 2
+        },
+        "subscribers",
+    );
+    let fifos: Vec<_> = std::fs::read_dir(hub.dir.path().join("fifo"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(fifos.len(), 2);
+    for f in &fifos {
+        let m = f.metadata().unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (NOBODY, 0o600),
+            "{:?}",
+            f.path()
+        );
+    }
+    let prefix = format!("ipchub.{}.", hub.pid());
+    let queues: Vec<_> = std::fs::read_dir("/dev/mqueue")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert_eq!(queues.len(), 2);
+    for q in &queues {
+        let m = q.metadata().unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (NOBODY, 0o600),
+            "{:?}",
+            q.path()
+        );
+    }
+    for mut s in subs {
+        s.kill().unwrap();
+        s.wait().unwrap();
+    }
+}
+
+#[test]
+fn unknown_principals_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[access.rule]]\npattern = \"a\"\npublish = [\"user:no-such-user-x\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(IPCHUBCTL)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("access.rule[0].publish") && err.contains("no such user"),
+        "{err}"
+    );
+}
