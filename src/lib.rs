@@ -6,6 +6,7 @@
 //! - [`hub`], the routing core (peers, subscriptions, bounded queues), no I/O;
 //! - [`transport`], the OS objects a peer's bytes travel through;
 //! - [`daemon`], the event loop and the systemd edge (`ipchubd`);
+//! - [`dbus`], the D-Bus control and statistics edge (its own thread);
 //! - [`client`], the client library every tool uses;
 //! - [`bridge`], bridges to other systems (MQTT), ordinary clients of the hub;
 //! - [`cli`], `ipchubctl`.
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dbus;
 pub mod hub;
 pub mod paths;
 pub mod shm;

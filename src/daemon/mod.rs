@@ -99,5 +99,9 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
 /// Each gets a [`control::ControlHandle`] and/or an event receiver from the
 /// loop, never the hub itself, so none of them can slow routing.
 fn start_components(ev: &mut EventLoop, socket_path: &std::path::Path) {
+    let dbus = ev.hub().config().dbus.clone();
+    if dbus.enabled {
+        crate::dbus::start(dbus, ev.control_handle(), ev.subscribe_events());
+    }
     crate::bridge::start(ev.hub().config(), socket_path, ev.control_handle());
 }

@@ -1,0 +1,113 @@
+//! Who may change things over D-Bus: Publish, DisconnectClient and Reload.
+//!
+//! The bus policy (`etc/dbus-1/system.d/org.ipchub.conf`) already limits
+//! those methods to root and group `ipchub`. We check again here, from the
+//! caller's credentials as the bus daemon reports them, because a policy file
+//! is easy to loosen by accident and the methods publish into every client.
+
+use zbus::fdo::DBusProxy;
+use zbus::message::Header;
+use zbus::names::BusName;
+use zbus::Connection;
+
+use super::error::CallError;
+
+/// The group whose members may administer the hub (besides root).
+pub const ADMIN_GROUP: &str = "ipchub";
+
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The daemon's own uid: a caller running as the same user could signal
+    /// or kill the daemon anyway, and it makes a session bus usable in development.
+    own_uid: u32,
+    /// gid of [`ADMIN_GROUP`], if the group exists on this system.
+    admin_gid: Option<u32>,
+}
+
+impl Access {
+    /// Look the admin group up once, at start.
+    pub fn from_system() -> Access {
+        let admin_gid = nix::unistd::Group::from_name(ADMIN_GROUP)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw());
+        Access {
+            own_uid: nix::unistd::geteuid().as_raw(),
+            admin_gid,
+        }
+    }
+
+    /// The decision itself, pure.
+    pub fn may_administer(&self, uid: u32, gids: &[u32]) -> bool {
+        uid == 0 || uid == self.own_uid || self.admin_gid.is_some_and(|g| gids.contains(&g))
+    }
+
+    /// Ask the bus who sent `call` and decide. Any failure to find out denies.
+    pub async fn check(
+        &self,
+        conn: &Connection,
+        call: &Header<'_>,
+        what: &str,
+    ) -> Result<(), CallError> {
+        let denied = |why: String| {
+            tracing::warn!(method = what, "D-Bus call refused: {why}");
+            Err(CallError::AccessDenied(format!(
+                "{what} is limited to root and members of group {ADMIN_GROUP}"
+            )))
+        };
+        let Some(sender) = call.sender() else {
+            return denied("no sender on the message".into());
+        };
+        let creds = async {
+            DBusProxy::new(conn)
+                .await?
+                .get_connection_credentials(BusName::Unique(sender.to_owned()))
+                .await
+        }
+        .await;
+        let creds = match creds {
+            Ok(c) => c,
+            Err(e) => return denied(format!("cannot get the credentials of {sender}: {e}")),
+        };
+        let Some(uid) = creds.unix_user_id() else {
+            return denied(format!("the bus did not report the uid of {sender}"));
+        };
+        let gids = creds.unix_group_ids().map_or(&[][..], |g| g.as_slice());
+        if self.may_administer(uid, gids) {
+            Ok(())
+        } else {
+            denied(format!(
+                "caller {sender} (uid {uid}, pid {}) is not root nor in group {ADMIN_GROUP}",
+                creds.process_id().map_or(-1, |p| p as i64)
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_the_daemons_user_and_the_admin_group_may_administer() {
+        let a = Access {
+            own_uid: 996,
+            admin_gid: Some(995),
+        };
+        assert!(a.may_administer(0, &[]));
+        assert!(a.may_administer(996, &[]));
+        assert!(a.may_administer(1000, &[100, 995]));
+        assert!(!a.may_administer(1000, &[100]));
+        assert!(!a.may_administer(65534, &[65534]));
+    }
+
+    #[test]
+    fn without_the_group_only_root_and_the_daemons_user_may() {
+        let a = Access {
+            own_uid: 0,
+            admin_gid: None,
+        };
+        assert!(a.may_administer(0, &[]));
+        assert!(!a.may_administer(1000, &[995]));
+    }
+}
