@@ -11,6 +11,10 @@ use crate::client::{Client, Event, Options, PublishOptions};
 use crate::hub::TransportKind;
 
 /// ipchubctl: publish, subscribe and inspect the ipchub message hub.
+///
+/// Every command starts at the hub's control socket. The pub and sub
+/// commands then carry messages over the transport chosen with
+/// --transport, so each transport can be tried from a shell.
 #[derive(Debug, Parser)]
 #[command(name = "ipchubctl", version, about, long_about)]
 pub struct Args {
