@@ -1,7 +1,7 @@
 //! The wire format: frames and channel names, pure and I/O-free.
 //!
 //! Everything a client in any language needs to speak to the hub is defined
-//! here and documented in `docs/PROTOCOL.md` (rendered as `ipchub-protocol(7)`).
+//! here and documented in `docs/PROTOCOL.md` (condensed in `ipchub-protocol(7)`).
 //! Nothing in this module performs I/O or allocates from an untrusted length
 //! before checking it against a limit, so it can be property-tested and fuzzed.
 
