@@ -70,6 +70,10 @@ struct Client {
     /// Set once disconnected but still owed its last frames (an ERROR
     /// saying why): until when, and what is left to write.
     closing: Option<(Instant, crate::hub::queue::OutQueue)>,
+    /// The control connection closed while the data path (pipe, FIFO,
+    /// queue, ring) may still hold frames the client wrote before it went:
+    /// they are handled first, then the client is closed.
+    ctrl_gone: bool,
 }
 
 pub struct EventLoop {
@@ -223,6 +227,7 @@ impl EventLoop {
                 paused: false,
                 transport,
                 closing: None,
+                ctrl_gone: false,
             },
         );
         self.pending.push(id);
@@ -565,6 +570,7 @@ impl EventLoop {
                 paused: false,
                 transport: TransportKind::Socket,
                 closing: None,
+                ctrl_gone: false,
             },
         );
         // Data may already be waiting; edge-triggered readiness may not tell us again.
@@ -623,6 +629,34 @@ impl EventLoop {
         let step = self.process(id, role, max);
         match step {
             Step::Close => {}
+            _ if outcome.eof && role == ROLE_CTRL && self.clients[&id].data.is_some() => {
+                // The client is gone, but what it wrote to its data path
+                // before going is still owed to the subscribers.
+                let c = self.clients.get_mut(&id).expect("present");
+                c.ctrl_gone = true;
+                if let Some(fd) = &c.ctrl {
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&fd.as_raw_fd()));
+                }
+                self.service(id, ROLE_DATA_IN);
+            }
+            Step::Continue
+                if role == ROLE_DATA_IN && !outcome.more && self.clients[&id].ctrl_gone =>
+            {
+                // Drained (the source would block and the client is gone).
+                let c = &self.clients[&id];
+                let reason = if c.data_in.is_empty() {
+                    "disconnected".to_string()
+                } else {
+                    format!(
+                        "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
+                        c.data_in.len()
+                    )
+                };
+                self.close(id, &reason);
+            }
             _ if outcome.eof => {
                 let c = &self.clients[&id];
                 let buf = if role == ROLE_CTRL {
