@@ -76,7 +76,10 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("preparing {}/fifo", runtime_dir.display()))?;
     let reaped = crate::transport::mqueue::reap_stale();
     if reaped > 0 {
-        tracing::info!(count = reaped, "removed message queues left by a hub that is gone");
+        tracing::info!(
+            count = reaped,
+            "removed message queues left by a hub that is gone"
+        );
     }
     let mut ev = EventLoop::new(
         listener,
