@@ -352,6 +352,18 @@ out=$(timeout 15 setpriv --reuid=nobody --regid=nogroup --clear-groups busctl --
 echo "nobody Reload (rc $rc): $out"
 case $out in *"ccess denied"*|*AccessDenied*) ;; *) fail "an unprivileged user must not call Reload" ;; esac'
 
+# Privileged methods: root, and a member of group ipchub (here nobody with
+# ipchub as a supplementary group, which both the bus and the daemon see).
+lstep dbus-admin '
+out=$(timeout 15 busctl --timeout=10 call org.ipchub /org/ipchub org.ipchub.Hub1 Reload 2>&1); rc=$?
+echo "root Reload (rc $rc): $out"
+expect_eq "$rc" 0 "root may call Reload"
+out=$(timeout 15 setpriv --reuid=nobody --regid=nogroup --groups=ipchub busctl --timeout=10 \
+      call org.ipchub /org/ipchub org.ipchub.Hub1 Publish say weather 5 104 101 108 108 111 2>&1); rc=$?
+echo "nobody+ipchub Publish (rc $rc): $out"
+expect_eq "$rc" 0 "a member of group ipchub may call Publish"
+case $out in "u "*) ;; *) fail "Publish returns the delivery count (u)" ;; esac'
+
 lstep journal '
 n=$(journalctl --no-pager -o cat _SYSTEMD_UNIT=ipchub.service _COMM=ipchubd | tee /tmp/j.txt | wc -l)
 head -20 /tmp/j.txt
