@@ -19,7 +19,10 @@ pub mod control;
 pub mod queue;
 pub mod stats;
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+
+/// The hub's maps: looked up per message, so a fast seeded hasher.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, Overflow};
@@ -168,8 +171,8 @@ impl Hub {
         Hub {
             policy: policy_of(&cfg),
             cfg,
-            peers: HashMap::new(),
-            channels: HashMap::new(),
+            peers: HashMap::default(),
+            channels: HashMap::default(),
             next_id: 1,
             totals: Totals::default(),
             dirty: Vec::new(),
@@ -650,17 +653,17 @@ impl Hub {
 
     fn publish(&mut self, id: ClientId, frame: &Frame<'_>, now: Instant) -> Step {
         let seq = frame.header.seq;
-        if let Err(e) = channel::validate_name(frame.channel) {
-            self.send_error(id, seq, ErrorCode::BadChannel, &e.to_string());
-            return Step::Continue;
-        }
-        if frame.header.priority > MAX_PRIORITY {
-            self.send_error(id, seq, ErrorCode::Malformed, "priority above 31");
-            return Step::Continue;
-        }
-        if let Err((code, text)) = self.ensure_channel(frame.channel) {
-            self.send_error(id, seq, code, &text);
-            return Step::Continue;
+        // A known channel was validated when it was created: the common case
+        // costs one lookup here.
+        if !self.channels.contains_key(frame.channel) {
+            if let Err(e) = channel::validate_name(frame.channel) {
+                self.send_error(id, seq, ErrorCode::BadChannel, &e.to_string());
+                return Step::Continue;
+            }
+            if let Err((code, text)) = self.ensure_channel(frame.channel) {
+                self.send_error(id, seq, code, &text);
+                return Step::Continue;
+            }
         }
         if !self.policy.is_open() {
             let rule = self.channels[frame.channel].rule;

@@ -242,16 +242,24 @@ impl OutQueue {
     /// Copy the front frame into `out` (cleared first) without removing it,
     /// for message transports that may refuse it (full queue) and retry.
     pub fn front_frame(&self, out: &mut Vec<u8>) -> bool {
-        let Some(meta) = self.frames.front() else {
+        let Some((a, b)) = self.front_parts() else {
             return false;
         };
-        debug_assert_eq!(
-            self.head_written, 0,
-            "message transports never write partial frames"
-        );
         out.clear();
-        out.extend(self.buf.range(..meta.len as usize));
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
         true
+    }
+
+    /// The front frame in place, as at most two slices (the ring may wrap
+    /// inside it): a message transport that can gather (the shm ring) pushes
+    /// these without an intermediate copy.
+    pub fn front_parts(&self) -> Option<(&[u8], &[u8])> {
+        let meta = self.frames.front()?;
+        debug_assert_eq!(self.head_written, 0, "message transports never write partial frames");
+        let len = meta.len as usize;
+        let (a, b) = self.buf.as_slices();
+        Some(if a.len() >= len { (&a[..len], &[][..]) } else { (a, &b[..len - a.len()]) })
     }
 
     /// Remove the front frame after a message transport accepted it whole.

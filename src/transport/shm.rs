@@ -98,43 +98,41 @@ impl Link for ShmLink {
     fn flush(&mut self, q: &mut OutQueue) -> io::Result<u64> {
         let mut lost = 0;
         let mut pushed = false;
-        while q.front_frame(&mut self.buf) {
-            if self.buf.len() > self.tx.max_record() {
+        while let Some((a, b)) = q.front_parts() {
+            let len = a.len() + b.len();
+            let ok = if len > self.tx.max_record() {
                 // Never truncate: say in-band what was lost and why.
                 let text = format!(
-                    "message of {} bytes exceeds this shared memory ring's record limit ({} bytes); dropped",
-                    self.buf.len(),
+                    "message of {len} bytes exceeds this shared memory ring's record limit ({} bytes); dropped",
                     self.tx.max_record()
                 );
-                let seq = u64::from_le_bytes(self.buf[16..24].try_into().unwrap());
+                let mut head = [0u8; wire::HEADER_LEN];
+                head.iter_mut().zip(a.iter().chain(b)).for_each(|(d, s)| *d = *s);
+                let seq = u64::from_le_bytes(head[16..24].try_into().unwrap());
                 self.buf.clear();
-                wire::encode(
-                    &mut self.buf,
-                    FrameType::Error,
-                    0,
-                    0,
-                    "",
-                    &wire::frame::error_payload(ErrorCode::TooLarge, &text),
-                    0,
-                    seq,
-                );
-                lost += 1;
+                let payload = wire::frame::error_payload(ErrorCode::TooLarge, &text);
+                wire::encode(&mut self.buf, FrameType::Error, 0, 0, "", &payload, 0, seq);
+                let ok = self.tx.try_push(&[&self.buf]).map_err(ring_error)?;
+                if ok {
+                    lost += 1;
+                }
+                ok
+            } else {
+                // Straight from the queue into shared memory: one copy.
+                self.tx.try_push(&[a, b]).map_err(ring_error)?
+            };
+            if ok {
+                q.pop_front();
+                pushed = true;
+                continue;
             }
-            match self.tx.try_push(&[&self.buf]).map_err(ring_error)? {
-                true => {
-                    q.pop_front();
-                    pushed = true;
-                }
-                false => {
-                    if pushed && self.tx.producer_should_wake() {
-                        self.peer.notify()?;
-                    }
-                    pushed = false;
-                    if self.tx.producer_prepare_wait(self.buf.len()) {
-                        // Full: the consumer wakes us once a good part is free.
-                        return Ok(lost);
-                    }
-                }
+            if pushed && self.tx.producer_should_wake() {
+                self.peer.notify()?;
+            }
+            pushed = false;
+            if self.tx.producer_prepare_wait(len.min(self.tx.max_record())) {
+                // Full: the consumer wakes us once a good part is free.
+                return Ok(lost);
             }
         }
         if pushed && self.tx.producer_should_wake() {
