@@ -197,6 +197,14 @@ impl Client {
         })
     }
 
+    /// Take the connection apart: the control socket (None for the socket
+    /// transport, where it is the link) and the data link, to speak the
+    /// protocol byte by byte (conformance and hostile-input tests, other
+    /// language bindings' test suites).
+    pub fn into_raw(self) -> (Option<OwnedFd>, Box<dyn Link>) {
+        (self.ctrl, self.link)
+    }
+
     /// This client's id at the hub (the `origin` of its messages).
     pub fn id(&self) -> u32 {
         self.id

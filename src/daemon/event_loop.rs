@@ -618,6 +618,14 @@ impl EventLoop {
         };
         let outcome = match res {
             Ok(o) => o,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // A message transport refused a record that is not exactly
+                // one frame: malformed input, answered like any other.
+                self.hub
+                    .send_error(id, 0, wire::ErrorCode::Malformed, &e.to_string());
+                self.close(id, &format!("malformed input: {e}"));
+                return;
+            }
             Err(e) => {
                 self.close(id, &format!("read error: {e}"));
                 return;

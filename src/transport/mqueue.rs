@@ -135,7 +135,7 @@ impl Link for MqueueLink {
                 Ok(n) => {
                     // One message must be exactly one frame: refuse anything
                     // else here, before it can desynchronise the stream.
-                    wire::frame::decode_exact(&self.buf[..n], u32::MAX).map_err(|e| {
+                    wire::frame::check_record(&self.buf[..n]).map_err(|e| {
                         std::io::Error::new(
                             std::io::ErrorKind::InvalidData,
                             format!("bad message on {}: {e}", self.rx.name),

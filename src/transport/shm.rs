@@ -64,7 +64,7 @@ impl Link for ShmLink {
                     // ring under us.
                     let start = inbuf.len();
                     inbuf.extend_from_slice(rec);
-                    if let Err(e) = wire::frame::decode_exact(&inbuf[start..], u32::MAX) {
+                    if let Err(e) = wire::frame::check_record(&inbuf[start..]) {
                         inbuf.truncate(start);
                         bad = Some(e);
                     } else {
@@ -107,7 +107,9 @@ impl Link for ShmLink {
                     self.tx.max_record()
                 );
                 let mut head = [0u8; wire::HEADER_LEN];
-                head.iter_mut().zip(a.iter().chain(b)).for_each(|(d, s)| *d = *s);
+                head.iter_mut()
+                    .zip(a.iter().chain(b))
+                    .for_each(|(d, s)| *d = *s);
                 let seq = u64::from_le_bytes(head[16..24].try_into().unwrap());
                 self.buf.clear();
                 let payload = wire::frame::error_payload(ErrorCode::TooLarge, &text);

@@ -279,6 +279,24 @@ pub fn decode_exact(buf: &[u8], max_payload: u32) -> Result<Frame<'_>, DecodeErr
     }
 }
 
+/// Check that a datagram (an mqueue message, a ring record) holds exactly
+/// one frame, from its header alone. Cheaper than [`decode_exact`]: the
+/// bodies are validated later by the stream decoder; this only guarantees
+/// that concatenated records cannot desynchronise it.
+pub fn check_record(buf: &[u8]) -> Result<(), DecodeError> {
+    match decode_header(buf, u32::MAX)? {
+        Some(h) if h.frame_len() == buf.len() => Ok(()),
+        Some(h) => Err(DecodeError::LengthMismatch {
+            frame: h.frame_len(),
+            got: buf.len(),
+        }),
+        None => Err(DecodeError::LengthMismatch {
+            frame: HEADER_LEN,
+            got: buf.len(),
+        }),
+    }
+}
+
 /// Encode a header into 24 bytes. The caller guarantees the lengths fit.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_header(
@@ -443,6 +461,10 @@ mod tests {
             decode_exact(&b[..b.len() - 1], 10),
             Err(DecodeError::LengthMismatch { .. })
         ));
+        assert!(check_record(&b).is_ok());
+        assert!(check_record(&longer).is_err());
+        assert!(check_record(&b[..b.len() - 1]).is_err());
+        assert!(check_record(&b[..10]).is_err());
     }
 
     proptest! {
