@@ -55,6 +55,8 @@ pub struct HubConfig {
     pub max_message_size: u32,
     /// Most clients connected at once.
     pub max_clients: usize,
+    /// Most clients one uid may have connected at once.
+    pub max_clients_per_uid: usize,
     /// Most distinct channels with traffic or subscribers at once.
     pub max_channels: usize,
     /// Most subscriptions one client may hold.
@@ -93,6 +95,9 @@ pub struct QueueConfig {
     pub max_bytes: usize,
     /// What happens when a subscriber's queue is full.
     pub overflow: Overflow,
+    /// Most bytes queued for all subscribers of one uid together, so many
+    /// connections cannot multiply the per-client bound.
+    pub max_bytes_per_uid: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -439,6 +444,7 @@ impl Default for HubConfig {
         HubConfig {
             max_message_size: 1 << 20,
             max_clients: 1024,
+            max_clients_per_uid: 256,
             max_channels: 65536,
             max_subscriptions_per_client: 1024,
             block_timeout_ms: 10_000,
@@ -452,6 +458,7 @@ impl Default for QueueConfig {
             max_messages: 65536,
             max_bytes: 16 << 20,
             overflow: Overflow::Block,
+            max_bytes_per_uid: 256 << 20,
         }
     }
 }
@@ -506,6 +513,9 @@ impl Config {
         if h.max_clients == 0 {
             return Err(bad("hub.max_clients", "must be at least 1".into()));
         }
+        if h.max_clients_per_uid == 0 {
+            return Err(bad("hub.max_clients_per_uid", "must be at least 1".into()));
+        }
         if h.max_channels == 0 {
             return Err(bad("hub.max_channels", "must be at least 1".into()));
         }
@@ -525,6 +535,12 @@ impl Config {
             return Err(bad(
                 "queue.max_bytes",
                 format!("must hold at least one largest frame ({largest} bytes for max_message_size {})", h.max_message_size),
+            ));
+        }
+        if self.queue.max_bytes_per_uid < self.queue.max_bytes {
+            return Err(bad(
+                "queue.max_bytes_per_uid",
+                "must be at least queue.max_bytes".into(),
             ));
         }
         // Below 100 ms the property signals would approach per-message

@@ -106,6 +106,8 @@ pub enum Step {
 pub enum AdmitError {
     #[error("hub is full: {0} clients connected (limit hub.max_clients)")]
     TooManyClients(usize),
+    #[error("uid {uid} has {count} clients connected (limit hub.max_clients_per_uid)")]
+    TooManyForUid { uid: u32, count: usize },
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +123,8 @@ struct Peer {
     creds: Credentials,
     /// The hub itself (D-Bus Publish): authorised by its own front end.
     internal: bool,
+    /// This client's queued data bytes as last added to `Hub::uid_bytes`.
+    accounted: usize,
     transport: TransportKind,
     name: String,
     patterns: Vec<Pattern>,
@@ -151,6 +155,8 @@ struct Channel {
 pub struct Hub {
     cfg: Config,
     policy: Policy,
+    /// Bytes queued for each uid's subscribers together (queue.max_bytes_per_uid).
+    uid_bytes: HashMap<u32, usize>,
     peers: HashMap<ClientId, Peer>,
     channels: HashMap<Box<str>, Channel>,
     next_id: ClientId,
@@ -170,6 +176,7 @@ impl Hub {
     pub fn new(cfg: Config) -> Hub {
         Hub {
             policy: policy_of(&cfg),
+            uid_bytes: HashMap::default(),
             cfg,
             peers: HashMap::default(),
             channels: HashMap::default(),
@@ -261,6 +268,17 @@ impl Hub {
         if self.peers.len() >= self.cfg.hub.max_clients {
             return Err(AdmitError::TooManyClients(self.peers.len()));
         }
+        let count = self
+            .peers
+            .values()
+            .filter(|p| p.ident.uid == ident.uid && !p.internal)
+            .count();
+        if count >= self.cfg.hub.max_clients_per_uid {
+            return Err(AdmitError::TooManyForUid {
+                uid: ident.uid,
+                count,
+            });
+        }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let q = &self.cfg.queue;
@@ -274,6 +292,7 @@ impl Hub {
                     groups,
                 },
                 internal: false,
+                accounted: 0,
                 transport: TransportKind::Socket,
                 name: String::new(),
                 patterns: Vec::new(),
@@ -315,9 +334,11 @@ impl Hub {
 
     /// Forget a client: its subscriptions end, publishers it held resume.
     pub fn remove(&mut self, id: ClientId) {
-        let Some(peer) = self.peers.remove(&id) else {
+        let Some(mut peer) = self.peers.remove(&id) else {
             return;
         };
+        peer.out = OutQueue::new(0, 0);
+        sync_uid(&mut self.uid_bytes, &mut peer);
         // Only clients announced by `set_transport` are announced leaving.
         if peer.greeted {
             self.record(HubEvent::ClientDisconnected { id });
@@ -384,7 +405,9 @@ impl Hub {
     /// so its last frames can still be written after the hub forgot it.
     pub fn take_queue(&mut self, id: ClientId) -> Option<OutQueue> {
         let p = self.peers.get_mut(&id)?;
-        Some(std::mem::replace(&mut p.out, OutQueue::new(0, 0)))
+        let q = std::mem::replace(&mut p.out, OutQueue::new(0, 0));
+        sync_uid(&mut self.uid_bytes, p);
+        Some(q)
     }
 
     /// Call after a flush: resumes publishers once this client has drained enough.
@@ -392,6 +415,7 @@ impl Hub {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
+        sync_uid(&mut self.uid_bytes, p);
         if p.holding.is_empty() || !p.out.below_low_watermark() {
             return;
         }
@@ -451,6 +475,7 @@ impl Hub {
             return;
         };
         let lost = peer.out.discard_unstarted();
+        sync_uid(&mut self.uid_bytes, peer);
         peer.counters.dropped += lost;
         let patterns = std::mem::take(&mut peer.patterns);
         let holding = std::mem::take(&mut peer.holding);
@@ -690,11 +715,11 @@ impl Hub {
         // Under `block`, check every target before delivering to any, so a
         // message is delivered to all of them or (for now) to none.
         if ch.overflow == Overflow::Block {
-            let full = ch
-                .subscribers
-                .iter()
-                .copied()
-                .find(|s| self.peers.get(s).is_some_and(|p| !p.out.has_room(len)));
+            let full = ch.subscribers.iter().copied().find(|s| {
+                self.peers.get(s).is_some_and(|p| {
+                    !p.out.has_room(len) || !uid_room(&self.uid_bytes, &self.cfg, p, len)
+                })
+            });
             if let Some(holder) = full {
                 return self.block(id, holder, now);
             }
@@ -720,7 +745,7 @@ impl Hub {
             let kind = match ch.overflow {
                 Overflow::Block => Kind::Data,
                 Overflow::Disconnect => {
-                    if !p.out.has_room(len) {
+                    if !p.out.has_room(len) || !uid_room(&self.uid_bytes, &self.cfg, p, len) {
                         let reason = format!(
                             "queue full ({} messages / {} bytes, limits queue.max_messages={} queue.max_bytes={}) on channel '{}' with overflow = \"disconnect\"",
                             p.out.messages(), p.out.data_bytes(), self.cfg.queue.max_messages, self.cfg.queue.max_bytes, frame.channel
@@ -736,7 +761,8 @@ impl Hub {
                     let (fits, evicted) = p.out.evict_for(len);
                     p.counters.dropped += evicted;
                     dropped += evicted;
-                    if !fits {
+                    sync_uid(&mut self.uid_bytes, p);
+                    if !fits || !uid_room(&self.uid_bytes, &self.cfg, p, len) {
                         p.out.note_missed_at_back(1);
                         p.counters.dropped += 1;
                         dropped += 1;
@@ -747,6 +773,7 @@ impl Hub {
                 }
             };
             p.out.push(kind, &parts);
+            sync_uid(&mut self.uid_bytes, p);
             p.counters.messages_out += 1;
             mark_dirty(&mut self.dirty, sub, p);
             delivered += 1;
@@ -851,6 +878,7 @@ impl Hub {
                 // the D-Bus policy; the channel policy is for clients.
                 creds: Credentials::default(),
                 internal: true,
+                accounted: 0,
                 transport: TransportKind::Socket,
                 name: "hub".into(),
                 patterns: Vec::new(),
@@ -966,6 +994,26 @@ fn for_matching(
             }
         }
     }
+}
+
+/// Bring `uid_bytes` up to date with a client's queue.
+fn sync_uid(uid_bytes: &mut HashMap<u32, usize>, p: &mut Peer) {
+    let now = p.out.data_bytes();
+    if now != p.accounted {
+        let total = uid_bytes.entry(p.ident.uid).or_insert(0);
+        *total = (*total + now).saturating_sub(p.accounted);
+        p.accounted = now;
+        if *total == 0 {
+            uid_bytes.remove(&p.ident.uid);
+        }
+    }
+}
+
+/// Would `len` more bytes for this client keep its uid within its bound?
+/// An empty queue always takes one frame, as with the per-client bound.
+fn uid_room(uid_bytes: &HashMap<u32, usize>, cfg: &Config, p: &Peer, len: usize) -> bool {
+    p.out.messages() == 0
+        || uid_bytes.get(&p.ident.uid).copied().unwrap_or(0) + len <= cfg.queue.max_bytes_per_uid
 }
 
 fn mark_dirty(dirty: &mut Vec<ClientId>, id: ClientId, p: &mut Peer) {

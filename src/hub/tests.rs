@@ -345,3 +345,88 @@ fn events_announce_clients_coming_and_going() {
         ]
     );
 }
+
+#[test]
+fn one_uid_cannot_multiply_its_queue_bound_with_many_connections() {
+    let mut cfg = Config::default();
+    cfg.hub.max_message_size = 1000;
+    cfg.queue.max_bytes = 4000;
+    cfg.queue.max_bytes_per_uid = 6000;
+    let mut hub = hub_with(cfg);
+    let p = hub
+        .admit(Identity {
+            pid: 1,
+            uid: 1,
+            gid: 1,
+        })
+        .unwrap();
+    // Three subscribers of uid 7, none reading: together they may hold
+    // 6000 bytes, not 3 × 4000.
+    let subs: Vec<_> = (0..3)
+        .map(|_| {
+            hub.admit(Identity {
+                pid: 2,
+                uid: 7,
+                gid: 7,
+            })
+            .unwrap()
+        })
+        .collect();
+    for &s in &subs {
+        sub(&mut hub, s, "c");
+    }
+    let mut step = Step::Continue;
+    let mut sent = 0;
+    while step == Step::Continue && sent < 100 {
+        step = publish(&mut hub, p, "c", &[0u8; 900], sent);
+        sent += 1;
+    }
+    assert_eq!(
+        step,
+        Step::Pause,
+        "the publisher is held back by the uid bound"
+    );
+    let queued: usize = subs
+        .iter()
+        .map(|s| hub.queue(*s).unwrap().data_bytes())
+        .sum();
+    assert!(
+        queued <= 6000 + 3 * 926,
+        "uid total {queued} stays near its bound"
+    );
+    // Draining one subscriber frees room for the uid and resumes the publisher.
+    for &s in &subs {
+        drain(&mut hub, s);
+    }
+    let mut resumed = Vec::new();
+    hub.take_resumed(&mut resumed);
+    assert_eq!(resumed, vec![p]);
+}
+
+#[test]
+fn clients_per_uid_are_limited() {
+    let mut cfg = Config::default();
+    cfg.hub.max_clients_per_uid = 2;
+    let mut hub = hub_with(cfg);
+    let me = Identity {
+        pid: 1,
+        uid: 42,
+        gid: 42,
+    };
+    hub.admit(me).unwrap();
+    hub.admit(me).unwrap();
+    let e = hub.admit(me).unwrap_err().to_string();
+    assert!(
+        e.contains("hub.max_clients_per_uid") && e.contains("uid 42"),
+        "{e}"
+    );
+    assert!(
+        hub.admit(Identity {
+            pid: 1,
+            uid: 43,
+            gid: 43
+        })
+        .is_ok(),
+        "other users unaffected"
+    );
+}
