@@ -108,17 +108,7 @@ fn ctl_sub_and_pub_print_what_scripts_expect() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(
-        || {
-            hub.client()
-                .stats()
-                .unwrap()
-                .channels
-                .iter()
-                .any(|c| c.name == "weather" && c.subscribers == 1)
-        },
-        "subscriber",
-    );
+    hub.wait_subscribers("weather", 1);
     let out = hub
         .ctl()
         .args(["pub", "--channel", "weather", "{\"temp\": 72}"])
@@ -174,17 +164,7 @@ fn ctl_sub_json_and_raw_keep_payloads_exact() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(
-        || {
-            hub.client()
-                .stats()
-                .unwrap()
-                .channels
-                .iter()
-                .any(|c| c.name == "bin" && c.subscribers == 2)
-        },
-        "subscribers",
-    );
+    hub.wait_subscribers("bin", 2);
     let mut p = hub.client();
     assert_eq!(p.publish_confirmed("bin", b"text").unwrap(), 2);
     assert_eq!(p.publish_confirmed("bin", &[0, 255, 10, 0]).unwrap(), 2);

@@ -146,17 +146,23 @@ impl Pattern {
         if self.exact {
             return self.text == channel;
         }
-        let mut pat = self.text.split('/');
-        let mut chan = channel.split('/');
-        loop {
-            match (pat.next(), chan.next()) {
-                // MQTT: "a/#" also matches "a" itself.
-                (Some("#"), _) => return true,
-                (Some("+"), Some(_)) => {}
-                (Some(p), Some(c)) if p == c => {}
-                (None, None) => return true,
-                _ => return false,
-            }
+        levels_match(&self.text, channel)
+    }
+}
+
+/// Level-by-level MQTT filter matching, with no validation: `+` matches one
+/// level, a trailing `#` the parent level and everything below it. Shared
+/// with the MQTT bridge, whose topics use a wider alphabet than channels.
+pub fn levels_match(filter: &str, name: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut n = name.split('/');
+    loop {
+        match (f.next(), n.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
         }
     }
 }

@@ -114,6 +114,23 @@ impl Hub {
         c
     }
 
+    /// Wait until `channel` has `n` subscribers (e.g. an `ipchubctl sub`
+    /// started in the background has subscribed).
+    pub fn wait_subscribers(&self, channel: &str, n: usize) {
+        let mut probe = self.client();
+        wait_for(
+            || {
+                probe
+                    .stats()
+                    .unwrap()
+                    .channels
+                    .iter()
+                    .any(|c| c.name == channel && c.subscribers == n)
+            },
+            &format!("{n} subscribers on '{channel}'"),
+        );
+    }
+
     /// `ipchubctl` pointed at this hub.
     pub fn ctl(&self) -> Command {
         let mut c = Command::new(IPCHUBCTL);
