@@ -256,10 +256,17 @@ impl OutQueue {
     /// these without an intermediate copy.
     pub fn front_parts(&self) -> Option<(&[u8], &[u8])> {
         let meta = self.frames.front()?;
-        debug_assert_eq!(self.head_written, 0, "message transports never write partial frames");
+        debug_assert_eq!(
+            self.head_written, 0,
+            "message transports never write partial frames"
+        );
         let len = meta.len as usize;
         let (a, b) = self.buf.as_slices();
-        Some(if a.len() >= len { (&a[..len], &[][..]) } else { (a, &b[..len - a.len()]) })
+        Some(if a.len() >= len {
+            (&a[..len], &[][..])
+        } else {
+            (a, &b[..len - a.len()])
+        })
     }
 
     /// Remove the front frame after a message transport accepted it whole.
