@@ -9,8 +9,10 @@
 //! - [`dbus`], the D-Bus control and statistics edge (its own thread);
 //! - [`client`], the client library every tool uses;
 //! - [`bridge`], bridges to other systems (MQTT), ordinary clients of the hub;
-//! - [`cli`], `ipchubctl`.
+//! - [`cli`], `ipchubctl`;
+//! - [`bench`], `ipchub-bench`: transports against raw mechanisms and peers.
 
+pub mod bench;
 pub mod bridge;
 pub mod cli;
 pub mod client;

@@ -46,6 +46,11 @@ fn generated_pages() -> Vec<Generated> {
             section: "1",
             cmd: ipchub::cli::ctl::Args::command(),
         },
+        Generated {
+            binary: "ipchub-bench",
+            section: "1",
+            cmd: ipchub::bench::cli::Args::command(),
+        },
     ]
 }
 
