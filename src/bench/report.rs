@@ -197,7 +197,7 @@ impl Machine {
             .unwrap_or_else(|| "unknown".into());
         Machine {
             cpu,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores: super::session::online_cpus(),
             kernel,
             os,
             ipchub_version: env!("CARGO_PKG_VERSION").into(),
@@ -408,7 +408,7 @@ fn recommend(rows: &[Row]) -> Vec<Recommendation> {
             };
             let why = match simplest_measured {
                 Some(s) if s.name != pick.name => format!(
-                    "{}: the simplest transport within 2x of the best {at}: {}; {} would be simpler but gets only {}",
+                    "{}: the simplest transport within 2x of the best {at}: {}; {} is simpler but outside 2x: {}",
                     pick.name,
                     share(pick),
                     s.name,

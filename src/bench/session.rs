@@ -31,7 +31,7 @@ impl Plan {
         if !self.pin {
             return None;
         }
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = online_cpus();
         Some(if n > 1 { 1 + i % (n - 1) } else { 0 })
     }
 
@@ -39,6 +39,13 @@ impl Plan {
     fn answer_timeout(&self) -> Duration {
         self.round_timeout + Duration::from_secs(5)
     }
+}
+
+/// CPUs online, whatever this process's affinity (which --pin narrows to one).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf only reads a system value.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
 }
 
 /// The measuring side of one mechanism. Dropping it closes the endpoint
