@@ -326,3 +326,44 @@ fn mqueue_priority_reaches_every_subscriber() {
         assert_eq!(m.priority, 7);
     }
 }
+
+#[test]
+fn a_message_bigger_than_the_queues_message_size_is_refused_never_truncated() {
+    let hub = Hub::start();
+    let mut p = hub.client_via(Mqueue);
+    // The hub sizes queues as the kernel allows: find this queue's limit.
+    let limit = std::fs::read_to_string("/proc/sys/fs/mqueue/msgsize_max")
+        .unwrap()
+        .trim()
+        .parse::<usize>()
+        .unwrap();
+    if limit >= (1 << 20) + 300 {
+        return; // the kernel allows queues as big as any message: nothing to refuse
+    }
+    let big = vec![1u8; limit + 1];
+    match p.publish("big", &big) {
+        Err(e @ ClientError::TooLargeForTransport { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("message queue") && text.contains("msgsize_max"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The connection is still good.
+    assert_eq!(p.publish_confirmed("big", b"small").unwrap(), 0);
+    // A subscriber on a message queue gets an in-band error instead of a
+    // truncated message when someone else publishes something too big for it.
+    let mut s = hub.subscriber(Mqueue, "big");
+    let mut other = hub.client();
+    assert_eq!(other.publish_confirmed("big", &big).unwrap(), 1);
+    match s.next_event(WAIT).unwrap() {
+        Some(Event::Error { text, .. }) => assert!(
+            text.contains("exceeds this message queue's message size"),
+            "{text}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.stats().unwrap().totals.dropped, 1, "the loss is counted");
+}

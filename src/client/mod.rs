@@ -48,6 +48,13 @@ pub enum ClientError {
         "message of {len} bytes exceeds the hub's limit of {max} bytes (hub.max_message_size)"
     )]
     TooLarge { len: usize, max: u32 },
+    #[error("message of {len} bytes does not fit this {transport} (at most {max} bytes of payload on channel '{channel}'; raise fs.mqueue.msgsize_max, or use another transport)")]
+    TooLargeForTransport {
+        len: usize,
+        max: usize,
+        transport: &'static str,
+        channel: String,
+    },
     #[error("priority {0} above the maximum 31")]
     BadPriority(u8),
     #[error("protocol error: {0}")]
@@ -258,6 +265,17 @@ impl Client {
         }
         if opts.priority > wire::frame::MAX_PRIORITY {
             return Err(ClientError::BadPriority(opts.priority));
+        }
+        if let Some(max) = self.link.max_frame() {
+            let overhead = wire::HEADER_LEN + channel.len();
+            if overhead + payload.len() > max {
+                return Err(ClientError::TooLargeForTransport {
+                    len: payload.len(),
+                    max: max.saturating_sub(overhead),
+                    transport: self.transport.describe(),
+                    channel: channel.to_string(),
+                });
+            }
         }
         self.check_open()?;
         let seq = self.next_seq();

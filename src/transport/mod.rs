@@ -59,6 +59,12 @@ pub trait Link: Send {
     fn writable_via_read_fd(&self) -> bool {
         false
     }
+    /// The largest frame this link can carry outward, when it is bounded
+    /// below the hub's message size (a message queue's message size, a
+    /// ring's record limit). Senders refuse bigger frames up front.
+    fn max_frame(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// True for errors that mean "try again on the next readiness event".

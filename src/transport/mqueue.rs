@@ -196,6 +196,10 @@ impl Link for MqueueLink {
         Ok(lost)
     }
 
+    fn max_frame(&self) -> Option<usize> {
+        Some(self.tx.msgsize)
+    }
+
     fn read_fd(&self) -> RawFd {
         self.rx.mqd().as_fd().as_raw_fd()
     }

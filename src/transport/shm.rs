@@ -143,6 +143,10 @@ impl Link for ShmLink {
         Ok(lost)
     }
 
+    fn max_frame(&self) -> Option<usize> {
+        Some(self.tx.max_record())
+    }
+
     fn read_fd(&self) -> RawFd {
         self.own.as_fd().as_raw_fd()
     }
