@@ -18,8 +18,9 @@ use crate::hub::TransportKind;
 #[derive(Debug, Parser)]
 #[command(name = "ipchubctl", version, about, long_about)]
 pub struct Args {
-    /// Control socket of the hub [default: /run/ipchub/ipchub.sock as root,
-    /// else $XDG_RUNTIME_DIR/ipchub/ipchub.sock]
+    /// Control socket of the hub [default: $XDG_RUNTIME_DIR/ipchub/ipchub.sock
+    /// when a hub of your own runs there (never for root), else the system
+    /// hub's /run/ipchub/ipchub.sock]
     #[arg(
         long,
         short = 's',
