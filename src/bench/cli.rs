@@ -39,7 +39,8 @@ What is compared:
   peers        D-Bus signals (throughput) and method calls (latency) through
                a dbus-daemon; MQTT QoS 0 through a Mosquitto broker.
   ratios       hub / raw baseline of the same mechanism, and hub / peer.
-A baseline that cannot run is listed with the reason.";
+A mechanism that cannot run here is listed as \"not available\" with the
+reason; one that broke while running as \"failed\".";
 
 /// ipchub-bench: measure every ipchub transport against its raw limit and
 /// against D-Bus and MQTT.

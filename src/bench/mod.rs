@@ -49,6 +49,8 @@ use crate::hub::TransportKind;
 pub enum BenchError {
     #[error("cannot create a temporary directory: {0}")]
     TempDir(std::io::Error),
+    #[error("cannot find this executable to start workers: {0}")]
+    OwnPath(std::io::Error),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -196,8 +198,8 @@ fn plan_of(args: &Args) -> Plan {
 /// Start (or find) the hub and the peers' daemons, then measure.
 fn run(args: &Args) -> Result<Report, BenchError> {
     let tmp = TempDir::new()?;
-    let exe = std::env::current_exe()
-        .map_err(|e| BenchError::TempDir(std::io::Error::other(format!("own path: {e}"))))?;
+    // Workers are this executable, re-run.
+    let exe = std::env::current_exe().map_err(BenchError::OwnPath)?;
     let mut hub_process = None;
     let hub = match &args.socket {
         Some(s) => Ok(s.clone()),
