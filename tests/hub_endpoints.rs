@@ -151,3 +151,60 @@ fn a_publisher_that_only_flushes_at_the_end_does_not_deadlock_on_its_acks() {
         }
     }
 }
+
+#[test]
+fn running_out_of_descriptors_delays_clients_but_loses_none() {
+    use std::io::{Read, Write};
+    let hub = Hub::start_with_nofile("", 48);
+    let mut hello = Vec::new();
+    ipchub::wire::encode(
+        &mut hello,
+        ipchub::wire::FrameType::Hello,
+        0,
+        0,
+        "",
+        b"version=1\n",
+        0,
+        0,
+    );
+    // More connections than the hub has descriptors for: some wait in the
+    // listen backlog while accept fails with EMFILE.
+    let mut conns: Vec<std::os::unix::net::UnixStream> = (0..60)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&hub.socket).unwrap();
+            s.write_all(&hello).unwrap();
+            s
+        })
+        .collect();
+    let welcomed = |s: &mut std::os::unix::net::UnixStream, wait: Duration| {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut b = [0u8; 4];
+        s.read(&mut b).map(|n| n > 0 && b[3] == 2).unwrap_or(false)
+    };
+    let served: Vec<bool> = conns
+        .iter_mut()
+        .map(|s| welcomed(s, Duration::from_millis(300)))
+        .collect();
+    let waiting = served.iter().filter(|s| !**s).count();
+    assert!(
+        waiting > 0,
+        "the limit must bite for this test to mean anything"
+    );
+    // Free descriptors: the waiting connections are then served too.
+    let mut rest: Vec<_> = conns
+        .into_iter()
+        .zip(served)
+        .filter(|(_, s)| !s)
+        .map(|(c, _)| c)
+        .collect();
+    for c in rest.iter_mut() {
+        assert!(
+            welcomed(c, Duration::from_secs(5)),
+            "a connection left in the backlog was never served"
+        );
+    }
+    assert!(
+        hub.log().contains("accept failed"),
+        "the condition is logged"
+    );
+}

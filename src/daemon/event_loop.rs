@@ -38,6 +38,8 @@ const ROLE_DATA_IN: usize = 1;
 const ROLE_DATA_OUT: usize = 2;
 /// Bytes read from one client per turn before others get theirs.
 const READ_BUDGET: usize = 512 * 1024;
+/// How soon to retry accepting after the process ran out of descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a disconnected client may take to read its final ERROR.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -90,6 +92,8 @@ pub struct EventLoop {
     control_rx: std::sync::mpsc::Receiver<Request>,
     fanout: EventFanout,
     spawner: super::spawn::Spawner,
+    /// Set while accepting fails for lack of resources: when to try again.
+    accept_retry: Option<Instant>,
 }
 
 impl EventLoop {
@@ -110,6 +114,7 @@ impl EventLoop {
             control_tx,
             control_rx,
             fanout: EventFanout::default(),
+            accept_retry: None,
             spawner: super::spawn::Spawner::new(
                 &opts.config.spawn,
                 opts.config.hub.max_message_size as usize,
@@ -359,6 +364,7 @@ impl EventLoop {
                 next_ping,
                 self.next_linger_deadline(),
                 self.spawner.next_deadline(),
+                self.accept_retry,
             ]
             .into_iter()
             .flatten()
@@ -408,6 +414,9 @@ impl EventLoop {
             if self.hub.next_deadline().is_some_and(|d| d <= now) {
                 self.hub.check_timeouts(now);
                 self.settle();
+            }
+            if self.accept_retry.is_some_and(|d| d <= now) {
+                self.accept_all();
             }
             if self.spawner.next_deadline().is_some_and(|d| d <= now) {
                 self.tend_children(now);
@@ -501,12 +510,19 @@ impl EventLoop {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => self.admit(OwnedFd::from(stream)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_retry = None;
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and carry on; the connection
-                    // stays in the backlog until resources free up.
-                    warn!("accept failed: {e}");
+                    // EMFILE and friends: the connection stays in the
+                    // backlog, and edge-triggered readiness will not report
+                    // it again, so retry on a timer (logged once per episode).
+                    if self.accept_retry.is_none() {
+                        warn!("accept failed, retrying every {ACCEPT_RETRY:?}: {e}");
+                    }
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
             }

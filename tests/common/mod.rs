@@ -59,7 +59,28 @@ impl Hub {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(IPCHUBD)
+        self.spawn_with_nofile(None)
+    }
+
+    /// A hub whose descriptor limit is `nofile` (to run it out of them).
+    pub fn start_with_nofile(config: &str, nofile: u64) -> Hub {
+        let mut hub = Hub::start_with(config);
+        hub.kill9();
+        hub.spawn_with_nofile(Some(nofile));
+        hub
+    }
+
+    fn spawn_with_nofile(&mut self, nofile: Option<u64>) {
+        let mut cmd = match nofile {
+            // prlimit (util-linux) sets the limit and execs the daemon in place.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(IPCHUBD);
+                c
+            }
+            None => Command::new(IPCHUBD),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(&self.socket)
             .arg("--config")
