@@ -1,0 +1,145 @@
+//! Ending connections: disconnecting a client (lingering while it is owed
+//! an ERROR), forgetting it, and shutting the hub down.
+
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use tracing::{info, warn};
+
+use super::*;
+
+impl EventLoop {
+    /// Disconnect a client. Its subscriptions end at once; if an explanation
+    /// (ERROR) is still queued and the client is alive, the connection
+    /// lingers up to [`LINGER`] so the client learns why, then closes.
+    pub(super) fn close(&mut self, id: ClientId, reason: &str) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if c.closing.is_some() {
+            return;
+        }
+        let peer_gone = reason == "disconnected"
+            || reason.starts_with("read error")
+            || reason.starts_with("write error");
+        if !peer_gone {
+            if let Some(q) = self.hub.queue(id) {
+                let _ = match c.data.as_mut() {
+                    Some(link) => link.flush(q).map(|_| ()),
+                    None => flush_ctrl(&c.ctrl, q),
+                };
+            }
+        }
+        if peer_gone {
+            info!(
+                client = id,
+                client_pid = c.ident.pid,
+                client_uid = c.ident.uid,
+                transport = c.transport.name(),
+                "client disconnected"
+            );
+        } else {
+            warn!(
+                client = id,
+                client_pid = c.ident.pid,
+                client_uid = c.ident.uid,
+                transport = c.transport.name(),
+                "client disconnected: {reason}"
+            );
+        }
+        let leftover = if peer_gone {
+            None
+        } else {
+            self.hub.take_queue(id).filter(|q| !q.is_empty())
+        };
+        self.hub.remove(id);
+        self.spawner.client_closed(id);
+        match leftover {
+            Some(q) => c.closing = Some((Instant::now() + LINGER, q)),
+            None => self.finalize(id),
+        }
+    }
+
+    /// Forget a client for good: deregister and drop its descriptors (its
+    /// link's Drop removes any files or IPC objects it created).
+    pub(super) fn finalize(&mut self, id: ClientId) {
+        let Some(c) = self.clients.remove(&id) else {
+            return;
+        };
+        let reg = self.poll.registry();
+        if let Some(fd) = &c.ctrl {
+            let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        if let Some(link) = &c.data {
+            let (r, w) = (link.read_fd(), link.write_fd());
+            let _ = reg.deregister(&mut SourceFd(&r));
+            if w != r {
+                let _ = reg.deregister(&mut SourceFd(&w));
+            }
+        }
+    }
+
+    /// Flush a lingering client's last words; finalize once done.
+    pub(super) fn flush_closing(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let Some((_, q)) = c.closing.as_mut() else {
+            return;
+        };
+        let res = match c.data.as_mut() {
+            Some(link) => link.flush(q).map(|_| ()),
+            None => flush_ctrl(&c.ctrl, q),
+        };
+        if res.is_err() || q.is_empty() {
+            self.finalize(id);
+        }
+    }
+
+    pub(super) fn next_linger_deadline(&self) -> Option<Instant> {
+        self.clients
+            .values()
+            .filter_map(|c| c.closing.as_ref().map(|(d, _)| *d))
+            .min()
+    }
+
+    pub(super) fn expire_lingering(&mut self, now: Instant) {
+        let expired: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.closing.as_ref().is_some_and(|(d, _)| *d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.finalize(id);
+        }
+    }
+
+    /// Say goodbye to everyone and release what we created.
+    pub(super) fn shutdown(&mut self) {
+        systemd::stopping();
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in &ids {
+            self.hub
+                .send_control(*id, FrameType::Bye, 0, b"hub shutting down");
+        }
+        for id in ids {
+            self.flush(id);
+            if let Some(c) = self.clients.remove(&id) {
+                drop(c);
+            }
+            self.hub.remove(id);
+        }
+        // Every link is dropped by now, removing its FIFOs and queues; the
+        // directory they lived in goes too.
+        self.spawner.stop_all();
+        let _ = std::fs::remove_dir(self.opts.runtime_dir.join(crate::transport::fifo::FIFO_DIR));
+        crate::transport::fifo::remove_publish_dir(
+            &self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR),
+        );
+        if let Some(p) = &self.opts.unlink_on_exit {
+            let _ = std::fs::remove_file(p);
+        }
+        info!("stopped");
+    }
+}
