@@ -132,35 +132,11 @@ fn a_clients_fifos_and_queues_belong_to_it_with_mode_0600() {
         },
         "subscribers",
     );
-    let fifos: Vec<_> = std::fs::read_dir(hub.dir.path().join("fifo"))
-        .unwrap()
-        .flatten()
-        .collect();
-    assert_eq!(fifos.len(), 2);
-    for f in &fifos {
-        let m = f.metadata().unwrap();
-        assert_eq!(
-            (m.uid(), m.mode() & 0o777),
-            (NOBODY, 0o600),
-            "{:?}",
-            f.path()
-        );
-    }
-    let prefix = format!("ipchub.{}.", hub.pid());
-    let queues: Vec<_> = std::fs::read_dir("/dev/mqueue")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .collect();
-    assert_eq!(queues.len(), 2);
-    for q in &queues {
-        let m = q.metadata().unwrap();
-        assert_eq!(
-            (m.uid(), m.mode() & 0o777),
-            (NOBODY, 0o600),
-            "{:?}",
-            q.path()
-        );
+    let objects = hub.ipc_objects();
+    assert_eq!(objects.len(), 4, "two FIFOs and two queues: {objects:?}");
+    for path in &objects {
+        let m = std::fs::metadata(path).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (NOBODY, 0o600), "{path:?}");
     }
     for mut s in subs {
         s.kill().unwrap();

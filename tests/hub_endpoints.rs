@@ -91,12 +91,6 @@ fn publish_fifos_are_removed_at_shutdown() {
     assert!(!hub.dir.path().join("pub").exists());
 }
 
-fn open_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 #[test]
 fn connect_disconnect_cycles_leave_no_descriptor_behind_on_any_transport() {
     let hub = Hub::start();
@@ -109,7 +103,7 @@ fn connect_disconnect_cycles_leave_no_descriptor_behind_on_any_transport() {
         || probe.stats().unwrap().client_count == 1,
         "warm-up clients gone",
     );
-    let base = open_fds(hub.pid());
+    let base = hub.open_fds();
     for _ in 0..20 {
         for &t in TransportKind::ALL.iter() {
             let mut c = hub.subscriber(t, "cycle");
@@ -120,7 +114,7 @@ fn connect_disconnect_cycles_leave_no_descriptor_behind_on_any_transport() {
         || probe.stats().unwrap().client_count == 1,
         "all clients gone",
     );
-    assert_eq!(open_fds(hub.pid()), base, "descriptors leaked");
+    assert_eq!(hub.open_fds(), base, "descriptors leaked");
 }
 
 #[test]

@@ -21,30 +21,16 @@ struct Usage {
 }
 
 fn usage(hub: &Hub) -> Usage {
-    let pid = hub.pid();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", hub.pid())).unwrap();
     let rss_kib = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
-    let prefix = format!("ipchub.{pid}.");
-    let queues = std::fs::read_dir("/dev/mqueue")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                .count()
-        })
-        .unwrap_or(0);
-    let fifos = std::fs::read_dir(hub.dir.path().join("fifo"))
-        .map(|d| d.count())
-        .unwrap_or(0);
     Usage {
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count(),
+        fds: hub.open_fds(),
         rss_kib,
-        ipc: queues + fifos,
+        ipc: hub.ipc_objects().len(),
     }
 }
 

@@ -24,21 +24,7 @@ fn soak_secs() -> u64 {
 }
 
 fn hub_objects(hub: &Hub) -> (usize, usize) {
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", hub.pid()))
-        .unwrap()
-        .count();
-    let prefix = format!("ipchub.{}.", hub.pid());
-    let queues = std::fs::read_dir("/dev/mqueue")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                .count()
-        })
-        .unwrap_or(0);
-    let fifos = std::fs::read_dir(hub.dir.path().join("fifo"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    (fds, queues + fifos)
+    (hub.open_fds(), hub.ipc_objects().len())
 }
 
 /// A tiny xorshift so the run is random but needs no extra crate.

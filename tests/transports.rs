@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{wait_for, Hub};
@@ -173,27 +172,6 @@ fn closing_a_client_ends_its_subscriptions_on_every_transport() {
     }
 }
 
-/// Files and IPC objects of this hub: its FIFO directory and the queues
-/// named after its pid.
-fn ipc_objects(hub: &Hub) -> BTreeSet<String> {
-    let mut v = BTreeSet::new();
-    if let Ok(d) = std::fs::read_dir(hub.dir.path().join("fifo")) {
-        v.extend(
-            d.flatten()
-                .map(|e| format!("fifo/{}", e.file_name().to_string_lossy())),
-        );
-    }
-    let prefix = format!("ipchub.{}.", hub.pid());
-    if let Ok(d) = std::fs::read_dir("/dev/mqueue") {
-        v.extend(
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix)),
-        );
-    }
-    v
-}
-
 fn mqueue_mounted() -> bool {
     if !std::path::Path::new("/dev/mqueue").exists() {
         let _ = std::fs::create_dir_all("/dev/mqueue");
@@ -219,13 +197,13 @@ fn a_clients_fifos_and_queues_vanish_when_it_exits_or_is_killed() {
     for &t in &[Fifo, Mqueue] {
         let c = hub.subscriber(t, "x");
         assert!(
-            !ipc_objects(&hub).is_empty(),
+            !hub.ipc_objects().is_empty(),
             "{} created objects",
             t.name()
         );
         drop(c);
         wait_for(
-            || ipc_objects(&hub).is_empty(),
+            || hub.ipc_objects().is_empty(),
             "objects removed after exit",
         );
     }
@@ -237,11 +215,11 @@ fn a_clients_fifos_and_queues_vanish_when_it_exits_or_is_killed() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        wait_for(|| ipc_objects(&hub).len() == 2, "the client's objects");
+        wait_for(|| hub.ipc_objects().len() == 2, "the client's objects");
         child.kill().unwrap();
         child.wait().unwrap();
         wait_for(
-            || ipc_objects(&hub).is_empty(),
+            || hub.ipc_objects().is_empty(),
             "objects removed after kill -9",
         );
     }

@@ -135,6 +135,31 @@ impl Hub {
         c
     }
 
+    /// Descriptors the hub process has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// The hub's per-client IPC objects: its FIFOs and the message queues
+    /// named after its pid, as paths.
+    pub fn ipc_objects(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("fifo"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let prefix = format!("ipchub.{}.", self.pid());
+        if let Ok(d) = std::fs::read_dir("/dev/mqueue") {
+            v.extend(
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path()),
+            );
+        }
+        v.sort();
+        v
+    }
+
     /// Wait until `channel` has `n` subscribers (e.g. an `ipchubctl sub`
     /// started in the background has subscribed).
     pub fn wait_subscribers(&self, channel: &str, n: usize) {
