@@ -42,6 +42,16 @@ fn socket_activation_uses_the_passed_socket_reports_ready_and_never_unlinks_it()
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.contains("READY=1"), "{msg}");
     assert!(msg.contains("STATUS="), "{msg}");
+    // The status line then says what the hub is doing (refreshed every 5 s).
+    let mut status = String::new();
+    while !status.contains("1 messages in") {
+        let n = notify.recv(&mut buf).expect("a STATUS= update within 10 s");
+        status = String::from_utf8_lossy(&buf[..n]).to_string();
+    }
+    assert!(
+        status.starts_with("STATUS=") && status.contains("clients"),
+        "{status}"
+    );
     drop(c);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

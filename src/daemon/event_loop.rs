@@ -40,6 +40,8 @@ const ROLE_DATA_OUT: usize = 2;
 const READ_BUDGET: usize = 512 * 1024;
 /// How soon to retry accepting after the process ran out of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How often the STATUS= line for systemd is refreshed (when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// How long a disconnected client may take to read its final ERROR.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -190,6 +192,11 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let watchdog = systemd::watchdog_interval();
         let mut next_ping = watchdog.map(|w| Instant::now() + w);
+        // `systemctl status ipchub` shows what the hub is doing: refreshed
+        // every few seconds, and only sent when it changed.
+        let status_every = systemd::notify_enabled().then_some(STATUS_EVERY);
+        let mut next_status = status_every.map(|d| Instant::now() + d);
+        let mut last_status = String::new();
         self.open_publish_fifos();
         self.tend_children(Instant::now());
         loop {
@@ -205,6 +212,7 @@ impl EventLoop {
                 self.next_linger_deadline(),
                 self.spawner.next_deadline(),
                 self.accept_retry,
+                next_status,
             ]
             .into_iter()
             .flatten()
@@ -263,6 +271,16 @@ impl EventLoop {
             }
             if self.next_linger_deadline().is_some_and(|d| d <= now) {
                 self.expire_lingering(now);
+            }
+            if let (Some(every), Some(at)) = (status_every, next_status) {
+                if now >= at {
+                    let line = self.status_line();
+                    if line != last_status {
+                        systemd::status(&line);
+                        last_status = line;
+                    }
+                    next_status = Some(now + every);
+                }
             }
             if let (Some(w), Some(at)) = (watchdog, next_ping) {
                 if now >= at {
@@ -343,7 +361,15 @@ impl EventLoop {
     }
 
     fn status_line(&self) -> String {
-        format!("serving {} clients", self.hub.client_count())
+        let t = self.hub.totals();
+        format!(
+            "{} clients, {} channels; {} messages in, {} delivered, {} dropped",
+            self.hub.client_count(),
+            self.hub.channel_count(),
+            t.messages_in,
+            t.messages_out,
+            t.dropped
+        )
     }
 
     fn accept_all(&mut self) {

@@ -31,6 +31,11 @@ pub fn take_listen_fds() -> std::io::Result<Vec<PassedFd>> {
         .collect())
 }
 
+/// Whether a service manager listens for our notifications.
+pub fn notify_enabled() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty())
+}
+
 pub fn ready(status: &str) {
     let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(status)]);
 }

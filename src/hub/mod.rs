@@ -332,6 +332,15 @@ impl Hub {
         self.peers.len()
     }
 
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Hub-wide counters (cheap; [`stats`](Self::stats) builds the full report).
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
     /// Forget a client: its subscriptions end, publishers it held resume.
     pub fn remove(&mut self, id: ClientId) {
         let Some(mut peer) = self.peers.remove(&id) else {
