@@ -257,3 +257,38 @@ impl WaitOutput for std::process::Child {
         (out.stdout, out.stderr)
     }
 }
+
+#[test]
+fn ctl_sub_into_a_closed_pipe_ends_quietly() {
+    let hub = Hub::start();
+    let mut sub = hub
+        .ctl()
+        .args(["sub", "-c", "p"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hub.wait_subscribers("p", 1);
+    drop(sub.stdout.take()); // like `| head -0`
+    let mut p = hub.client();
+    // Keep publishing until the subscriber notices its stdout is gone.
+    let t0 = std::time::Instant::now();
+    while sub.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "sub kept running with no reader"
+        );
+        p.publish_confirmed("p", b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .matches("ipchubctl:")
+            .count(),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -407,3 +407,12 @@ mod tests {
         }
     }
 }
+
+/// True when `e` is our standard output closing under us (a pipe reader
+/// that exited): a normal way for `sub` to end, not an error to report.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
