@@ -390,6 +390,15 @@ fn base64(data: &[u8]) -> String {
     s
 }
 
+/// True when `e` is our standard output closing under us (a pipe reader
+/// that exited): a normal way for `sub` to end, not an error to report.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -406,13 +415,4 @@ mod tests {
             assert_eq!(super::base64(i.as_bytes()), o);
         }
     }
-}
-
-/// True when `e` is our standard output closing under us (a pipe reader
-/// that exited): a normal way for `sub` to end, not an error to report.
-pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
