@@ -292,3 +292,45 @@ fn ctl_sub_into_a_closed_pipe_ends_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_one_keeps_the_running_config() {
+    let hub = Hub::start_with("[hub]\nmax_subscriptions_per_client = 1\n");
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(hub.pid()),
+            nix::sys::signal::SIGHUP,
+        )
+        .unwrap()
+    };
+    let mut c = hub.client();
+    c.subscribe("a").unwrap();
+    assert!(c
+        .subscribe("b")
+        .unwrap_err()
+        .to_string()
+        .contains("max_subscriptions_per_client"));
+    std::fs::write(
+        &hub.config,
+        "[hub]\nmax_subscriptions_per_client = 5\n[dbus]\nenabled = false\n",
+    )
+    .unwrap();
+    hup();
+    common::wait_for(
+        || hub.log().contains("configuration reloaded"),
+        "the reload",
+    );
+    c.subscribe("b").unwrap();
+    std::fs::write(&hub.config, "[hub]\nmax_subscriptions_per_client = 0\n").unwrap();
+    hup();
+    common::wait_for(
+        || hub.log().contains("reload failed"),
+        "the failed reload to be logged",
+    );
+    assert!(
+        hub.log().contains("hub.max_subscriptions_per_client"),
+        "the bad key is named"
+    );
+    c.subscribe("c").unwrap();
+    assert_eq!(c.publish_confirmed("c", b"still running").unwrap(), 1);
+}
