@@ -428,9 +428,10 @@ impl Client {
         Ok(self.events.pop_front())
     }
 
-    /// The next message, skipping nothing: ACKs and notices are kept for
-    /// [`next_event`](Self::next_event); MISSED and errors are returned as errors here
-    /// only through `next_event`.
+    /// The next message (`None` at the timeout). Other events that arrive
+    /// meanwhile (ACKs, MISSED notices, errors) stay queued, in order, for
+    /// [`next_event`](Self::next_event): a client that asks for ACKs or may
+    /// miss messages should use `next_event`, or its queue grows.
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, ClientError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
