@@ -46,12 +46,7 @@ pub fn changed_properties(
     old: &ChannelStats,
     new: &ChannelStats,
 ) -> Vec<(&'static str, Value<'static>)> {
-    notified_properties(old)
-        .into_iter()
-        .zip(notified_properties(new))
-        .filter(|((_, a), (_, b))| a != b)
-        .map(|(_, new)| new)
-        .collect()
+    super::changed_properties(old, new, notified_properties)
 }
 
 #[interface(name = "org.ipchub.Channel1")]

@@ -111,12 +111,7 @@ pub fn notified_properties(s: &HubStats) -> Vec<(&'static str, Value<'static>)> 
 
 /// The notified properties whose values differ from `old` to `new`.
 pub fn changed_properties(old: &HubStats, new: &HubStats) -> Vec<(&'static str, Value<'static>)> {
-    notified_properties(old)
-        .into_iter()
-        .zip(notified_properties(new))
-        .filter(|((_, a), (_, b))| a != b)
-        .map(|(_, new)| new)
-        .collect()
+    super::changed_properties(old, new, notified_properties)
 }
 
 #[interface(name = "org.ipchub.Hub1")]

@@ -41,6 +41,7 @@ use crate::daemon::control::{ControlError, ControlHandle};
 use crate::hub::HubEvent;
 use access::Access;
 use session::{Session, SessionError};
+use zbus::zvariant::Value;
 
 /// The well-known name the daemon owns.
 pub const BUS_NAME: &str = "org.ipchub";
@@ -173,4 +174,20 @@ fn serve(session: &mut Session, events: &Receiver<HubEvent>, interval: Duration)
             Err(SessionError::Bus(e)) => return End::BusLost(e.to_string()),
         }
     }
+}
+
+/// The properties `props` announces whose values differ from `old` to
+/// `new`: what a PropertiesChanged signal must carry (one object kind each
+/// passes its own list of notified properties).
+pub fn changed_properties<T>(
+    old: &T,
+    new: &T,
+    props: fn(&T) -> Vec<(&'static str, Value<'static>)>,
+) -> Vec<(&'static str, Value<'static>)> {
+    props(old)
+        .into_iter()
+        .zip(props(new))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|(_, new)| new)
+        .collect()
 }
