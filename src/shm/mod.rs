@@ -12,6 +12,7 @@
 //! - the memory is a sealed memfd passed over SCM_RIGHTS: no name in /dev/shm.
 
 pub mod notify;
+pub mod bring;
 pub mod ring;
 
 pub use notify::Notifier;
