@@ -164,12 +164,20 @@ pub struct ShmConfig {
     /// Bytes of each shared memory ring (one per direction per client);
     /// rounded up to a power of two that holds two largest frames.
     pub ring_size: usize,
+    /// Give shm clients a broadcast ring per channel, so between them the
+    /// hub is not on the data path (off: the hub relays every message).
+    pub channel_rings: bool,
+    /// Bytes of each channel's broadcast ring, a power of two that holds two
+    /// largest frames (rounded up).
+    pub channel_ring_size: usize,
 }
 
 impl Default for ShmConfig {
     fn default() -> Self {
         ShmConfig {
             ring_size: crate::transport::shm::DEFAULT_RING_SIZE,
+            channel_rings: true,
+            channel_ring_size: crate::transport::shm::DEFAULT_RING_SIZE,
         }
     }
 }
@@ -562,6 +570,12 @@ impl Config {
         if self.shm.ring_size < 4096 || self.shm.ring_size > 1 << 30 {
             return Err(bad(
                 "shm.ring_size",
+                "must be between 4096 and 1073741824".into(),
+            ));
+        }
+        if self.shm.channel_ring_size < 4096 || self.shm.channel_ring_size > 1 << 30 {
+            return Err(bad(
+                "shm.channel_ring_size",
                 "must be between 4096 and 1073741824".into(),
             ));
         }

@@ -2,8 +2,9 @@
 //! build the matching data path from the same [`Link`] types the hub uses.
 
 use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use super::ClientError;
 use crate::hub::TransportKind;
@@ -16,34 +17,69 @@ use crate::wire::{self, FrameType, HEADER_LEN};
 /// Most descriptors a WELCOME may carry.
 const MAX_FDS: usize = 8;
 
-/// Read exactly one frame (WELCOME or ERROR) from the blocking socket,
-/// collecting descriptors passed with it.
+/// Read exactly one frame (WELCOME or ERROR) from the socket, collecting
+/// descriptors passed with it.
 pub(super) fn recv_welcome(sock: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), ClientError> {
+    let (ty, payload, fds) = recv_frame(sock.as_fd(), Duration::from_secs(10), "HELLO")?;
+    match ty {
+        FrameType::Welcome => Ok((payload, fds)),
+        other => Err(ClientError::Protocol(format!(
+            "expected WELCOME, got {other:?}"
+        ))),
+    }
+}
+
+/// Read exactly one frame from the control socket (blocking or not) within
+/// `timeout`, with the descriptors that came with it. An ERROR frame becomes
+/// `ClientError::Refused`. Returns the type, the payload and the fds.
+pub(super) fn recv_frame(
+    sock: BorrowedFd<'_>,
+    timeout: Duration,
+    answer_to: &str,
+) -> Result<(FrameType, Vec<u8>, Vec<OwnedFd>), ClientError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let deadline = Instant::now() + timeout;
     let mut buf = Vec::new();
     let mut fds = Vec::new();
     loop {
         let need = match wire::frame::decode_header(&buf, 1 << 20) {
             Ok(Some(h)) => h.frame_len(),
             Ok(None) => HEADER_LEN,
-            Err(e) => return Err(ClientError::Protocol(format!("bad answer to HELLO: {e}"))),
+            Err(e) => {
+                return Err(ClientError::Protocol(format!(
+                    "bad answer to {answer_to}: {e}"
+                )))
+            }
         };
         if buf.len() >= need {
             break;
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout);
+        }
+        let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        let mut pfd = [PollFd::new(sock, PollFlags::POLLIN)];
+        match poll(&mut pfd, ms) {
+            Ok(0) => continue,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(ClientError::Io(e.into())),
+        }
         let mut chunk = vec![0u8; need - buf.len()];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut chunk)];
-        let msg = recvmsg::<()>(
+        let msg = match recvmsg::<()>(
             sock.as_raw_fd(),
             &mut iov,
             Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|e| match e {
-            nix::errno::Errno::EAGAIN => ClientError::Timeout,
-            e => ClientError::Io(e.into()),
-        })?;
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(ClientError::Io(e.into())),
+        };
         let n = msg.bytes;
         for c in msg.cmsgs().map_err(|e| ClientError::Io(e.into()))? {
             if let ControlMessageOwned::ScmRights(raw) = c {
@@ -55,24 +91,21 @@ pub(super) fn recv_welcome(sock: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>),
             }
         }
         if n == 0 {
-            return Err(ClientError::Closed(
-                "hub closed the connection during the handshake".into(),
-            ));
+            return Err(ClientError::Closed(format!(
+                "hub closed the connection before answering {answer_to}"
+            )));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
     let (frame, _) = wire::decode(&buf, 1 << 20)
         .map_err(|e| ClientError::Protocol(e.to_string()))?
-        .ok_or_else(|| ClientError::Protocol("short WELCOME".into()))?;
+        .ok_or_else(|| ClientError::Protocol(format!("short answer to {answer_to}")))?;
     match frame.header.ty {
-        FrameType::Welcome => Ok((frame.payload.to_vec(), fds)),
         FrameType::Error => {
             let (code, text) = parse_error_payload(frame.payload);
             Err(ClientError::Refused { code, text })
         }
-        other => Err(ClientError::Protocol(format!(
-            "expected WELCOME, got {other:?}"
-        ))),
+        ty => Ok((ty, frame.payload.to_vec(), fds)),
     }
 }
 

@@ -96,6 +96,8 @@ pub struct EventLoop {
     spawner: super::spawn::Spawner,
     /// Set while accepting fails for lack of resources: when to try again.
     accept_retry: Option<Instant>,
+    /// Channels with a broadcast ring (shm clients read and write it directly).
+    rings: HashMap<String, rings::ChannelRing>,
 }
 
 impl EventLoop {
@@ -117,6 +119,7 @@ impl EventLoop {
             control_rx,
             fanout: EventFanout::default(),
             accept_retry: None,
+            rings: HashMap::new(),
             spawner: super::spawn::Spawner::new(
                 &opts.config.spawn,
                 opts.config.hub.max_message_size as usize,
@@ -213,6 +216,7 @@ impl EventLoop {
                 self.spawner.next_deadline(),
                 self.accept_retry,
                 next_status,
+                self.next_ring_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -266,6 +270,9 @@ impl EventLoop {
             if self.accept_retry.is_some_and(|d| d <= now) {
                 self.accept_all();
             }
+            if self.next_ring_deadline().is_some_and(|d| d <= now) {
+                self.settle(); // tends the rings: stalled readers go
+            }
             if self.spawner.next_deadline().is_some_and(|d| d <= now) {
                 self.tend_children(now);
             }
@@ -295,6 +302,8 @@ impl EventLoop {
     /// close the condemned; repeat until nothing changes.
     fn settle(&mut self) {
         loop {
+            self.serve_ring_requests();
+            self.tend_rings();
             let mut ids = std::mem::take(&mut self.scratch_ids);
             self.hub.take_dirty(&mut ids);
             for id in ids.drain(..) {
@@ -484,6 +493,11 @@ impl EventLoop {
             return;
         }
         if c.paused {
+            // Not reading it, but a ring endpoint still wakes the clients
+            // that sleep on its ring.
+            if let Some(link) = c.data.as_mut() {
+                link.wake_others();
+            }
             return;
         }
         let max = self.hub.config().hub.max_message_size;
@@ -791,3 +805,4 @@ fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
 
 mod closing;
 mod internal;
+mod rings;

@@ -85,6 +85,7 @@ impl Hub {
                 // the D-Bus policy; the channel policy is for clients.
                 creds: Credentials::default(),
                 internal: true,
+                ring_endpoint: false,
                 accounted: 0,
                 transport: TransportKind::Socket,
                 name: "hub".into(),

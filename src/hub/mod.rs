@@ -17,6 +17,7 @@
 pub mod access;
 pub mod control;
 pub mod queue;
+pub mod rings;
 pub mod stats;
 
 use std::collections::HashMap as StdHashMap;
@@ -31,6 +32,7 @@ use crate::wire::{channel, encode_header, ErrorCode, Frame, FrameType, Pattern, 
 use access::{Credentials, Op, Policy};
 pub use control::{ControlOp, ControlReply, HubEvent};
 use queue::{Kind, OutQueue};
+pub use rings::{RingRequest, RING_READ, RING_WRITE};
 pub use stats::{ChannelStats, ClientStats, HubStats, Totals};
 
 /// A client's id, unique for the life of the hub (never reused).
@@ -123,6 +125,9 @@ struct Peer {
     creds: Credentials,
     /// The hub itself (D-Bus Publish): authorised by its own front end.
     internal: bool,
+    /// A channel ring's endpoint: part of the hub, not a client; left out of
+    /// client counts, limits and statistics.
+    ring_endpoint: bool,
     /// This client's queued data bytes as last added to `Hub::uid_bytes`.
     accounted: usize,
     transport: TransportKind,
@@ -150,6 +155,12 @@ struct Channel {
     delivered: u64,
     bytes: u64,
     dropped: u64,
+    /// The endpoint serving this channel's broadcast ring, if it has one.
+    ring: Option<ClientId>,
+    /// Clients that read this channel from its ring themselves.
+    direct: Vec<ClientId>,
+    /// Messages written straight into the ring by shm clients.
+    published_direct: u64,
 }
 
 pub struct Hub {
@@ -164,6 +175,9 @@ pub struct Hub {
     dirty: Vec<ClientId>,
     resumed: Vec<ClientId>,
     doomed: Vec<(ClientId, String)>,
+    ring_requests: Vec<RingRequest>,
+    /// How many peers are ring endpoints (see `Peer::ring_endpoint`).
+    ring_endpoints: usize,
     started: SystemTime,
     transports: Vec<TransportKind>,
     /// Collected only while someone listens (`set_event_recording`), so a
@@ -185,6 +199,8 @@ impl Hub {
             dirty: Vec::new(),
             resumed: Vec::new(),
             doomed: Vec::new(),
+            ring_requests: Vec::new(),
+            ring_endpoints: 0,
             started: SystemTime::now(),
             transports: vec![TransportKind::Socket],
             events: None,
@@ -265,8 +281,9 @@ impl Hub {
         ident: Identity,
         groups: Vec<u32>,
     ) -> Result<ClientId, AdmitError> {
-        if self.peers.len() >= self.cfg.hub.max_clients {
-            return Err(AdmitError::TooManyClients(self.peers.len()));
+        let clients = self.client_count();
+        if clients >= self.cfg.hub.max_clients {
+            return Err(AdmitError::TooManyClients(clients));
         }
         let count = self
             .peers
@@ -292,6 +309,7 @@ impl Hub {
                     groups,
                 },
                 internal: false,
+                ring_endpoint: false,
                 accounted: 0,
                 transport: TransportKind::Socket,
                 name: String::new(),
@@ -329,7 +347,7 @@ impl Hub {
     }
 
     pub fn client_count(&self) -> usize {
-        self.peers.len()
+        self.peers.len() - self.ring_endpoints
     }
 
     pub fn channel_count(&self) -> usize {
@@ -348,6 +366,9 @@ impl Hub {
         };
         peer.out = OutQueue::new(0, 0);
         sync_uid(&mut self.uid_bytes, &mut peer);
+        if peer.ring_endpoint {
+            self.ring_endpoints -= 1;
+        }
         // Only clients announced by `set_transport` are announced leaving.
         if peer.greeted {
             self.record(HubEvent::ClientDisconnected { id });
@@ -539,6 +560,10 @@ impl Hub {
                 self.send_control(id, FrameType::Pong, seq, &[]);
                 Step::Continue
             }
+            FrameType::OpenRing => {
+                self.open_ring(id, frame);
+                Step::Continue
+            }
             FrameType::Hello => {
                 self.send_error(
                     id,
@@ -679,6 +704,9 @@ impl Hub {
                 delivered: 0,
                 bytes: 0,
                 dropped: 0,
+                ring: None,
+                direct: Vec::new(),
+                published_direct: 0,
             },
         );
         self.record(HubEvent::ChannelCreated(name.to_string()));
@@ -720,11 +748,21 @@ impl Hub {
         }
         let ch = self.channels.get_mut(frame.channel).expect("just ensured");
         let len = frame.header.frame_len();
+        // A channel with a ring: what others publish goes into the ring (its
+        // peer is the only target here), and what the ring peer reads back
+        // goes to the subscribers that do not read the ring themselves.
+        let from_ring = ch.ring == Some(id);
+        let ring_only = [ch.ring.unwrap_or(0)];
+        let targets: &[ClientId] = match ch.ring {
+            Some(_) if !from_ring => &ring_only,
+            _ => &ch.subscribers,
+        };
+        let origin = if from_ring { frame.header.origin } else { id };
 
         // Under `block`, check every target before delivering to any, so a
         // message is delivered to all of them or (for now) to none.
         if ch.overflow == Overflow::Block {
-            let full = ch.subscribers.iter().copied().find(|s| {
+            let full = targets.iter().copied().find(|s| {
                 self.peers.get(s).is_some_and(|p| {
                     !p.out.has_room(len) || !uid_room(&self.uid_bytes, &self.cfg, p, len)
                 })
@@ -740,14 +778,17 @@ impl Hub {
             frame.header.priority,
             frame.channel.len(),
             frame.payload.len(),
-            id,
+            origin,
             seq,
         );
         let parts: [&[u8]; 3] = [&header, frame.channel.as_bytes(), frame.payload];
         let mut delivered = 0u32;
         let mut dropped = 0u64;
         let mut condemned: Vec<(ClientId, String)> = Vec::new();
-        for &sub in &ch.subscribers {
+        for &sub in targets {
+            if from_ring && ch.direct.contains(&sub) {
+                continue;
+            }
             let Some(p) = self.peers.get_mut(&sub) else {
                 continue;
             };
@@ -787,14 +828,26 @@ impl Hub {
             mark_dirty(&mut self.dirty, sub, p);
             delivered += 1;
         }
-        ch.published += 1;
-        ch.delivered += delivered as u64;
-        ch.bytes += frame.payload.len() as u64;
+        if ch.ring.is_some() && !from_ring {
+            // Into the ring: what counts is who reads it, directly or via
+            // the ring peer (which counts its own deliveries when it reads).
+            delivered = (ch.direct.len() + ring_audience(ch)) as u32;
+            let direct = ch.direct.len() as u64;
+            ch.delivered += direct;
+            self.totals.messages_out += direct;
+            self.totals.bytes_out += direct * frame.payload.len() as u64;
+        } else {
+            ch.delivered += delivered as u64;
+            self.totals.messages_out += delivered as u64;
+            self.totals.bytes_out += delivered as u64 * frame.payload.len() as u64;
+        }
         ch.dropped += dropped;
-        self.totals.messages_in += 1;
-        self.totals.bytes_in += frame.payload.len() as u64;
-        self.totals.messages_out += delivered as u64;
-        self.totals.bytes_out += delivered as u64 * frame.payload.len() as u64;
+        if !from_ring {
+            ch.published += 1;
+            ch.bytes += frame.payload.len() as u64;
+            self.totals.messages_in += 1;
+            self.totals.bytes_in += frame.payload.len() as u64;
+        }
         self.totals.dropped += dropped;
         if let Some(p) = self.peers.get_mut(&id) {
             p.counters.messages_in += 1;
@@ -807,7 +860,6 @@ impl Hub {
         }
         Step::Continue
     }
-
     /// Evictions under drop-oldest are counted where they happen; this
     /// records messages a subscriber lost for other reasons (its transport
     /// refused them) so no loss goes uncounted.
@@ -852,6 +904,14 @@ fn for_matching(
 }
 
 /// Bring `uid_bytes` up to date with a client's queue.
+/// Subscribers of a ring channel the ring peer serves (not direct readers).
+fn ring_audience(ch: &Channel) -> usize {
+    ch.subscribers
+        .iter()
+        .filter(|s| !ch.direct.contains(s))
+        .count()
+}
+
 fn sync_uid(uid_bytes: &mut HashMap<u32, usize>, p: &mut Peer) {
     let now = p.out.data_bytes();
     if now != p.accounted {

@@ -12,9 +12,15 @@ impl Hub {
             .iter()
             .map(|(name, c)| ChannelStats {
                 name: name.to_string(),
-                subscribers: c.subscribers.len(),
+                // Direct readers of the channel's ring count too (a client
+                // may be both, through a wildcard: counted once).
+                subscribers: c.subscribers.len()
+                    + c.direct
+                        .iter()
+                        .filter(|d| !c.subscribers.contains(d))
+                        .count(),
                 overflow: c.overflow.as_str().to_string(),
-                published: c.published,
+                published: c.published + c.published_direct,
                 delivered: c.delivered,
                 bytes: c.bytes,
                 dropped: c.dropped,
@@ -24,6 +30,7 @@ impl Hub {
         let mut clients: Vec<ClientStats> = self
             .peers
             .iter()
+            .filter(|(_, p)| !p.ring_endpoint)
             .map(|(id, p)| ClientStats {
                 id: *id,
                 name: p.name.clone(),
@@ -40,6 +47,16 @@ impl Hub {
                 blocked: p.blocked.is_some(),
             })
             .collect();
+        // A ring reader's subscription is to the exact channel it reads.
+        for (name, c) in &self.channels {
+            for d in &c.direct {
+                if let Some(cs) = clients.iter_mut().find(|cs| cs.id == *d) {
+                    if !cs.subscriptions.iter().any(|s| s == &**name) {
+                        cs.subscriptions.push(name.to_string());
+                    }
+                }
+            }
+        }
         clients.sort_by_key(|c| c.id);
         let epoch = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
@@ -54,7 +71,7 @@ impl Hub {
                 .iter()
                 .map(|t| t.name().to_string())
                 .collect(),
-            client_count: self.peers.len(),
+            client_count: self.client_count(),
             channel_count: self.channels.len(),
             totals: self.totals.clone(),
             channels,

@@ -8,7 +8,7 @@
 //!             lock, next_seq | wake_hub | wake_space | hub_subs   (one 128-byte line each)
 //! pages 1-2   MAX_SLOTS participant slots, one line each:
 //!             token (0 = free) | read_pos (NOT_READING for a writer) |
-//!             wait_data mark | wait_space mark
+//!             wait_data mark | wait_space mark | start_seq
 //! data        capacity bytes of records: [u64 marker|len][u64 seq][frame, padded to 8]
 //! ```
 //!
@@ -79,6 +79,9 @@ use super::RingError;
 
 /// Participants (readers and writers together) one ring can have.
 pub const MAX_SLOTS: usize = 64;
+/// The slot the hub itself uses: its cursor serves the hub's subscribers,
+/// who are counted in `hub_subs`, so it is not an audience of its own.
+pub const HUB_SLOT: usize = 0;
 /// `read_pos` of a slot that only writes.
 pub const NOT_READING: u64 = u64::MAX;
 /// Smallest and largest data area.
@@ -118,6 +121,8 @@ enum SlotField {
     ReadPos = 8,
     WaitData = 16,
     WaitSpace = 24,
+    /// Sequence number expected at the cursor when the hub attached it.
+    StartSeq = 32,
 }
 
 /// What a full ring does to a writer.
@@ -150,6 +155,16 @@ pub struct Batch {
     pub missed: u64,
     /// The caller must write the hub's eventfd (a writer waits for space).
     pub wake_hub: bool,
+}
+
+/// What [`BRing::read_batch`] reports, in stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEvent {
+    /// This many records were overwritten before we read them.
+    Gap(u64),
+    /// A record was appended to the output at this offset (the callback may
+    /// check it and truncate it away).
+    Record { start: usize },
 }
 
 /// A reader's private state; the shared cursor is a copy of `pos`.
@@ -263,12 +278,7 @@ impl BRing {
         Ok(ring)
     }
 
-    fn map(
-        fd: &impl AsFd,
-        map_len: usize,
-        cap: usize,
-        policy: Policy,
-    ) -> Result<BRing, RingError> {
+    fn map(fd: &impl AsFd, map_len: usize, cap: usize, policy: Policy) -> Result<BRing, RingError> {
         let len = NonZeroUsize::new(map_len).ok_or(RingError::Corrupt("empty mapping"))?;
         // SAFETY: addr None: the kernel picks a fresh range, aliasing nothing.
         // The file is at least map_len bytes (ftruncated by us or fstat-checked)
@@ -387,7 +397,10 @@ impl BRing {
         // At or past the sequence of the first record at `pos`: a gap before
         // our first record is then counted, never over-counted.
         let next_seq = reader.then(|| self.hdr(Field::NextSeq).load(Ordering::Relaxed));
-        self.slot(slot, SlotField::WaitData).store(0, Ordering::Relaxed);
+        self.slot(slot, SlotField::StartSeq)
+            .store(next_seq.unwrap_or(0), Ordering::Relaxed);
+        self.slot(slot, SlotField::WaitData)
+            .store(0, Ordering::Relaxed);
         self.slot(slot, SlotField::WaitSpace)
             .store(0, Ordering::Relaxed);
         self.slot(slot, SlotField::ReadPos)
@@ -402,12 +415,27 @@ impl BRing {
         }
     }
 
+    /// The cursor of a slot the hub attached for us (as it is now).
+    pub fn join(&self, slot: usize) -> Result<Cursor, RingError> {
+        let pos = self.slot(slot, SlotField::ReadPos).load(Ordering::Acquire);
+        if pos == NOT_READING || pos > self.write_pos() || !pos.is_multiple_of(8) {
+            return corrupt("our channel ring slot has no valid cursor");
+        }
+        Ok(Cursor {
+            slot,
+            pos,
+            next_seq: Some(self.slot(slot, SlotField::StartSeq).load(Ordering::Relaxed)),
+        })
+    }
+
     /// Frees a slot: its cursor no longer holds writers back.
     pub fn detach(&self, slot: usize) {
-        self.slot(slot, SlotField::Token).store(0, Ordering::Release);
+        self.slot(slot, SlotField::Token)
+            .store(0, Ordering::Release);
         self.slot(slot, SlotField::ReadPos)
             .store(NOT_READING, Ordering::Release);
-        self.slot(slot, SlotField::WaitData).store(0, Ordering::Relaxed);
+        self.slot(slot, SlotField::WaitData)
+            .store(0, Ordering::Relaxed);
         self.slot(slot, SlotField::WaitSpace)
             .store(0, Ordering::Relaxed);
     }
@@ -418,6 +446,27 @@ impl BRing {
         self.hdr(Field::Lock)
             .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// Takes the write lock and keeps it, as a writer that dies mid-message
+    /// would: for tests of the recovery (see `break_lock`).
+    #[doc(hidden)]
+    pub fn hold_lock(&self, token: u64) -> bool {
+        self.hdr(Field::Lock)
+            .compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The cursor of a reader slot (None: free or not reading).
+    pub fn cursor_of(&self, slot: usize) -> Option<u64> {
+        let p = self.slot(slot, SlotField::ReadPos).load(Ordering::Acquire);
+        (self.slot(slot, SlotField::Token).load(Ordering::Acquire) != 0 && p != NOT_READING)
+            .then_some(p)
+    }
+
+    /// Some writer sleeps until readers free space.
+    pub fn writer_waiting(&self) -> bool {
+        (0..MAX_SLOTS).any(|s| self.slot(s, SlotField::WaitSpace).load(Ordering::Relaxed) != 0)
     }
 
     /// Who holds the write lock (0: nobody).
@@ -432,13 +481,10 @@ impl BRing {
     }
 
     /// Direct readers (slots with a cursor) plus the hub's other subscribers:
-    /// what a publish right now is delivered to. `except` is not counted.
-    pub fn audience(&self, except: Option<usize>) -> u32 {
+    /// what a publish right now is delivered to.
+    pub fn audience(&self) -> u32 {
         let mut n = self.hdr(Field::HubSubs).load(Ordering::Relaxed);
-        for s in 0..MAX_SLOTS {
-            if Some(s) == except {
-                continue;
-            }
+        for s in (0..MAX_SLOTS).filter(|s| *s != HUB_SLOT) {
             if self.slot(s, SlotField::Token).load(Ordering::Relaxed) != 0
                 && self.slot(s, SlotField::ReadPos).load(Ordering::Relaxed) != NOT_READING
             {
@@ -654,28 +700,34 @@ impl BRing {
 
     // ---- readers -------------------------------------------------------------
 
-    /// Copies the records available into `out` (each record is one frame),
-    /// up to about `budget` bytes (at least one record), and moves the
-    /// cursor. At a gap (records overwritten before we read them) calls
-    /// `gap(out, n)` first, in order.
+    /// Copies the records available into `out`, up to about `budget` bytes
+    /// (at least one record), and moves the cursor. `on` hears of each record
+    /// appended and of each gap (records overwritten before we got to them),
+    /// in stream order.
     pub fn read_batch(
         &self,
         cur: &mut Cursor,
         out: &mut Vec<u8>,
         budget: usize,
-        mut gap: impl FnMut(&mut Vec<u8>, u64),
+        mut on: impl FnMut(&mut Vec<u8>, ReadEvent),
     ) -> Result<Batch, RingError> {
         let mut b = Batch::default();
         let w = self.hdr(Field::WritePos).load(Ordering::Acquire);
         if cur.pos > w {
             return corrupt("reader cursor ahead of write_pos");
         }
-        let mut lost = 0u64;
         let mut result = Ok(());
+        // Bounded: every iteration moves pos forward (by a record, or to a
+        // tail that only grows and is at most w).
         while cur.pos < w && (b.records == 0 || b.bytes < budget) {
             let tail = self.hdr(Field::Tail).load(Ordering::Acquire);
             if cur.pos < tail {
-                // Overwritten before we got here: resynchronise by sequence.
+                // Overwritten before we got here: the sequence numbers of
+                // what follows say how much was lost.
+                if tail > w {
+                    result = corrupt("channel ring tail past write_pos");
+                    break;
+                }
                 cur.pos = tail;
                 continue;
             }
@@ -689,36 +741,26 @@ impl BRing {
             };
             let (marker, len) = ((h >> 32) as u32, (h & 0xffff_ffff) as usize);
             let room = self.cap - idx;
-            let step = match marker {
-                MARK_PAD if len == room && idx != 0 => Some(room),
-                MARK_DATA if len <= self.max_record() && record_size(len) <= room => None,
-                _ => {
-                    // Garbage: either the writer lapped us (tail moved) or
-                    // the ring is corrupt.
-                    fence(Ordering::Acquire);
-                    if self.hdr(Field::Tail).load(Ordering::Relaxed) > cur.pos {
-                        continue;
-                    }
-                    result = corrupt("bad record in channel ring");
-                    break;
-                }
-            };
-            if let Some(step) = step {
-                if cur.pos + step as u64 > w {
-                    result = corrupt("padding past write_pos");
-                    break;
-                }
-                cur.pos += step as u64;
-                continue;
-            }
             let total = record_size(len);
-            if cur.pos + total as u64 > w {
+            let valid = match marker {
+                MARK_PAD => len == room && idx != 0 && cur.pos + room as u64 <= w,
+                MARK_DATA => {
+                    len <= self.max_record() && total <= room && cur.pos + total as u64 <= w
+                }
+                _ => false,
+            };
+            if !valid {
+                // Either a writer lapped us (tail moved) or the ring is corrupt.
                 fence(Ordering::Acquire);
                 if self.hdr(Field::Tail).load(Ordering::Relaxed) > cur.pos {
                     continue;
                 }
-                result = corrupt("record past write_pos");
+                result = corrupt("bad record in channel ring");
                 break;
+            }
+            if marker == MARK_PAD {
+                cur.pos += room as u64;
+                continue;
             }
             let seq = match self.data_word(idx + 8) {
                 Ok(s) => s.load(Ordering::Relaxed),
@@ -742,16 +784,18 @@ impl BRing {
             }
             if let Some(exp) = cur.next_seq {
                 if seq > exp {
-                    lost += seq - exp;
+                    // The notice goes before the record that follows the gap.
+                    let rec: Vec<u8> = out.drain(start..).collect();
+                    on(out, ReadEvent::Gap(seq - exp));
+                    b.missed += seq - exp;
+                    let start = out.len();
+                    out.extend_from_slice(&rec);
+                    on(out, ReadEvent::Record { start });
+                } else {
+                    on(out, ReadEvent::Record { start });
                 }
-            }
-            if lost > 0 {
-                // The gap notice goes before the record that follows it.
-                let rec: Vec<u8> = out.drain(start..).collect();
-                gap(out, lost);
-                b.missed += lost;
-                lost = 0;
-                out.extend_from_slice(&rec);
+            } else {
+                on(out, ReadEvent::Record { start });
             }
             cur.next_seq = Some(seq + 1);
             cur.pos += total as u64;
@@ -761,12 +805,10 @@ impl BRing {
         // Release: our copies are done before a writer may reuse the space.
         self.slot(cur.slot, SlotField::ReadPos)
             .store(cur.pos, Ordering::Release);
-        if b.records > 0 || cur.pos == w {
-            fence(Ordering::SeqCst); // rule 4
-            b.wake_hub = self.hdr(Field::WakeSpace).load(Ordering::Relaxed) != 0
-                && self.space_waiter_satisfied()
-                && self.hdr(Field::WakeSpace).swap(0, Ordering::AcqRel) != 0;
-        }
+        fence(Ordering::SeqCst); // rule 4
+        b.wake_hub = self.hdr(Field::WakeSpace).load(Ordering::Relaxed) != 0
+            && self.space_waiter_satisfied()
+            && self.hdr(Field::WakeSpace).swap(0, Ordering::AcqRel) != 0;
         result.map(|()| b)
     }
 

@@ -11,8 +11,8 @@
 //!   satisfied; the memory-ordering argument is at the top of `ring.rs`;
 //! - the memory is a sealed memfd passed over SCM_RIGHTS: no name in /dev/shm.
 
-pub mod notify;
 pub mod bring;
+pub mod notify;
 pub mod ring;
 
 pub use notify::Notifier;

@@ -16,6 +16,7 @@
 //!   `eof`, never as data; a client that dies mid-frame leaves a partial frame
 //!   that the caller discards and reports.
 
+pub mod bring;
 pub mod fifo;
 pub mod lines;
 pub mod mqueue;
@@ -65,6 +66,14 @@ pub trait Link: Send {
     fn max_frame(&self) -> Option<usize> {
         None
     }
+    /// The eventfd that wakes the client on the other side (shared memory),
+    /// for channel rings whose readers the hub wakes on their behalf.
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    /// Readiness arrived while the hub is not reading this endpoint (paused
+    /// by back-pressure): do what must not wait (a channel ring's wake-ups).
+    fn wake_others(&mut self) {}
 }
 
 /// True for errors that mean "try again on the next readiness event".

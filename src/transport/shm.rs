@@ -9,9 +9,10 @@
 //! Records read from a ring are copied out before they are validated: the
 //! peer may change shared memory at any time.
 //!
-//! This is the point-to-point design (the hub relays between rings); the
-//! broadcast ring of DESIGN §5, where shm subscribers read a publisher's ring
-//! in place, builds on the same `Ring` and is tracked by the performance issue.
+//! This is the point-to-point path every shm client has (control frames,
+//! wildcard subscriptions, channels the hub relays). Exact channels go
+//! through their broadcast ring instead (`shm::bring`, `transport::bring`):
+//! there the hub is not on the data path.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -157,6 +158,10 @@ impl Link for ShmLink {
 
     fn writable_via_read_fd(&self) -> bool {
         true
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.peer.as_fd())
     }
 }
 

@@ -62,6 +62,14 @@ pub enum FrameType {
     /// either way: liveness probe, answered by PONG with the same seq.
     Ping = 13,
     Pong = 14,
+    /// shm client → hub: read and/or write `channel` through its broadcast
+    /// ring; payload u8 roles (bit 0 read, bit 1 write; 0 = leave the ring).
+    /// Answered on the control socket by RING or ERROR with the same seq.
+    OpenRing = 15,
+    /// hub → shm client, on the control socket: payload u32 slot + u8 roles;
+    /// the first RING for a channel carries two descriptors (SCM_RIGHTS): the
+    /// ring's memfd and the hub's eventfd.
+    Ring = 16,
 }
 
 impl FrameType {
@@ -82,6 +90,8 @@ impl FrameType {
             12 => StatsReply,
             13 => Ping,
             14 => Pong,
+            15 => OpenRing,
+            16 => Ring,
             _ => return None,
         })
     }
@@ -103,6 +113,9 @@ pub enum ErrorCode {
     Internal = 10,
     UnknownTransport = 11,
     NotSubscribed = 12,
+    /// OPEN_RING: this channel has no broadcast ring here (rings are off, the
+    /// client is not on shm, or the channel is relayed): use SUBSCRIBE/PUBLISH.
+    RingUnavailable = 13,
 }
 
 impl ErrorCode {
@@ -121,6 +134,7 @@ impl ErrorCode {
             10 => Internal,
             11 => UnknownTransport,
             12 => NotSubscribed,
+            13 => RingUnavailable,
             _ => return None,
         })
     }

@@ -58,6 +58,9 @@ impl EventLoop {
             Some(q) => c.closing = Some((Instant::now() + LINGER, q)),
             None => self.finalize(id),
         }
+        // Its ring slots and any ring lock it held (a writer that died
+        // mid-message must not wedge the channel).
+        self.free_slots(id, None);
     }
 
     /// Forget a client for good: deregister and drop its descriptors (its

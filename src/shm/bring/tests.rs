@@ -5,6 +5,10 @@ fn pair(cap: usize, policy: Policy) -> (BRing, OwnedFd) {
     BRing::create(cap, policy).expect("create")
 }
 
+fn no_gap(_: &mut Vec<u8>, ev: ReadEvent) {
+    assert!(matches!(ev, ReadEvent::Record { .. }), "unexpected {ev:?}");
+}
+
 fn rec(writer: u8, n: u32, len: usize) -> Vec<u8> {
     let mut v = vec![writer; len.max(5)];
     v[..4].copy_from_slice(&n.to_le_bytes());
@@ -28,7 +32,9 @@ fn records_arrive_in_order_across_the_wrap() {
             }
         }
         let mut out = Vec::new();
-        let b = r.read_batch(&mut cur, &mut out, usize::MAX, |_, _| panic!("gap")).unwrap();
+        let b = r
+            .read_batch(&mut cur, &mut out, usize::MAX, no_gap)
+            .unwrap();
         assert_eq!(b.records, 7);
         let mut off = 0;
         for i in 0..7u32 {
@@ -60,7 +66,7 @@ fn block_policy_waits_for_the_slowest_reader() {
             Push::Busy => unreachable!(),
         }
         let mut sink = Vec::new();
-        r.read_batch(&mut fast, &mut sink, usize::MAX, |_, _| panic!("gap"))
+        r.read_batch(&mut fast, &mut sink, usize::MAX, no_gap)
             .unwrap();
     }
     assert!(written >= 7, "a 4 KiB ring holds several 500-byte records");
@@ -68,14 +74,20 @@ fn block_policy_waits_for_the_slowest_reader() {
     assert!(w.prepare_wait_space(0, msg.len()));
     let mut sink = Vec::new();
     let b = r
-        .read_batch(&mut slow, &mut sink, usize::MAX, |_, _| panic!("gap"))
+        .read_batch(&mut slow, &mut sink, usize::MAX, no_gap)
         .unwrap();
     assert_eq!(b.records, written);
-    assert!(b.wake_hub, "the reader that freed space must get the hub to wake the writer");
+    assert!(
+        b.wake_hub,
+        "the reader that freed space must get the hub to wake the writer"
+    );
     let mut woken = Vec::new();
     w.wake_scan(|s| woken.push(s));
     assert_eq!(woken, vec![0]);
-    assert!(matches!(w.try_push(1, &[&msg]).unwrap(), Push::Written { .. }));
+    assert!(matches!(
+        w.try_push(1, &[&msg]).unwrap(),
+        Push::Written { .. }
+    ));
 }
 
 #[test]
@@ -94,11 +106,19 @@ fn drop_oldest_overwrites_and_the_lagging_reader_counts_the_gap() {
     let mut out = Vec::new();
     let mut gaps = Vec::new();
     let b = r
-        .read_batch(&mut cur, &mut out, usize::MAX, |o, n| gaps.push((o.len(), n)))
+        .read_batch(&mut cur, &mut out, usize::MAX, |o, ev| {
+            if let ReadEvent::Gap(n) = ev {
+                gaps.push((o.len(), n))
+            }
+        })
         .unwrap();
     // Each record takes 16 + 200 bytes: at most 18 fit in 4 KiB.
     assert!(b.records > 0 && b.records <= 18, "{b:?}");
-    assert_eq!(b.missed + b.records as u64, 100, "every message is read or counted");
+    assert_eq!(
+        b.missed + b.records as u64,
+        100,
+        "every message is read or counted"
+    );
     assert_eq!(gaps, vec![(0, b.missed)], "the gap notice comes first");
     let first = u32::from_le_bytes(out[..4].try_into().unwrap());
     assert_eq!(u64::from(first), b.missed);
@@ -116,13 +136,17 @@ fn sleeping_reader_is_woken_through_the_hub_exactly_when_data_arrives() {
     // While nobody sleeps, pushing never asks for a wake-up.
     assert!(matches!(
         w.try_push(1, &[b"a"]).unwrap(),
-        Push::Written { wake_hub: false, .. }
+        Push::Written {
+            wake_hub: false,
+            ..
+        }
     ));
     // Caught up? Not yet: data is there, so the reader must not sleep.
     assert!(!r.prepare_wait_data(&cur));
     let mut cur = cur;
     let mut sink = Vec::new();
-    r.read_batch(&mut cur, &mut sink, usize::MAX, |_, _| {}).unwrap();
+    r.read_batch(&mut cur, &mut sink, usize::MAX, |_, _| {})
+        .unwrap();
     assert!(r.prepare_wait_data(&cur));
     let mut woken = Vec::new();
     w.wake_scan(|s| woken.push(s));
@@ -155,7 +179,7 @@ fn a_lock_left_by_a_dead_writer_is_broken_by_the_hub() {
         Push::Written { seq: 0, .. }
     ));
     let mut out = Vec::new();
-    r.read_batch(&mut cur, &mut out, usize::MAX, |_, _| panic!("gap"))
+    r.read_batch(&mut cur, &mut out, usize::MAX, no_gap)
         .unwrap();
     assert_eq!(out, b"after");
 }
@@ -175,7 +199,10 @@ fn corrupt_shared_state_is_an_error_not_a_crash() {
     assert!(matches!(e, Err(RingError::Corrupt(_))), "{e:?}");
     w.hdr(Field::Tail).store(1 << 40, Ordering::Relaxed);
     assert!(matches!(w.try_push(1, &[b"x"]), Err(RingError::Corrupt(_))));
-    assert!(BRing::open(&nix::sys::memfd::memfd_create(c"x", MemFdCreateFlag::empty()).unwrap()).is_err());
+    assert!(
+        BRing::open(&nix::sys::memfd::memfd_create(c"x", MemFdCreateFlag::empty()).unwrap())
+            .is_err()
+    );
 }
 
 #[test]
@@ -210,9 +237,7 @@ fn many_writers_many_readers_lose_nothing() {
             let mut out = Vec::new();
             while total < PER * u32::from(WRITERS) {
                 out.clear();
-                let b = r
-                    .read_batch(&mut cur, &mut out, 1 << 16, |_, n| panic!("gap of {n}"))
-                    .unwrap();
+                let b = r.read_batch(&mut cur, &mut out, 1 << 16, no_gap).unwrap();
                 if b.records == 0 {
                     std::thread::yield_now();
                     continue;

@@ -1,0 +1,159 @@
+//! Channel rings (DESIGN §5): the routing side of the shared-memory
+//! broadcast rings. The event loop owns the rings themselves; the hub decides
+//! who may use one and routes around them:
+//! - a channel with a ring has a *ring peer*, an endpoint the event loop made
+//!   that writes into the ring what other transports publish on the channel,
+//!   and reads from it what direct writers published, for the hub's other
+//!   subscribers;
+//! - everything published on such a channel goes through the ring (the ring
+//!   peer is then the only hub-side target), so all subscribers see one order;
+//! - direct readers are not hub subscribers of the channel: they read the ring.
+
+use super::*;
+
+/// Role bits of OPEN_RING.
+pub const RING_READ: u8 = 1;
+pub const RING_WRITE: u8 = 2;
+
+/// An OPEN_RING the hub validated (or refused), for the event loop to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingRequest {
+    pub client: ClientId,
+    pub channel: String,
+    pub roles: u8,
+    pub seq: u64,
+    /// The channel's overflow policy, for a ring yet to be made.
+    pub overflow: Overflow,
+    pub result: Result<(), (ErrorCode, String)>,
+}
+
+impl Hub {
+    /// Handle OPEN_RING: check it, and queue it for the event loop.
+    pub(super) fn open_ring(&mut self, id: ClientId, frame: &Frame<'_>) {
+        let roles = frame.payload.first().copied().unwrap_or(0);
+        let result = self.check_open_ring(id, frame.channel, roles, frame.payload.len());
+        let overflow = self
+            .channels
+            .get(frame.channel)
+            .map_or(Overflow::Block, |c| c.overflow);
+        self.ring_requests.push(RingRequest {
+            client: id,
+            channel: frame.channel.to_string(),
+            roles,
+            seq: frame.header.seq,
+            overflow,
+            result,
+        });
+    }
+
+    fn check_open_ring(
+        &mut self,
+        id: ClientId,
+        channel: &str,
+        roles: u8,
+        payload_len: usize,
+    ) -> Result<(), (ErrorCode, String)> {
+        if payload_len != 1 || roles & !(RING_READ | RING_WRITE) != 0 {
+            return Err((
+                ErrorCode::Malformed,
+                "OPEN_RING payload is one byte of roles (1 read, 2 write)".into(),
+            ));
+        }
+        let peer = &self.peers[&id];
+        if peer.transport != TransportKind::Shm {
+            return Err((
+                ErrorCode::RingUnavailable,
+                "channel rings are for shm clients".into(),
+            ));
+        }
+        if !self.cfg.shm.channel_rings {
+            return Err((
+                ErrorCode::RingUnavailable,
+                "channel rings are off (shm.channel_rings = false)".into(),
+            ));
+        }
+        channel::validate_name(channel).map_err(|e| (ErrorCode::BadChannel, e.to_string()))?;
+        if roles == 0 {
+            return Ok(()); // leaving
+        }
+        let creds = peer.creds.clone();
+        let (uid, pid) = (peer.ident.uid, peer.ident.pid);
+        self.ensure_channel(channel)?;
+        let ch = &self.channels[channel];
+        if ch.overflow == Overflow::Disconnect {
+            return Err((
+                ErrorCode::RingUnavailable,
+                format!("channel '{channel}' has overflow = \"disconnect\": the hub relays it"),
+            ));
+        }
+        for (bit, op, verb) in [
+            (RING_READ, Op::Subscribe, "subscribe to"),
+            (RING_WRITE, Op::Publish, "publish to"),
+        ] {
+            if roles & bit != 0 && !self.policy.allows_with(ch.rule, &creds, op) {
+                tracing::warn!(
+                    client = id,
+                    client_pid = pid,
+                    client_uid = uid,
+                    channel,
+                    "channel ring denied"
+                );
+                return Err((
+                    ErrorCode::NotPermitted,
+                    format!("uid {uid} may not {verb} '{channel}' (access policy)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// OPEN_RING requests handled since the last call.
+    pub fn take_ring_requests(&mut self, into: &mut Vec<RingRequest>) {
+        into.append(&mut self.ring_requests);
+    }
+
+    /// The event loop made `peer` the ring peer of `channel`.
+    pub fn attach_ring(&mut self, channel: &str, peer: ClientId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.internal = true;
+            if !p.ring_endpoint {
+                p.ring_endpoint = true;
+                self.ring_endpoints += 1;
+            }
+        }
+        if let Some(ch) = self.channels.get_mut(channel) {
+            ch.ring = Some(peer);
+        }
+    }
+
+    /// The channel's ring is gone (no participant left).
+    pub fn detach_ring(&mut self, channel: &str) {
+        if let Some(ch) = self.channels.get_mut(channel) {
+            ch.ring = None;
+            ch.direct.clear();
+        }
+    }
+
+    /// `client` reads `channel` from its ring (or stopped doing so).
+    pub fn set_direct_reader(&mut self, channel: &str, client: ClientId, on: bool) {
+        if let Some(ch) = self.channels.get_mut(channel) {
+            ch.direct.retain(|c| *c != client);
+            if on {
+                ch.direct.push(client);
+            }
+        }
+    }
+
+    /// Subscribers the ring peer must serve: those of the channel that do
+    /// not read its ring themselves.
+    pub fn ring_audience(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, ring_audience)
+    }
+
+    /// Messages direct writers published, which the hub never saw.
+    pub fn count_direct(&mut self, channel: &str, messages: u64) {
+        if let Some(ch) = self.channels.get_mut(channel) {
+            ch.published_direct = messages;
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The hub's end of a channel's broadcast ring (see `shm::bring` for the ring
+//! and `hub::rings` for the routing): an endpoint of the event loop, like a
+//! client, whose "link" is the ring.
+//!
+//! - reading: while the hub has subscribers on the channel that do not read
+//!   the ring themselves, it holds a reader cursor and turns every record
+//!   (a DATA frame written by a direct publisher, or by itself) into a
+//!   PUBLISH for the hub to route to them;
+//! - writing: DATA frames the hub routes to this endpoint (what clients of
+//!   other transports publish on the channel) are written into the ring;
+//! - waking: its eventfd is the one every participant writes when someone
+//!   sleeps; on each wake-up it clears satisfied waits and writes the eventfd
+//!   of each client to wake (one hub wake-up for all of a fan-out).
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use super::{Link, ReadOutcome};
+use crate::hub::queue::OutQueue;
+use crate::shm::bring::{BRing, Cursor, Push};
+use crate::shm::{Notifier, RingError};
+use crate::wire::{self, FrameType, HEADER_LEN};
+
+pub use crate::shm::bring::HUB_SLOT;
+
+/// What the event loop and the endpoint share.
+pub struct RingShared {
+    /// Eventfd of the client in each slot (None: free, or the hub's).
+    pub wakers: Vec<Option<Notifier>>,
+    /// The hub has subscribers on the channel that need it to read; the
+    /// event loop attaches the hub's cursor when this turns on.
+    pub want_reader: bool,
+    /// Bumped at each attach/detach, so the endpoint rejoins its cursor.
+    pub reader_gen: u64,
+    /// Our client id (the ring's lock token), set once the endpoint exists.
+    pub token: u64,
+    /// Messages lost to overwrites before the hub read them.
+    pub missed: u64,
+    /// Records the hub wrote itself.
+    pub written: u64,
+}
+
+pub struct BringLink {
+    ring: BRing,
+    channel: String,
+    own: Notifier,
+    /// Our reader cursor, and the `reader_gen` it belongs to.
+    cursor: Option<(Cursor, u64)>,
+    shared: Arc<Mutex<RingShared>>,
+}
+
+/// True when `rec` (copied out of a channel ring) is exactly one DATA frame
+/// on `channel`: anything else is a participant's garbage and is dropped.
+pub fn record_ok(rec: &[u8], channel: &str) -> bool {
+    if wire::frame::check_record(rec).is_err() || rec[3] != FrameType::Data as u8 {
+        return false;
+    }
+    let clen = u16::from_le_bytes([rec[6], rec[7]]) as usize;
+    rec.get(HEADER_LEN..HEADER_LEN + clen) == Some(channel.as_bytes())
+}
+
+impl BringLink {
+    pub fn new(ring: BRing, channel: &str, own: Notifier, shared: Arc<Mutex<RingShared>>) -> Self {
+        BringLink {
+            ring,
+            channel: channel.to_string(),
+            own,
+            cursor: None,
+            shared,
+        }
+    }
+
+    fn token(&self) -> u64 {
+        // Set by the event loop right after the endpoint is added.
+        self.shared.lock().map_or(0, |s| s.token)
+    }
+
+    /// Rule 4 of `shm::bring`, hub side: wake every client whose wait is met.
+    fn wake_clients(&self) {
+        wake_clients(&self.ring, &self.shared);
+    }
+}
+
+fn wake_clients(ring: &BRing, shared: &Mutex<RingShared>) {
+    let Ok(shared) = shared.lock() else {
+        return;
+    };
+    ring.wake_scan(|slot| {
+        if let Some(Some(n)) = shared.wakers.get(slot) {
+            let _ = n.notify();
+        }
+    });
+}
+
+impl Link for BringLink {
+    fn read_into(&mut self, inbuf: &mut Vec<u8>, budget: usize) -> io::Result<ReadOutcome> {
+        // Drain before scanning: a wake-up that comes after is kept.
+        self.own.drain()?;
+        self.wake_clients();
+        let (want, gen) = match self.shared.lock() {
+            Ok(s) => (s.want_reader, s.reader_gen),
+            Err(_) => (false, 0),
+        };
+        if !want {
+            self.cursor = None;
+            return Ok(ReadOutcome::default());
+        }
+        if self.cursor.as_ref().is_none_or(|(_, g)| *g != gen) {
+            self.cursor = Some((self.ring.join(HUB_SLOT)?, gen));
+        }
+        let (cur, _) = self.cursor.as_mut().expect("just set");
+        let mut out = ReadOutcome::default();
+        let mut missed = 0u64;
+        loop {
+            let channel = &self.channel;
+            let b = self.ring.read_batch(
+                cur,
+                inbuf,
+                budget.saturating_sub(out.bytes).max(1),
+                |buf, ev| match ev {
+                    crate::shm::bring::ReadEvent::Gap(n) => missed += n,
+                    crate::shm::bring::ReadEvent::Record { start } => {
+                        if record_ok(&buf[start..], channel) {
+                            buf[start + 3] = FrameType::Publish as u8;
+                        } else {
+                            buf.truncate(start);
+                            missed += 1;
+                        }
+                    }
+                },
+            )?;
+            if b.wake_hub {
+                wake_clients(&self.ring, &self.shared);
+            }
+            out.bytes += b.bytes;
+            if out.bytes >= budget {
+                out.more = true;
+                break;
+            }
+            if b.records == 0 && !self.ring.prepare_wait_data(cur) {
+                continue;
+            }
+            if b.records == 0 {
+                break;
+            }
+        }
+        if missed > 0 {
+            if let Ok(mut s) = self.shared.lock() {
+                s.missed += missed;
+            }
+            tracing::warn!(channel = %self.channel, missed, "hub fell behind on a channel ring (drop-oldest)");
+        }
+        Ok(out)
+    }
+
+    fn flush(&mut self, q: &mut OutQueue) -> io::Result<u64> {
+        let token = self.token();
+        let mut lost = 0;
+        let mut written = 0;
+        while let Some((a, b)) = q.front_parts() {
+            // Only messages go into the ring; notices for this endpoint
+            // (MISSED after an eviction here) have no one to read them.
+            let ty = if a.len() > 3 {
+                a.get(3)
+            } else {
+                b.get(3 - a.len())
+            }
+            .copied();
+            if ty != Some(FrameType::Data as u8) {
+                q.pop_front();
+                continue;
+            }
+            match self.ring.try_push(token, &[a, b]) {
+                Ok(Push::Written { wake_hub, .. }) => {
+                    q.pop_front();
+                    written += 1;
+                    if wake_hub {
+                        self.wake_clients();
+                    }
+                }
+                Ok(Push::Full) => {
+                    let len = a.len() + b.len();
+                    if self.ring.prepare_wait_space(HUB_SLOT, len) {
+                        break;
+                    }
+                }
+                Ok(Push::Busy) => {
+                    if self.ring.prepare_wait_lock() {
+                        break;
+                    }
+                }
+                Err(RingError::TooLarge { .. }) => {
+                    q.pop_front();
+                    lost += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if written > 0 {
+            let reading = match self.shared.lock() {
+                Ok(mut s) => {
+                    s.written += written;
+                    s.want_reader
+                }
+                Err(_) => false,
+            };
+            if reading {
+                // What we wrote is also owed to the hub's own subscribers:
+                // read it back on the next turn.
+                self.own.notify()?;
+            }
+        }
+        Ok(lost)
+    }
+
+    fn read_fd(&self) -> RawFd {
+        self.own.as_fd().as_raw_fd()
+    }
+
+    fn write_fd(&self) -> RawFd {
+        self.own.as_fd().as_raw_fd()
+    }
+
+    fn writable_via_read_fd(&self) -> bool {
+        true
+    }
+
+    fn max_frame(&self) -> Option<usize> {
+        Some(self.ring.max_record())
+    }
+
+    fn wake_others(&mut self) {
+        // Draining is safe: resuming re-reads the ring whatever the eventfd says.
+        let _ = self.own.drain();
+        self.wake_clients();
+    }
+}
