@@ -86,6 +86,13 @@ pub struct Args {
     #[arg(long)]
     pub pin: bool,
 
+    /// Hub clients on shm busy-poll their channel rings this long before
+    /// sleeping (e.g. 50ms): latency without wake-ups, at the cost of a
+    /// spinning CPU per client. Best with --pin on a machine with a core
+    /// per process.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub busy_poll: Option<Duration>,
+
     /// Print the results as one JSON document instead of tables.
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,

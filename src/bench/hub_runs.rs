@@ -28,6 +28,9 @@ pub struct HubSpec {
     pub subscribe: String,
     /// Channel to publish on (echo only).
     pub publish: Option<String>,
+    /// Busy-poll the channel rings this many microseconds before sleeping.
+    #[serde(default)]
+    pub busy_poll_us: Option<u64>,
 }
 
 /// A client plus the channel it publishes on.
@@ -102,6 +105,7 @@ fn connect(socket: &Path, t: TransportKind, name: &str) -> Result<Client, RunErr
 pub fn open_worker(spec: &HubSpec) -> Result<(Box<dyn Endpoint>, String), RunError> {
     let t = transport(&spec.transport)?;
     let mut client = connect(&spec.socket, t, "bench-worker")?;
+    client.set_busy_poll(spec.busy_poll_us.map(Duration::from_micros));
     client.subscribe(&spec.subscribe).map_err(client_error)?;
     Ok((
         Box::new(HubEndpoint {
@@ -153,6 +157,7 @@ pub fn throughput_session(
                 transport: t.name().into(),
                 subscribe: channel.clone(),
                 publish: None,
+                busy_poll_us: plan.busy_poll.map(|d| d.as_micros() as u64),
             }),
             size,
             cpu: plan.worker_cpu(i),
@@ -185,6 +190,7 @@ pub fn latency_session(
     let (ping, pong) = (format!("{base}/ping"), format!("{base}/pong"));
     check_fits(t, size, &ping)?;
     let mut client = connect(socket, t, "bench-pinger")?;
+    client.set_busy_poll(plan.busy_poll);
     client.subscribe(&pong).map_err(client_error)?;
     let spec = WorkerSpec {
         role: Role::Echo,
@@ -193,6 +199,7 @@ pub fn latency_session(
             transport: t.name().into(),
             subscribe: ping.clone(),
             publish: Some(pong),
+            busy_poll_us: plan.busy_poll.map(|d| d.as_micros() as u64),
         }),
         size,
         cpu: plan.worker_cpu(0),

@@ -192,6 +192,7 @@ fn plan_of(args: &Args) -> Plan {
         subscribers: args.subscribers,
         round_timeout: Duration::from_secs(args.round_timeout.max(1)),
         pin: args.pin,
+        busy_poll: args.busy_poll,
     }
 }
 

@@ -89,6 +89,8 @@ pub struct Settings {
     pub repetitions: u32,
     pub subscribers: u32,
     pub pinned: bool,
+    /// Hub clients busy-polled their channel rings this long (µs) before sleeping.
+    pub busy_poll_us: Option<u64>,
     pub hub: String,
     pub dbus: String,
     pub mqtt: String,
@@ -153,6 +155,7 @@ impl Report {
                 repetitions: plan.repetitions,
                 subscribers: plan.subscribers,
                 pinned: plan.pin,
+                busy_poll_us: plan.busy_poll.map(|d| d.as_micros() as u64),
                 hub: String::new(),
                 dbus: String::new(),
                 mqtt: String::new(),
@@ -579,7 +582,7 @@ pub fn text(r: &Report) -> String {
     };
     let _ = writeln!(
         o,
-        "rounds: warm-up {}, then {} x {round}; figures are medians (min-max over rounds){}{}",
+        "rounds: warm-up {}, then {} x {round}; figures are medians (min-max over rounds){}{}{}",
         s.warmup,
         s.repetitions,
         if s.subscribers > 1 {
@@ -587,7 +590,11 @@ pub fn text(r: &Report) -> String {
         } else {
             String::new()
         },
-        if s.pinned { "; pinned" } else { "" }
+        if s.pinned { "; pinned" } else { "" },
+        match s.busy_poll_us {
+            Some(us) => format!("; hub clients busy-poll {us} µs"),
+            None => String::new(),
+        }
     );
     let fanout = s.subscribers > 1;
     let mut sizes: Vec<usize> = r.rows.iter().map(|x| x.size).collect();

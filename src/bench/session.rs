@@ -22,6 +22,8 @@ pub struct Plan {
     /// Longest one round may take before its workers are killed.
     pub round_timeout: Duration,
     pub pin: bool,
+    /// Hub clients busy-poll their channel rings this long before sleeping.
+    pub busy_poll: Option<Duration>,
 }
 
 impl Plan {

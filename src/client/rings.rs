@@ -1,0 +1,336 @@
+//! Channel rings on the client side (shm transport): an exact subscription
+//! reads the channel's broadcast ring, a publish writes it, with no hub in
+//! between. The hub hands a ring out once per channel (OPEN_RING, answered on
+//! the control socket with the memfd and its eventfd); a channel the hub
+//! will not give a ring for is remembered and goes the ordinary way.
+//!
+//! Records are DATA frames, so what a ring yields joins the same input
+//! buffer as the hub's frames; a gap (drop-oldest overwrote records we had
+//! not read) becomes a MISSED frame in its place.
+
+use std::collections::HashSet;
+
+use super::{link, Client, ClientError, Event, PublishOptions};
+use crate::hub::{RING_READ, RING_WRITE};
+use crate::shm::bring::{BRing, Cursor, Push, ReadEvent};
+use crate::shm::{Notifier, RingError};
+use crate::transport::bring::record_ok;
+use crate::wire::{self, ErrorCode, FrameType};
+
+/// Most bytes read from one ring per call, so one busy channel cannot
+/// starve the others or grow the input buffer without bound.
+const READ_BUDGET: usize = 256 * 1024;
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub(super) struct ClientRing {
+    channel: String,
+    ring: BRing,
+    /// The hub's eventfd: written when someone sleeps (see `shm::bring`).
+    hub: Notifier,
+    slot: usize,
+    roles: u8,
+    cursor: Option<Cursor>,
+}
+
+#[derive(Default)]
+pub(super) struct Rings {
+    /// False: never ask for a ring (`Client::set_channel_rings(false)`).
+    pub(super) enabled: bool,
+    list: Vec<ClientRing>,
+    /// Channels the hub relays: no ring to ask for again.
+    refused: HashSet<String>,
+}
+
+fn ring_io(e: RingError) -> ClientError {
+    match e {
+        RingError::Io(e) => ClientError::Io(e),
+        other => ClientError::Protocol(format!("channel ring: {other}")),
+    }
+}
+
+impl Rings {
+    pub(super) fn new(enabled: bool) -> Rings {
+        Rings {
+            enabled,
+            ..Rings::default()
+        }
+    }
+
+    fn find(&self, channel: &str) -> Option<usize> {
+        self.list.iter().position(|r| r.channel == channel)
+    }
+}
+
+impl Client {
+    /// Use channel rings (shm transport only; on by default). Off, every
+    /// message goes through the hub as on other transports.
+    pub fn set_channel_rings(&mut self, on: bool) {
+        self.rings.enabled = on;
+    }
+
+    /// Take `channel`'s ring lock and keep it, as a publisher that dies in
+    /// the middle of a message would: for tests of the hub's recovery.
+    #[doc(hidden)]
+    pub fn hold_ring_lock_for_test(&self, channel: &str) -> bool {
+        self.rings
+            .find(channel)
+            .is_some_and(|i| self.rings.list[i].ring.hold_lock(u64::from(self.id)))
+    }
+
+    fn ring_candidate(&self, channel: &str) -> bool {
+        self.transport == crate::hub::TransportKind::Shm
+            && self.rings.enabled
+            && !self.rings.refused.contains(channel)
+    }
+
+    /// Ask the hub for `roles` on `channel`'s ring. Ok(false): the hub relays
+    /// this channel; use SUBSCRIBE/PUBLISH.
+    fn open_ring(&mut self, channel: &str, roles: u8) -> Result<bool, ClientError> {
+        // Everything queued goes first: the hub must have routed our earlier
+        // publishes on this channel before we write to its ring.
+        self.flush()?;
+        let seq = self.next_seq();
+        self.queue_frame(FrameType::OpenRing, 0, 0, channel, &[roles], seq);
+        self.flush()?;
+        let ctrl = self
+            .ctrl
+            .as_ref()
+            .ok_or_else(|| ClientError::Protocol("no control socket".into()))?;
+        use std::os::fd::AsFd;
+        let answer = link::recv_frame(ctrl.as_fd(), ANSWER_TIMEOUT, "OPEN_RING");
+        let (ty, payload, fds) = match answer {
+            Err(ClientError::Refused { code, .. }) if code == ErrorCode::RingUnavailable as u16 => {
+                self.rings.refused.insert(channel.to_string());
+                return Ok(false);
+            }
+            other => other?,
+        };
+        if ty != FrameType::Ring || payload.len() != 5 {
+            return Err(ClientError::Protocol(format!(
+                "expected RING for OPEN_RING, got {ty:?}"
+            )));
+        }
+        let slot = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
+        if roles == 0 {
+            if let Some(i) = self.rings.find(channel) {
+                self.rings.list.remove(i);
+            }
+            return Ok(true);
+        }
+        if slot >= crate::shm::bring::MAX_SLOTS {
+            return Err(ClientError::Protocol(format!("RING names slot {slot}")));
+        }
+        let i = match self.rings.find(channel) {
+            Some(i) => i,
+            None => {
+                let [memfd, hub]: [std::os::fd::OwnedFd; 2] =
+                    fds.try_into().map_err(|v: Vec<std::os::fd::OwnedFd>| {
+                        ClientError::Protocol(format!(
+                            "RING came with {} descriptors, not 2",
+                            v.len()
+                        ))
+                    })?;
+                let ring = BRing::open(&memfd).map_err(ring_io)?;
+                let hub = Notifier::from_fd(hub)?;
+                self.rings.list.push(ClientRing {
+                    channel: channel.to_string(),
+                    ring,
+                    hub,
+                    slot,
+                    roles: 0,
+                    cursor: None,
+                });
+                self.rings.list.len() - 1
+            }
+        };
+        let r = &mut self.rings.list[i];
+        if r.slot != slot {
+            return Err(ClientError::Protocol("RING moved our slot".into()));
+        }
+        // The hub attached our cursor at the ring's end when reading was
+        // asked for; ours starts there too.
+        if roles & RING_READ != 0 && r.roles & RING_READ == 0 {
+            r.cursor = Some(r.ring.join(slot).map_err(ring_io)?);
+        }
+        if roles & RING_READ == 0 {
+            r.cursor = None;
+        }
+        r.roles = roles;
+        Ok(true)
+    }
+
+    /// SUBSCRIBE to an exact channel through its ring. Ok(false): not possible.
+    pub(super) fn ring_subscribe(&mut self, channel: &str) -> Result<bool, ClientError> {
+        if !self.ring_candidate(channel) {
+            return Ok(false);
+        }
+        let roles = self
+            .rings
+            .find(channel)
+            .map_or(0, |i| self.rings.list[i].roles);
+        if roles & RING_READ != 0 {
+            return Ok(true);
+        }
+        self.open_ring(channel, roles | RING_READ)
+    }
+
+    /// Ok(true) when `channel` was read through its ring and no longer is.
+    pub(super) fn ring_unsubscribe(&mut self, channel: &str) -> Result<bool, ClientError> {
+        let Some(i) = self.rings.find(channel) else {
+            return Ok(false);
+        };
+        let roles = self.rings.list[i].roles;
+        if roles & RING_READ == 0 {
+            return Ok(false);
+        }
+        self.open_ring(channel, roles & !RING_READ)?;
+        Ok(true)
+    }
+
+    /// Publish through the channel's ring if it has one for us. Ok(false):
+    /// go through the hub.
+    pub(super) fn ring_publish(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        opts: PublishOptions,
+        seq: u64,
+    ) -> Result<bool, ClientError> {
+        if !self.ring_candidate(channel) {
+            return Ok(false);
+        }
+        let i = match self.rings.find(channel) {
+            Some(i) if self.rings.list[i].roles & RING_WRITE != 0 => i,
+            found => {
+                let roles = found.map_or(0, |i| self.rings.list[i].roles);
+                if !self.open_ring(channel, roles | RING_WRITE)? {
+                    return Ok(false);
+                }
+                self.rings.find(channel).expect("just opened")
+            }
+        };
+        let len = wire::HEADER_LEN + channel.len() + payload.len();
+        let max = self.rings.list[i].ring.max_record();
+        if len > max {
+            return Err(ClientError::TooLargeForTransport {
+                len: payload.len(),
+                max: max.saturating_sub(len - payload.len()),
+                transport: "shared memory channel ring",
+                channel: channel.to_string(),
+            });
+        }
+        let header = wire::encode_header(
+            FrameType::Data,
+            0,
+            opts.priority,
+            channel.len(),
+            payload.len(),
+            self.id,
+            seq,
+        );
+        let token = u64::from(self.id);
+        let mut spins = 0u32;
+        loop {
+            let r = &self.rings.list[i];
+            match r
+                .ring
+                .try_push(token, &[&header, channel.as_bytes(), payload])
+                .map_err(ring_io)?
+            {
+                Push::Written { wake_hub, .. } => {
+                    if wake_hub {
+                        r.hub.notify()?;
+                    }
+                    break;
+                }
+                Push::Busy => {
+                    // Another publisher is copying a message in: microseconds.
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                Push::Full => {
+                    // Under `block`: our own cursor may be the slow one.
+                    self.read_available()?;
+                    let r = &self.rings.list[i];
+                    if r.ring.prepare_wait_space(r.slot, len) {
+                        // Tell the hub we wait: it wakes us, and times out a
+                        // reader that never frees the space.
+                        r.hub.notify()?;
+                        self.check_open()?;
+                        self.wait_io(None, false)?;
+                        self.read_available()?;
+                    }
+                }
+            }
+        }
+        if opts.ack {
+            let delivered = self.rings.list[i].ring.audience();
+            self.events.push_back(Event::Ack { seq, delivered });
+        }
+        Ok(true)
+    }
+
+    /// Copy what the rings hold into the input buffer, as frames.
+    pub(super) fn read_rings(&mut self) -> Result<(), ClientError> {
+        for r in &mut self.rings.list {
+            let Some(cur) = r.cursor.as_mut() else {
+                continue;
+            };
+            let channel = &r.channel;
+            let b = r
+                .ring
+                .read_batch(cur, &mut self.inbuf, READ_BUDGET, |buf, ev| match ev {
+                    ReadEvent::Gap(n) => missed_frame(buf, n),
+                    ReadEvent::Record { start } => {
+                        if !record_ok(&buf[start..], channel) {
+                            // A participant wrote garbage: say one is lost.
+                            buf.truncate(start);
+                            missed_frame(buf, 1);
+                        }
+                    }
+                })
+                .map_err(ring_io)?;
+            if b.wake_hub {
+                r.hub.notify()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Busy-polling: spin up to `spin` watching the rings we read (no
+    /// syscall). True: one has data.
+    pub(super) fn spin_for_rings(&self, spin: std::time::Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        loop {
+            let ready = self
+                .rings
+                .list
+                .iter()
+                .any(|r| r.cursor.as_ref().is_some_and(|cur| r.ring.has_data(cur)));
+            if ready {
+                return true;
+            }
+            if t0.elapsed() >= spin {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Before sleeping: tell each ring we wait. False: one has data already.
+    pub(super) fn arm_rings(&self) -> bool {
+        self.rings.list.iter().all(|r| {
+            r.cursor
+                .as_ref()
+                .is_none_or(|cur| r.ring.prepare_wait_data(cur))
+        })
+    }
+}
+
+fn missed_frame(buf: &mut Vec<u8>, n: u64) {
+    wire::encode(buf, FrameType::Missed, 0, 0, "", &n.to_le_bytes(), 0, 0);
+}
