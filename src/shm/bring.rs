@@ -4,8 +4,8 @@
 //! same bytes; the hub is not on the data path (DESIGN.md §5).
 //!
 //! ```text
-//! page 0      header: magic, version, capacity, policy | write_pos | tail |
-//!             lock, next_seq | wake_hub | wake_space | hub_subs   (one 128-byte line each)
+//! page 0      header: magic, version, capacity, policy | write_pos, tail,
+//!             lock, next_seq | wake_hub | wake_space | hub_subs   (128-byte lines)
 //! pages 1-2   MAX_SLOTS participant slots, one line each:
 //!             token (0 = free) | read_pos (NOT_READING for a writer) |
 //!             wait_data mark | wait_space mark | start_seq
@@ -105,15 +105,19 @@ enum Field {
     Version = 8,
     Capacity = 16,
     Policy = 24,
+    // Everything a writer changes per message shares one line: a push then
+    // moves one cache line between cores, and a reader polling `write_pos`
+    // finds `tail` next to it (measured: the busy-poll latency dropped).
     WritePos = LINE as isize,
-    Tail = 2 * LINE as isize,
-    Lock = 3 * LINE as isize,
-    NextSeq = 3 * LINE as isize + 8,
-    WakeHub = 4 * LINE as isize,
-    WakeSpace = 5 * LINE as isize,
-    HubSubs = 6 * LINE as isize,
+    Tail = LINE as isize + 8,
+    Lock = LINE as isize + 16,
+    NextSeq = LINE as isize + 24,
+    // Written only when someone sleeps.
+    WakeHub = 2 * LINE as isize,
+    WakeSpace = 3 * LINE as isize,
+    HubSubs = 4 * LINE as isize,
 }
-const _: () = assert!(6 * LINE + 8 <= HEADER_SIZE);
+const _: () = assert!(4 * LINE + 8 <= HEADER_SIZE);
 
 #[derive(Clone, Copy)]
 enum SlotField {
