@@ -39,6 +39,8 @@ pub(super) struct Rings {
     list: Vec<ClientRing>,
     /// Channels the hub relays: no ring to ask for again.
     refused: HashSet<String>,
+    /// Index of the ring found last.
+    last: std::cell::Cell<usize>,
 }
 
 fn ring_io(e: RingError) -> ClientError {
@@ -57,7 +59,21 @@ impl Rings {
     }
 
     fn find(&self, channel: &str) -> Option<usize> {
-        self.list.iter().position(|r| r.channel == channel)
+        // A publisher usually sticks to one channel: try the last one first.
+        let last = self.last.get();
+        if self.list.get(last).is_some_and(|r| r.channel == channel) {
+            return Some(last);
+        }
+        let i = self.list.iter().position(|r| r.channel == channel)?;
+        self.last.set(i);
+        Some(i)
+    }
+
+    /// The ring we write `channel` through, if it is open for writing
+    /// (the channel name was validated when it was opened).
+    pub(super) fn writer_for(&self, channel: &str) -> bool {
+        self.find(channel)
+            .is_some_and(|i| self.list[i].roles & RING_WRITE != 0)
     }
 }
 
@@ -196,11 +212,9 @@ impl Client {
         opts: PublishOptions,
         seq: u64,
     ) -> Result<bool, ClientError> {
-        if !self.ring_candidate(channel) {
-            return Ok(false);
-        }
         let i = match self.rings.find(channel) {
             Some(i) if self.rings.list[i].roles & RING_WRITE != 0 => i,
+            _ if !self.ring_candidate(channel) => return Ok(false),
             found => {
                 let roles = found.map_or(0, |i| self.rings.list[i].roles);
                 if !self.open_ring(channel, roles | RING_WRITE)? {
@@ -255,6 +269,11 @@ impl Client {
                 Push::Full => {
                     // Under `block`: our own cursor may be the slow one.
                     self.read_available()?;
+                    // Reset our eventfd before arming the wait, so the
+                    // hub's wake-up that follows is kept.
+                    if !self.link.prepare_sleep()? {
+                        continue;
+                    }
                     let r = &self.rings.list[i];
                     if r.ring.prepare_wait_space(r.slot, len) {
                         // Tell the hub we wait: it wakes us, and times out a

@@ -608,6 +608,16 @@ impl Ring {
         true
     }
 
+    /// True while the wait `consumer_prepare_wait` armed is still in place
+    /// (the producer has not written since, or it would have cleared it):
+    /// the eventfd was drained before arming, so there is nothing to drain
+    /// or re-arm, and a caller polling an empty ring can skip both syscalls.
+    pub fn consumer_armed(&self) -> bool {
+        let r = self.hdr(Field::ReadPos).load(Ordering::Relaxed);
+        self.hdr(Field::ConsumerWait).load(Ordering::Relaxed) == r.wrapping_add(1)
+            && self.hdr(Field::WritePos).load(Ordering::Acquire) == r
+    }
+
     /// Call after `pop_batch` freed space. True exactly when the producer is
     /// asleep and enough space (max(cap/4, what its record needs)) is now
     /// free; the caller then writes the producer's eventfd.

@@ -71,6 +71,12 @@ pub trait Link: Send {
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
     }
+    /// The caller is about to sleep on `read_fd` after `read_into` found
+    /// nothing: reset the readiness and arm whatever wake-up is needed.
+    /// False: input arrived meanwhile, read again instead of sleeping.
+    fn prepare_sleep(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
     /// Readiness arrived while the hub is not reading this endpoint (paused
     /// by back-pressure): do what must not wait (a channel ring's wake-ups).
     fn wake_others(&mut self) {}

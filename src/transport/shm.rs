@@ -33,6 +33,9 @@ pub struct ShmLink {
     /// What we write to wake the other side.
     peer: Notifier,
     buf: Vec<u8>,
+    /// Client side: an empty, still-armed ring is polled without a syscall;
+    /// `prepare_sleep` drains the eventfd before the client sleeps.
+    lazy: bool,
 }
 
 fn ring_error(e: RingError) -> io::Error {
@@ -87,6 +90,12 @@ impl Link for ShmLink {
                 return Ok(out);
             }
             if n == 0 {
+                if self.lazy && self.rx.consumer_armed() {
+                    // Still armed from last time, nothing written since: no
+                    // syscall (a client polling for events would pay one per
+                    // call while its data comes through channel rings).
+                    return Ok(out);
+                }
                 // Drain before arming (a notification after this is kept).
                 self.own.drain()?;
                 if self.rx.consumer_prepare_wait() {
@@ -163,6 +172,16 @@ impl Link for ShmLink {
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         Some(self.peer.as_fd())
     }
+
+    fn prepare_sleep(&mut self) -> io::Result<bool> {
+        if !self.lazy {
+            return Ok(true); // read_into already drained and armed
+        }
+        // The eventfd also carries channel-ring wake-ups: reset it before
+        // re-arming, so one that comes after is kept.
+        self.own.drain()?;
+        Ok(self.rx.consumer_prepare_wait())
+    }
 }
 
 /// Hub side: rings `up` (client → hub) and `down` (hub → client), and the two
@@ -187,6 +206,7 @@ pub fn offer(peer: &Peer<'_>, ring_size: usize) -> Result<Offer, SetupError> {
             own: hub_ev,
             peer: client_ev,
             buf: Vec::new(),
+            lazy: false,
         })),
         welcome: vec![
             ("fds".into(), "up,down,hub_event,client_event".into()),
@@ -213,5 +233,6 @@ pub fn accept(fds: Vec<OwnedFd>) -> Result<ShmLink, SetupError> {
         own: ev(client_ev)?,
         peer: ev(hub_ev)?,
         buf: Vec::new(),
+        lazy: true,
     })
 }
