@@ -308,3 +308,87 @@ fn the_ring_goes_when_its_last_participant_leaves() {
         "descriptors back to before",
     );
 }
+
+/// Several processes at once on one ring: four publisher processes and two
+/// subscriber processes (`ipchubctl` on shm), every message to both, each
+/// publisher's in order; then publishers killed with SIGKILL mid-stream
+/// (possibly holding the ring's lock) must not wedge the channel.
+#[test]
+fn publisher_and_subscriber_processes_hammer_one_ring_and_survive_kill_9() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    const WRITERS: usize = 4;
+    const PER: usize = 5_000;
+    let hub = Hub::start();
+    let subs: Vec<_> = (0..2)
+        .map(|_| {
+            hub.ctl()
+                .args(["sub", "-t", "shm", "-c", "hammer/a", "-n"])
+                .arg((WRITERS * PER + 1).to_string())
+                .arg("--timeout")
+                .arg("20")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    hub.wait_subscribers("hammer/a", 2);
+    let pubs: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let mut child = hub
+                .ctl()
+                .args(["pub", "-t", "shm", "-c", "hammer/a", "--no-confirm"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                for i in 0..PER {
+                    writeln!(stdin, "{w} {i}").unwrap();
+                }
+            });
+            child
+        })
+        .collect();
+    for mut p in pubs {
+        assert!(p.wait().unwrap().success());
+    }
+    // Publishers killed in the middle of a stream.
+    for _ in 0..5 {
+        let mut killed = hub
+            .ctl()
+            .args(["pub", "-t", "shm", "-c", "hammer/b", "--no-confirm"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = killed.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            while writeln!(stdin, "spam spam spam spam spam spam spam spam").is_ok() {}
+        });
+        std::thread::sleep(Duration::from_millis(60));
+        killed.kill().unwrap();
+        killed.wait().unwrap();
+        feeder.join().unwrap();
+    }
+    let st = hub
+        .ctl()
+        .args(["pub", "-t", "shm", "-c", "hammer/a", "done"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    for s in subs {
+        let out = s.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut next = [0usize; WRITERS];
+        let mut lines = BufReader::new(&out.stdout[..]).lines();
+        for _ in 0..WRITERS * PER {
+            let line = lines.next().expect("a line").unwrap();
+            let msg = line.strip_prefix("[hammer/a] ").unwrap();
+            let (w, i) = msg.split_once(' ').unwrap();
+            let (w, i): (usize, usize) = (w.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[w], "publisher {w} out of order");
+            next[w] += 1;
+        }
+        assert_eq!(lines.next().unwrap().unwrap(), "[hammer/a] done");
+    }
+}
