@@ -391,3 +391,54 @@ fn stats_show_channels_and_clients() {
     assert_eq!(me.pid, std::process::id() as i32);
     assert_eq!(me.transport, "socket");
 }
+
+/// Small publishes are coalesced, but never held longer than the flush
+/// delay while the publisher goes on publishing, even without a flush.
+#[test]
+fn buffered_publishes_leave_within_the_flush_delay_without_a_flush() {
+    let hub = Hub::start();
+    let mut sub = hub.subscriber(Socket, "delay/a");
+    let mut p = hub.client();
+    let (tx, rx) = std::sync::mpsc::channel::<u32>();
+    let publisher = std::thread::spawn(move || {
+        for i in 0..100u32 {
+            p.publish("delay/a", &i.to_le_bytes()).unwrap();
+            let _ = tx.send(i);
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        p // dropped by the test only after the check below
+    });
+    let m = sub
+        .recv(Some(Duration::from_secs(10)))
+        .unwrap()
+        .expect("message");
+    assert_eq!(m.payload, 0u32.to_le_bytes());
+    let published: Vec<u32> = rx.try_iter().collect();
+    assert!(
+        published.len() < 50,
+        "message 0 waited for {} more publishes (about {} ms)",
+        published.len(),
+        published.len() * 3
+    );
+    let mut p = publisher.join().unwrap();
+    p.flush().unwrap();
+    for i in 1..100u32 {
+        assert_eq!(
+            sub.recv(Some(Duration::from_secs(10)))
+                .unwrap()
+                .unwrap()
+                .payload,
+            i.to_le_bytes()
+        );
+    }
+    // With no delay at all, each publish leaves at once.
+    p.set_flush_delay(Duration::ZERO);
+    p.publish("delay/a", b"now").unwrap();
+    assert_eq!(
+        sub.recv(Some(Duration::from_secs(10)))
+            .unwrap()
+            .unwrap()
+            .payload,
+        b"now"
+    );
+}

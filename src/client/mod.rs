@@ -3,8 +3,11 @@
 //! same calls work whatever the transport.
 //!
 //! Publishing is buffered: frames collect in an outgoing queue and leave in
-//! one write when it passes [`AUTO_FLUSH_BYTES`], on [`Client::flush`], or
-//! whenever the client waits for anything. Confirmations are pipelined: a
+//! one write when it passes [`AUTO_FLUSH_BYTES`], when the oldest has waited
+//! [`FLUSH_DELAY`] (checked as the client publishes), on [`Client::flush`],
+//! whenever the client waits for anything, and (as far as the transport
+//! takes it without waiting) when the client is dropped. On shm, a channel
+//! with a ring is written at once, unbuffered. Confirmations are pipelined: a
 //! publish with `ack` returns at once with its sequence number, and the
 //! ACK (with the delivery count) arrives later as [`Event::Ack`]. While it
 //! writes, the client also reads, so neither side can deadlock on full
@@ -30,6 +33,11 @@ use crate::wire::{self, channel, ChannelError, ErrorCode, FrameType, Pattern, AC
 
 /// Buffered publishes are written once this many bytes are waiting.
 pub const AUTO_FLUSH_BYTES: usize = 64 * 1024;
+/// ... or once the oldest has waited this long (see [`Client::set_flush_delay`]).
+pub const FLUSH_DELAY: Duration = Duration::from_millis(1);
+/// Publishes between two looks at the clock for [`FLUSH_DELAY`] once 64
+/// or more are queued.
+const DELAY_CHECK_EVERY: u32 = 16;
 /// How long connecting and the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -156,6 +164,11 @@ pub struct Client {
     rings: rings::Rings,
     /// Spin this long watching the channel rings before sleeping.
     busy_poll: Option<Duration>,
+    /// Bounded delay of buffered publishes: the limit, when the oldest
+    /// unwritten one was queued, and publishes since the clock was read.
+    flush_delay: Duration,
+    unflushed_since: Option<Instant>,
+    since_clock: u32,
 }
 
 impl Client {
@@ -208,6 +221,9 @@ impl Client {
             closed: None,
             rings: rings::Rings::new(true),
             busy_poll: None,
+            flush_delay: FLUSH_DELAY,
+            unflushed_since: None,
+            since_clock: 0,
         })
     }
 
@@ -215,8 +231,41 @@ impl Client {
     /// transport, where it is the link) and the data link, to speak the
     /// protocol byte by byte (conformance and hostile-input tests, other
     /// language bindings' test suites).
-    pub fn into_raw(self) -> (Option<OwnedFd>, Box<dyn Link>) {
-        (self.ctrl, self.link)
+    pub fn into_raw(mut self) -> (Option<OwnedFd>, Box<dyn Link>) {
+        // What is still buffered goes with the link (its new owner decides).
+        self.out = OutQueue::new(0, 0);
+        let link = std::mem::replace(&mut self.link, Box::new(Detached));
+        (self.ctrl.take(), link)
+    }
+
+    /// Longest a buffered publish waits for more to share its write
+    /// (default [`FLUSH_DELAY`]); `Duration::ZERO` writes every publish at
+    /// once. The clock is read every few publishes, so a publisher that
+    /// stops publishing should call [`flush`](Self::flush) (or wait for
+    /// anything, which flushes).
+    pub fn set_flush_delay(&mut self, delay: Duration) {
+        self.flush_delay = delay;
+    }
+
+    /// A publish was just queued: has the oldest queued one waited long enough?
+    fn delay_spent(&mut self) -> bool {
+        let Some(since) = self.unflushed_since else {
+            self.unflushed_since = Some(Instant::now());
+            self.since_clock = 0;
+            return self.flush_delay.is_zero();
+        };
+        // A slow publisher (short queue) reads the clock every time, so its
+        // bound is exact; a fast one every few publishes (its queue fills
+        // to AUTO_FLUSH_BYTES soon anyway).
+        self.since_clock += 1;
+        if self.out.messages() >= 64
+            && self.since_clock < DELAY_CHECK_EVERY
+            && !self.flush_delay.is_zero()
+        {
+            return false;
+        }
+        self.since_clock = 0;
+        since.elapsed() >= self.flush_delay
     }
 
     /// Busy-poll: before going to sleep for a message, spin up to `spin`
@@ -310,7 +359,7 @@ impl Client {
             payload,
             seq,
         );
-        if self.out.total_bytes() >= AUTO_FLUSH_BYTES {
+        if self.out.total_bytes() >= AUTO_FLUSH_BYTES || self.delay_spent() {
             self.flush()?;
         }
         Ok(seq)
@@ -410,6 +459,7 @@ impl Client {
     /// hand us our ACKs stops reading us, so a writer that never read would
     /// deadlock. What arrives waits in the event queue.
     pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.unflushed_since = None;
         while !self.out.is_empty() {
             self.check_open()?;
             self.link.flush(&mut self.out)?;
@@ -492,6 +542,7 @@ impl Client {
     /// Flush, then wait until at least one new event arrived (or the deadline).
     fn pump(&mut self, deadline: Option<Instant>) -> Result<(), ClientError> {
         let before = self.events.len();
+        self.unflushed_since = None;
         loop {
             if !self.out.is_empty() {
                 self.check_open()?;
@@ -647,6 +698,42 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// The link of a client taken apart by `into_raw`: never used, only dropped.
+struct Detached;
+
+impl Link for Detached {
+    fn read_into(
+        &mut self,
+        _: &mut Vec<u8>,
+        _: usize,
+    ) -> io::Result<crate::transport::ReadOutcome> {
+        Ok(crate::transport::ReadOutcome {
+            eof: true,
+            ..Default::default()
+        })
+    }
+    fn flush(&mut self, _: &mut OutQueue) -> io::Result<u64> {
+        Ok(0)
+    }
+    fn read_fd(&self) -> std::os::fd::RawFd {
+        -1
+    }
+    fn write_fd(&self) -> std::os::fd::RawFd {
+        -1
+    }
+}
+
+impl Drop for Client {
+    /// Hand the transport what is still buffered, as far as it takes it
+    /// without waiting (a hub that is gone or full must not hang the
+    /// caller's exit): call [`Client::flush`] to be sure.
+    fn drop(&mut self) {
+        if !self.out.is_empty() && self.closed.is_none() {
+            let _ = self.link.flush(&mut self.out);
+        }
     }
 }
 
