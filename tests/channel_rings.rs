@@ -285,6 +285,14 @@ fn rings_can_be_turned_off_on_either_side() {
 #[test]
 fn the_ring_goes_when_its_last_participant_leaves() {
     let hub = Hub::start();
+    // Settle first: the harness's readiness probe and what a first shm
+    // client allocates for the hub's life.
+    drop(hub.client_via(Shm));
+    let mut probe = hub.client();
+    wait_for(
+        || probe.stats().unwrap().client_count == 1,
+        "warm-up clients gone",
+    );
     let fds_before = hub.open_fds();
     {
         let mut sub = hub.subscriber(Shm, "gone/a");
