@@ -400,3 +400,46 @@ fn publisher_and_subscriber_processes_hammer_one_ring_and_survive_kill_9() {
         assert_eq!(lines.next().unwrap().unwrap(), "[hammer/a] done");
     }
 }
+
+/// A descriptor handed out cannot be taken back: when a reload refuses a
+/// participant, the ring is retired, everyone on it is told why, and the
+/// refused client cannot get a new one.
+#[test]
+fn a_reload_that_revokes_access_retires_the_ring() {
+    let hub = Hub::start();
+    let mut sub = hub.subscriber(Shm, "sec/a");
+    let mut p = hub.client_via(Shm);
+    p.publish("sec/a", b"before").unwrap();
+    assert_eq!(sub.recv(WAIT).unwrap().unwrap().payload, b"before");
+    std::fs::write(
+        &hub.config,
+        "[[access.rule]]\npattern = \"sec/#\"\npublish = [\"*\"]\nsubscribe = [\"uid:4242\"]\n[dbus]\nenabled = false\n",
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hub.pid()),
+        nix::sys::signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for(
+        || hub.log().contains("configuration reloaded"),
+        "the reload",
+    );
+    let why = loop {
+        match sub.next_event(WAIT) {
+            Ok(Some(Event::Error { text, .. })) => break text,
+            Err(e) => break e.to_string(),
+            Ok(other) => assert!(other.is_some(), "no word from the hub"),
+        }
+    };
+    assert!(why.contains("revoked"), "{why}");
+    wait_for(
+        || hub.log().contains("channel ring removed"),
+        "the retired ring is removed",
+    );
+    // The refused reader cannot come back; the publisher can.
+    let err = hub.client_via(Shm).subscribe("sec/a").unwrap_err();
+    assert!(err.to_string().contains("may not subscribe"), "{err}");
+    let mut p2 = hub.client_via(Shm);
+    p2.publish_confirmed("sec/a", b"after").unwrap();
+}

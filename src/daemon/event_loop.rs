@@ -357,6 +357,7 @@ impl EventLoop {
         let res = match Config::load(self.opts.config_path.as_deref()) {
             Ok(cfg) => {
                 self.hub.reload(cfg);
+                self.recheck_ring_access();
                 info!("configuration reloaded");
                 Ok(())
             }

@@ -107,6 +107,15 @@ impl Hub {
         Ok(())
     }
 
+    /// May `client` still hold `roles` on `channel`'s ring (after a reload)?
+    pub fn may_use_ring(&self, client: ClientId, channel: &str, roles: u8) -> bool {
+        let (Some(p), Some(ch)) = (self.peers.get(&client), self.channels.get(channel)) else {
+            return false;
+        };
+        (roles & RING_READ == 0 || self.policy.allows_with(ch.rule, &p.creds, Op::Subscribe))
+            && (roles & RING_WRITE == 0 || self.policy.allows_with(ch.rule, &p.creds, Op::Publish))
+    }
+
     /// OPEN_RING requests handled since the last call.
     pub fn take_ring_requests(&mut self, into: &mut Vec<RingRequest>) {
         into.append(&mut self.ring_requests);

@@ -11,11 +11,13 @@ use super::*;
 impl EventLoop {
     /// Add an endpoint the hub made itself (spawned child, publish FIFO):
     /// already "greeted", optionally subscribed, no control connection.
+    /// `transport` None: part of the hub itself (a channel ring's endpoint),
+    /// never announced as a client (no D-Bus ClientConnected for it).
     pub(super) fn add_internal(
         &mut self,
         link: Box<dyn Link>,
         pid: i32,
-        transport: TransportKind,
+        transport: Option<TransportKind>,
         name: &str,
         subscribe: Option<&str>,
     ) -> Option<ClientId> {
@@ -36,7 +38,10 @@ impl EventLoop {
             self.hub.remove(id);
             return None;
         }
-        self.hub.set_transport(id, transport, name);
+        if let Some(t) = transport {
+            self.hub.set_transport(id, t, name);
+        }
+        let transport = transport.unwrap_or(TransportKind::Shm);
         if let Some(pattern) = subscribe {
             let mut f = Vec::new();
             wire::encode(&mut f, FrameType::Subscribe, 0, 0, pattern, b"", 0, 0);
@@ -72,7 +77,7 @@ impl EventLoop {
             if let Some(id) = self.add_internal(
                 Box::new(started.link),
                 started.pid,
-                TransportKind::Pipe,
+                Some(TransportKind::Pipe),
                 &cfg.name,
                 sub.as_deref(),
             ) {
@@ -105,7 +110,7 @@ impl EventLoop {
                         .add_internal(
                             Box::new(link),
                             std::process::id() as i32,
-                            TransportKind::Fifo,
+                            Some(TransportKind::Fifo),
                             &name,
                             None,
                         )

@@ -150,6 +150,39 @@ impl EventLoop {
         }
     }
 
+    /// After a reload: a ring whose participants include one the new access
+    /// rules refuse is retired. Its participants are disconnected (with the
+    /// reason) and the ring goes once they are: a descriptor already handed
+    /// out cannot be taken back, so only a fresh ring shuts the refused one
+    /// out. Everyone else reconnects and gets the new ring.
+    pub(super) fn recheck_ring_access(&mut self) {
+        let mut out = Vec::new();
+        for (channel, r) in &self.rings {
+            let refused: Vec<ClientId> = r
+                .slots
+                .iter()
+                .flatten()
+                .filter(|(c, roles)| !self.hub.may_use_ring(*c, channel, *roles))
+                .map(|(c, _)| *c)
+                .collect();
+            if refused.is_empty() {
+                continue;
+            }
+            warn!(channel = %channel, ?refused, "access to a channel ring revoked by reload; retiring the ring");
+            for (c, _) in r.slots.iter().flatten() {
+                let text = if refused.contains(c) {
+                    format!("access to channel '{channel}' revoked by a configuration reload")
+                } else {
+                    format!("channel '{channel}' ring retired after a configuration reload (another participant's access was revoked); reconnect")
+                };
+                out.push((*c, text));
+            }
+        }
+        for (c, text) in out {
+            self.hub.doom(c, ErrorCode::NotPermitted, text);
+        }
+    }
+
     /// When the stalled-reader check of `tend_rings` must run next.
     pub(super) fn next_ring_deadline(&self) -> Option<Instant> {
         let timeout = Duration::from_millis(self.hub.config().hub.block_timeout_ms);
@@ -250,13 +283,7 @@ impl EventLoop {
         let link = BringLink::new(endpoint_map, channel, own, shared.clone());
         let name = format!("ring:{channel}");
         let peer = self
-            .add_internal(
-                Box::new(link),
-                std::process::id() as i32,
-                TransportKind::Shm,
-                &name,
-                None,
-            )
+            .add_internal(Box::new(link), std::process::id() as i32, None, &name, None)
             .ok_or_else(|| std::io::Error::other("the hub is full (hub.max_clients)"))?;
         if let Ok(mut s) = shared.lock() {
             s.token = u64::from(peer);
