@@ -132,14 +132,7 @@ impl EventLoop {
             self.flush(peer);
         }
         for channel in idle {
-            match self.ring_drained(&channel) {
-                Drain::Done => self.tear_down_ring(&channel),
-                // Keep it moving so the check runs again without waiting
-                // for an unrelated event.
-                Drain::Unread(peer) => self.pending.push(peer),
-                Drain::Unwritten(peer) => self.flush(peer),
-                Drain::Paused => {} // resumed (and re-checked) once its subscribers drain
-            }
+            self.retire_if_drained(&channel);
         }
         for (client, channel) in stuck {
             let reason = format!(
@@ -338,8 +331,15 @@ impl EventLoop {
                 self.pending.push(r.peer);
             }
         }
-        // Rings left without participants go in `tend_rings`, once what is
-        // in them has reached the hub's subscribers.
+        let idle: Vec<String> = self
+            .rings
+            .iter()
+            .filter(|(ch, r)| r.participants() == 0 && only.is_none_or(|o| o == ch.as_str()))
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        for channel in idle {
+            self.retire_if_drained(&channel);
+        }
     }
 
     /// Whether anything in the ring or its endpoint is still owed to anyone.
@@ -365,6 +365,30 @@ impl EventLoop {
             return Drain::Unwritten(peer);
         }
         Drain::Done
+    }
+
+    /// A ring without participants goes once nothing in it is owed to the
+    /// hub's subscribers. What is owed is written and read right away, so
+    /// the ring usually goes together with its last participant (before
+    /// anyone can ask the hub what it holds).
+    fn retire_if_drained(&mut self, channel: &str) {
+        let mut state = self.ring_drained(channel);
+        for _ in 0..3 {
+            match state {
+                Drain::Unwritten(peer) => self.flush(peer),
+                Drain::Unread(peer) => self.service(peer, ROLE_DATA_IN),
+                Drain::Done | Drain::Paused => break,
+            }
+            state = self.ring_drained(channel);
+        }
+        match state {
+            Drain::Done => self.tear_down_ring(channel),
+            // Keep it moving so the check runs again without waiting for an
+            // unrelated event.
+            Drain::Unread(peer) => self.pending.push(peer),
+            Drain::Unwritten(peer) => self.flush(peer),
+            Drain::Paused => {} // resumed (and re-checked) once its subscribers drain
+        }
     }
 
     fn tear_down_ring(&mut self, channel: &str) {
