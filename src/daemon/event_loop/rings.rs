@@ -396,7 +396,9 @@ impl EventLoop {
             return;
         };
         self.hub.detach_ring(channel);
-        self.close(r.peer, "disconnected");
+        // Part of the hub, not a client: no "client disconnected" for it.
+        self.hub.remove(r.peer);
+        self.finalize(r.peer);
         info!(channel, "channel ring removed (no participant left)");
     }
 
