@@ -443,3 +443,56 @@ fn a_reload_that_revokes_access_retires_the_ring() {
     let mut p2 = hub.client_via(Shm);
     p2.publish_confirmed("sec/a", b"after").unwrap();
 }
+
+/// A participant that writes garbage into a ring harms that channel's ring
+/// and nothing else: the hub detects it, retires the ring, tells its
+/// participants why, and the channel carries on for everyone else.
+#[test]
+fn garbage_in_a_ring_retires_it_and_the_channel_carries_on() {
+    let hub = Hub::start();
+    let mut relayed = hub.subscriber(Socket, "evil/a");
+    let mut bystander = hub.subscriber(Socket, "calm/a");
+    let mut rogue = hub.client_via(Shm);
+    rogue.publish("evil/a", b"fine").unwrap();
+    assert_eq!(relayed.recv(WAIT).unwrap().unwrap().payload, b"fine");
+    assert!(rogue.scribble_ring_for_test("evil/a"));
+    rogue.publish("evil/a", b"wake the hub").unwrap();
+    wait_for(
+        || hub.log().contains("channel ring retired"),
+        "the hub retires the corrupt ring",
+    );
+    let why = loop {
+        match rogue.next_event(WAIT) {
+            Ok(Some(Event::Error { text, .. })) => break text,
+            Err(e) => break e.to_string(),
+            Ok(other) => assert!(other.is_some(), "no word from the hub"),
+        }
+    };
+    assert!(
+        why.contains("ring retired") || why.contains("closed"),
+        "{why}"
+    );
+    // The channel works again (a fresh ring), and nobody else noticed.
+    let mut p = hub.client_via(Shm);
+    p.publish("evil/a", b"after").unwrap();
+    p.flush().unwrap();
+    let got: Vec<Vec<u8>> = std::iter::from_fn(|| {
+        relayed
+            .recv(Some(Duration::from_millis(500)))
+            .unwrap()
+            .map(|m| m.payload)
+    })
+    .collect();
+    assert_eq!(
+        got.last().map(Vec::as_slice),
+        Some(&b"after"[..]),
+        "{got:?}"
+    );
+    let mut q = hub.client();
+    q.publish("calm/a", b"still here").unwrap();
+    q.flush().unwrap();
+    assert_eq!(
+        bystander.recv(WAIT).unwrap().unwrap().payload,
+        b"still here"
+    );
+}

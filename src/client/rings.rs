@@ -93,6 +93,16 @@ impl Client {
             .is_some_and(|i| self.rings.list[i].ring.hold_lock(u64::from(self.id)))
     }
 
+    /// Write garbage into `channel`'s ring, as a broken participant could:
+    /// for tests of how the hub and the other participants cope.
+    #[doc(hidden)]
+    pub fn scribble_ring_for_test(&self, channel: &str) -> bool {
+        self.rings
+            .find(channel)
+            .map(|i| self.rings.list[i].ring.scribble())
+            .is_some()
+    }
+
     fn ring_candidate(&self, channel: &str) -> bool {
         self.transport == crate::hub::TransportKind::Shm
             && self.rings.enabled

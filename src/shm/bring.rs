@@ -480,6 +480,17 @@ impl BRing {
         (0..MAX_SLOTS).any(|s| self.slot(s, SlotField::WaitSpace).load(Ordering::Relaxed) != 0)
     }
 
+    /// Publishes eight bytes of garbage as if they were a record, as a
+    /// hostile or broken participant could: for tests of the readers' checks.
+    #[doc(hidden)]
+    pub fn scribble(&self) {
+        let w = self.hdr(Field::WritePos).load(Ordering::Relaxed);
+        if let Ok(word) = self.data_word((w as usize) & (self.cap - 1)) {
+            word.store(0x0bad_0bad_0bad_0bad, Ordering::Relaxed);
+        }
+        self.hdr(Field::WritePos).store(w + 8, Ordering::Release);
+    }
+
     /// Who holds the write lock (0: nobody).
     pub fn lock_holder(&self) -> u64 {
         self.hdr(Field::Lock).load(Ordering::Relaxed)

@@ -13,6 +13,9 @@ impl EventLoop {
     /// (ERROR) is still queued and the client is alive, the connection
     /// lingers up to [`LINGER`] so the client learns why, then closes.
     pub(super) fn close(&mut self, id: ClientId, reason: &str) {
+        if self.ring_failed(id, reason) {
+            return;
+        }
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };

@@ -391,6 +391,34 @@ impl EventLoop {
         }
     }
 
+    /// `id` is a ring's endpoint and something closes it (the ring turned
+    /// out corrupt: a participant wrote garbage into it). The ring cannot be
+    /// trusted any more: retire it, tell every participant why, and let the
+    /// channel go back to the hub (a new ring is made when asked for).
+    /// True if `id` was a ring's endpoint.
+    pub(super) fn ring_failed(&mut self, id: ClientId, reason: &str) -> bool {
+        let Some(channel) = self
+            .rings
+            .iter()
+            .find(|(_, r)| r.peer == id)
+            .map(|(ch, _)| ch.clone())
+        else {
+            return false;
+        };
+        let Some(r) = self.rings.remove(&channel) else {
+            return false;
+        };
+        warn!(channel = %channel, "channel ring retired: {reason}");
+        self.hub.detach_ring(&channel);
+        self.hub.remove(id);
+        self.finalize(id);
+        let text = format!("channel '{channel}' ring retired by the hub ({reason}); reconnect");
+        for (c, _) in r.slots.iter().flatten() {
+            self.hub.doom(*c, ErrorCode::Internal, text.clone());
+        }
+        true
+    }
+
     fn tear_down_ring(&mut self, channel: &str) {
         let Some(r) = self.rings.remove(channel) else {
             return;
