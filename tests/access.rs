@@ -165,3 +165,39 @@ fn unknown_principals_are_config_errors() {
         "{err}"
     );
 }
+
+/// A channel ring is one read-write mapping, so only a client allowed both
+/// to read and to write a channel gets it; one allowed only to read is
+/// served by the hub, which keeps refusing its publishes.
+#[test]
+fn a_reader_that_may_not_publish_never_gets_the_channel_ring() {
+    let hub = open_hub(
+        r#"
+[[access.rule]]
+pattern = "ro/#"
+publish = ["uid:0"]
+subscribe = ["*"]
+"#,
+    );
+    let sub = as_nobody(&hub, &["sub", "-t", "shm", "-c", "ro/a", "-n", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hub.wait_subscribers("ro/a", 1);
+    let out = run(as_nobody(
+        &hub,
+        &["pub", "-t", "shm", "-c", "ro/a", "forged"],
+    ));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not publish"),
+        "{out:?}"
+    );
+    let mut root = hub.client_via(ipchub::hub::TransportKind::Shm);
+    root.publish("ro/a", b"real").unwrap();
+    root.flush().unwrap();
+    let out = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[ro/a] real");
+    // Only root joined the ring; nobody was relayed.
+    assert_eq!(hub.log().matches("client joined channel ring").count(), 1);
+}

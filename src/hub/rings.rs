@@ -104,16 +104,29 @@ impl Hub {
                 ));
             }
         }
+        // The ring is one read-write mapping: whoever holds it can read
+        // every message and write one. A client allowed only one of the two
+        // is served by the hub, which enforces the other per message.
+        if !self.policy.allows_with(ch.rule, &creds, Op::Subscribe)
+            || !self.policy.allows_with(ch.rule, &creds, Op::Publish)
+        {
+            return Err((
+                ErrorCode::RingUnavailable,
+                format!("uid {uid} may not both read and write '{channel}': the hub relays it"),
+            ));
+        }
         Ok(())
     }
 
-    /// May `client` still hold `roles` on `channel`'s ring (after a reload)?
-    pub fn may_use_ring(&self, client: ClientId, channel: &str, roles: u8) -> bool {
+    /// May `client` still hold a slot in `channel`'s ring (after a reload)?
+    pub fn may_use_ring(&self, client: ClientId, channel: &str) -> bool {
         let (Some(p), Some(ch)) = (self.peers.get(&client), self.channels.get(channel)) else {
             return false;
         };
-        (roles & RING_READ == 0 || self.policy.allows_with(ch.rule, &p.creds, Op::Subscribe))
-            && (roles & RING_WRITE == 0 || self.policy.allows_with(ch.rule, &p.creds, Op::Publish))
+        // Whatever its roles, a participant can read and write the ring
+        // (see `check_open_ring`).
+        self.policy.allows_with(ch.rule, &p.creds, Op::Subscribe)
+            && self.policy.allows_with(ch.rule, &p.creds, Op::Publish)
     }
 
     /// OPEN_RING requests handled since the last call.

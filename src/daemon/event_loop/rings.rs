@@ -155,7 +155,7 @@ impl EventLoop {
                 .slots
                 .iter()
                 .flatten()
-                .filter(|(c, roles)| !self.hub.may_use_ring(*c, channel, *roles))
+                .filter(|(c, _)| !self.hub.may_use_ring(*c, channel))
                 .map(|(c, _)| *c)
                 .collect();
             if refused.is_empty() {
@@ -250,6 +250,7 @@ impl EventLoop {
         };
         self.hub
             .set_direct_reader(&req.channel, req.client, req.roles & RING_READ != 0);
+        tracing::debug!(client = req.client, channel = %req.channel, slot, roles = req.roles, "client joined channel ring");
         Ok((slot as u32, fds))
     }
 
