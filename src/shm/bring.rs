@@ -546,8 +546,13 @@ impl BRing {
 
     /// Hub side of rule 4: clear every satisfied wait mark, calling `wake`
     /// with its slot, and re-arm the flags for the waits still pending.
-    pub fn wake_scan(&self, mut wake: impl FnMut(usize)) {
-        loop {
+    ///
+    /// Returns false when the ring kept moving under the scan (a busy
+    /// stream with an unsatisfied wait): the caller must scan again soon,
+    /// without blocking (the hub writes its own eventfd).
+    #[must_use]
+    pub fn wake_scan(&self, mut wake: impl FnMut(usize)) -> bool {
+        for _ in 0..4 {
             let w = self.hdr(Field::WritePos).load(Ordering::Acquire);
             let min = self.slowest().map_or(u64::MAX, |(p, _)| p);
             let mut pending_data = false;
@@ -581,7 +586,7 @@ impl BRing {
                 }
             }
             if !pending_data && !pending_space {
-                return;
+                return true;
             }
             if pending_data {
                 self.hdr(Field::WakeHub).store(1, Ordering::Release);
@@ -593,9 +598,10 @@ impl BRing {
             let w2 = self.hdr(Field::WritePos).load(Ordering::Acquire);
             let min2 = self.slowest().map_or(u64::MAX, |(p, _)| p);
             if w2 == w && min2 == min {
-                return; // armed; whoever moves next wakes us
+                return true; // armed; whoever moves next wakes us
             }
         }
+        false
     }
 
     // ---- writers -------------------------------------------------------------

@@ -78,19 +78,23 @@ impl BringLink {
 
     /// Rule 4 of `shm::bring`, hub side: wake every client whose wait is met.
     fn wake_clients(&self) {
-        wake_clients(&self.ring, &self.shared);
+        wake_clients(&self.ring, &self.shared, &self.own);
     }
 }
 
-fn wake_clients(ring: &BRing, shared: &Mutex<RingShared>) {
+fn wake_clients(ring: &BRing, shared: &Mutex<RingShared>, own: &Notifier) {
     let Ok(shared) = shared.lock() else {
         return;
     };
-    ring.wake_scan(|slot| {
+    let settled = ring.wake_scan(|slot| {
         if let Some(Some(n)) = shared.wakers.get(slot) {
             let _ = n.notify();
         }
     });
+    if !settled {
+        // Come back on the loop's next turn rather than spin here.
+        let _ = own.notify();
+    }
 }
 
 impl Link for BringLink {
@@ -131,7 +135,7 @@ impl Link for BringLink {
                 },
             )?;
             if b.wake_hub {
-                wake_clients(&self.ring, &self.shared);
+                wake_clients(&self.ring, &self.shared, &self.own);
             }
             out.bytes += b.bytes;
             if out.bytes >= budget {

@@ -82,7 +82,7 @@ fn block_policy_waits_for_the_slowest_reader() {
         "the reader that freed space must get the hub to wake the writer"
     );
     let mut woken = Vec::new();
-    w.wake_scan(|s| woken.push(s));
+    assert!(w.wake_scan(|s| woken.push(s)));
     assert_eq!(woken, vec![0]);
     assert!(matches!(
         w.try_push(1, &[&msg]).unwrap(),
@@ -149,17 +149,17 @@ fn sleeping_reader_is_woken_through_the_hub_exactly_when_data_arrives() {
         .unwrap();
     assert!(r.prepare_wait_data(&cur));
     let mut woken = Vec::new();
-    w.wake_scan(|s| woken.push(s));
+    assert!(w.wake_scan(|s| woken.push(s)));
     assert!(woken.is_empty(), "nothing new: nobody is woken");
     match w.try_push(1, &[b"b"]).unwrap() {
         Push::Written { wake_hub, .. } => assert!(wake_hub),
         other => panic!("{other:?}"),
     }
-    w.wake_scan(|s| woken.push(s));
+    assert!(w.wake_scan(|s| woken.push(s)));
     assert_eq!(woken, vec![5]);
     // One wake per wait.
     woken.clear();
-    w.wake_scan(|s| woken.push(s));
+    assert!(w.wake_scan(|s| woken.push(s)));
     assert!(woken.is_empty());
 }
 
