@@ -205,6 +205,9 @@ impl Client {
         let max_message = get("max_message")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1 << 20);
+        // A hub that offers channel rings says so; an older one would take
+        // OPEN_RING for a protocol error.
+        let rings_offered = get("channel_rings") == Some("1");
         sock.set_nonblocking(true)?;
         let sock = OwnedFd::from(sock);
         let (ctrl, link) = link::client_link(opts.transport, sock, &kv, fds)?;
@@ -219,7 +222,7 @@ impl Client {
             max_message,
             transport: opts.transport,
             closed: None,
-            rings: rings::Rings::new(true),
+            rings: rings::Rings::new(rings_offered),
             busy_poll: None,
             flush_delay: FLUSH_DELAY,
             unflushed_since: None,

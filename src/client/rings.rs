@@ -36,6 +36,8 @@ pub(super) struct ClientRing {
 pub(super) struct Rings {
     /// False: never ask for a ring (`Client::set_channel_rings(false)`).
     pub(super) enabled: bool,
+    /// The hub offered channel rings in WELCOME.
+    offered: bool,
     list: Vec<ClientRing>,
     /// Channels the hub relays: no ring to ask for again.
     refused: HashSet<String>,
@@ -51,9 +53,10 @@ fn ring_io(e: RingError) -> ClientError {
 }
 
 impl Rings {
-    pub(super) fn new(enabled: bool) -> Rings {
+    pub(super) fn new(offered: bool) -> Rings {
         Rings {
-            enabled,
+            enabled: offered,
+            offered,
             ..Rings::default()
         }
     }
@@ -78,10 +81,11 @@ impl Rings {
 }
 
 impl Client {
-    /// Use channel rings (shm transport only; on by default). Off, every
-    /// message goes through the hub as on other transports.
+    /// Use channel rings (shm transport only; on by default when the hub
+    /// offers them, `channel_rings=1` in WELCOME). Off, every message goes
+    /// through the hub as on other transports.
     pub fn set_channel_rings(&mut self, on: bool) {
-        self.rings.enabled = on;
+        self.rings.enabled = on && self.rings.offered;
     }
 
     /// Take `channel`'s ring lock and keep it, as a publisher that dies in

@@ -717,8 +717,12 @@ impl EventLoop {
             max_message: self.hub.config().hub.max_message_size,
             shm_ring_size: self.hub.config().shm.ring_size,
         };
-        let (offer, welcome) =
+        let (offer, mut welcome) =
             handshake::setup(&peer, &hello).map_err(|e| fail(c, e.code(), &e.to_string()))?;
+        if hello.transport == TransportKind::Shm && self.hub.config().shm.channel_rings {
+            // The client may ask for channel rings (OPEN_RING).
+            welcome.push_str("channel_rings=1\n");
+        }
         let crate::transport::Offer { link, fds, .. } = offer;
         let mut out = Vec::new();
         wire::encode(
