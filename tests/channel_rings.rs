@@ -496,3 +496,55 @@ fn garbage_in_a_ring_retires_it_and_the_channel_carries_on() {
         b"still here"
     );
 }
+
+/// A participant that keeps the ring's write lock (stopped, or hostile)
+/// is disconnected after the block timeout, and the other publishers go on.
+#[test]
+fn a_writer_that_keeps_the_ring_lock_is_disconnected_after_the_timeout() {
+    let hub = Hub::start_with("[hub]\nblock_timeout_ms = 300\n");
+    let mut sub = hub.subscriber(Shm, "stall/a");
+    let mut rogue = hub.client_via(Shm);
+    rogue.publish("stall/a", b"first").unwrap();
+    let mut p = hub.client_via(Shm);
+    p.publish("stall/a", b"second").unwrap();
+    assert!(rogue.hold_ring_lock_for_test("stall/a"));
+    let handle = std::thread::spawn(move || {
+        p.publish("stall/a", b"third").unwrap();
+        p
+    });
+    let _p = handle.join().unwrap();
+    for want in [&b"first"[..], b"second", b"third"] {
+        assert_eq!(sub.recv(WAIT).unwrap().unwrap().payload, want);
+    }
+    wait_for(
+        || hub.log().contains("write lock for more than 300 ms"),
+        "the lock holder is disconnected with a reason",
+    );
+    drop(rogue);
+}
+
+/// A client that reads the channel it publishes on, publishing faster
+/// than it reads: under `block` its own cursor is the slow one, so it reads
+/// while it waits rather than wait for itself.
+#[test]
+fn a_client_reading_its_own_channel_does_not_block_on_itself() {
+    // The default 4 MiB ring: more than one read's budget must be freed
+    // before a writer is let go.
+    let hub = Hub::start_with("[hub]\nblock_timeout_ms = 2000\n");
+    let mut c = hub.subscriber(Shm, "self/a");
+    let n = 12_000u32;
+    for i in 0..n {
+        c.publish(
+            "self/a",
+            &[i.to_le_bytes().as_slice(), &[3u8; 1020]].concat(),
+        )
+        .unwrap();
+    }
+    for i in 0..n {
+        match c.next_event(WAIT).unwrap() {
+            Some(Event::Message(m)) => assert_eq!(m.payload[..4], i.to_le_bytes()),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    assert!(!hub.log().contains("not reading channel ring"));
+}

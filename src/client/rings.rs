@@ -9,6 +9,7 @@
 //! not read) becomes a MISSED frame in its place.
 
 use std::collections::HashSet;
+use std::time::Instant;
 
 use super::{link, Client, ClientError, Event, PublishOptions};
 use crate::hub::{RING_READ, RING_WRITE};
@@ -21,6 +22,9 @@ use crate::wire::{self, ErrorCode, FrameType};
 /// starve the others or grow the input buffer without bound.
 const READ_BUDGET: usize = 256 * 1024;
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a publisher waiting for a ring's lock looks again, once
+/// spinning did not get it.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub(super) struct ClientRing {
     channel: String,
@@ -272,17 +276,38 @@ impl Client {
                     break;
                 }
                 Push::Busy => {
-                    // Another publisher is copying a message in: microseconds.
+                    // Another publisher is copying a message in: usually
+                    // microseconds. A holder that stopped (or died) is the
+                    // hub's to deal with: tell it once, then poll gently
+                    // and notice if the hub disconnects us meanwhile.
                     spins += 1;
                     if spins < 64 {
                         std::hint::spin_loop();
-                    } else {
+                    } else if spins < 1024 {
                         std::thread::yield_now();
+                    } else {
+                        if spins == 1024 {
+                            r.hub.notify()?;
+                        }
+                        self.check_open()?;
+                        match self.wait_io(Some(Instant::now() + LOCK_POLL), false) {
+                            Ok(()) | Err(ClientError::Timeout) => {}
+                            Err(e) => return Err(e),
+                        }
+                        self.read_available()?;
                     }
                 }
                 Push::Full => {
                     // Under `block`: our own cursor may be the slow one.
-                    self.read_available()?;
+                    // Read everything this ring holds for us (the budget of
+                    // one read is less than the space a writer waits for).
+                    loop {
+                        self.read_available()?;
+                        let r = &self.rings.list[i];
+                        if r.cursor.as_ref().is_none_or(|c| !r.ring.has_data(c)) {
+                            break;
+                        }
+                    }
                     // Reset our eventfd before arming the wait, so the
                     // hub's wake-up that follows is kept.
                     if !self.link.prepare_sleep()? {

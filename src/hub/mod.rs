@@ -666,7 +666,8 @@ impl Hub {
             let idle = self
                 .channels
                 .iter()
-                .find(|(_, c)| c.subscribers.is_empty())
+                // A channel with a ring has readers the list does not show.
+                .find(|(_, c)| c.subscribers.is_empty() && c.ring.is_none())
                 .map(|(n, _)| n.clone());
             match idle {
                 Some(n) => {

@@ -832,7 +832,8 @@ impl BRing {
         self.slot(cur.slot, SlotField::ReadPos)
             .store(cur.pos, Ordering::Release);
         fence(Ordering::SeqCst); // rule 4
-        b.wake_hub = self.hdr(Field::WakeSpace).load(Ordering::Relaxed) != 0
+                                 // Acquire: the marks the writer stored before raising the flag.
+        b.wake_hub = self.hdr(Field::WakeSpace).load(Ordering::Acquire) != 0
             && self.space_waiter_satisfied()
             && self.hdr(Field::WakeSpace).swap(0, Ordering::AcqRel) != 0;
         result.map(|()| b)

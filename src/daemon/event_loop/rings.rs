@@ -29,6 +29,9 @@ pub(super) struct ChannelRing {
     /// Under `block`, while a writer waits for space: the slowest cursor
     /// (position, slot) and since when it has not moved.
     stall: Option<(u64, usize, Instant)>,
+    /// The write lock's holder and `write_pos` when first seen held, and
+    /// since when: a holder that keeps it past the timeout is stuck.
+    lock_seen: Option<(u64, u64, Instant)>,
 }
 
 /// What stands between an abandoned ring and its removal.
@@ -81,6 +84,7 @@ impl EventLoop {
         let timeout = Duration::from_millis(self.hub.config().hub.block_timeout_ms);
         let mut stuck = Vec::new();
         let mut changed_peers = Vec::new();
+        let mut stuck_lock = Vec::new();
         for (channel, r) in self.rings.iter_mut() {
             // `block`: a reader that holds writers back past the timeout is
             // disconnected, as a hub subscriber would be.
@@ -97,6 +101,35 @@ impl EventLoop {
                 }
                 (true, Some((pos, slot)), _) => Some((pos, slot, now)),
                 _ => None,
+            };
+            // A writer holds the lock for one copy; one that keeps it past
+            // the timeout (stopped, or a participant writing a foreign
+            // token) stalls every writer: disconnect it, or break the lock.
+            let holder = r.mgmt.lock_holder();
+            let w = r.mgmt.write_pos();
+            r.lock_seen = match r.lock_seen {
+                _ if holder == 0 => None,
+                Some((h, pos, since)) if (h, pos) == (holder, w) => {
+                    if now >= since + timeout {
+                        let client = r
+                            .slots
+                            .iter()
+                            .flatten()
+                            .map(|(c, _)| *c)
+                            .find(|c| u64::from(*c) == holder);
+                        match client {
+                            Some(c) => stuck_lock.push((c, channel.clone())),
+                            None if holder != r.shared.lock().map_or(0, |s| s.token) => {
+                                warn!(channel = %channel, holder, "channel ring lock held by no participant; broken");
+                                r.mgmt.break_lock(holder);
+                                changed_peers.push(r.peer);
+                            }
+                            None => {}
+                        }
+                    }
+                    Some((h, pos, since))
+                }
+                _ => Some((holder, w, now)),
             };
             if r.participants() == 0 {
                 idle.push(channel.clone());
@@ -133,6 +166,13 @@ impl EventLoop {
         }
         for channel in idle {
             self.retire_if_drained(&channel);
+        }
+        for (client, channel) in stuck_lock {
+            let reason = format!(
+                "held channel ring '{channel}''s write lock for more than {} ms (hub.block_timeout_ms)",
+                timeout.as_millis()
+            );
+            self.hub.doom(client, ErrorCode::SlowConsumer, reason);
         }
         for (client, channel) in stuck {
             let reason = format!(
@@ -181,7 +221,9 @@ impl EventLoop {
         let timeout = Duration::from_millis(self.hub.config().hub.block_timeout_ms);
         self.rings
             .values()
-            .filter_map(|r| r.stall.map(|(_, _, since)| since + timeout))
+            .flat_map(|r| [r.stall.map(|s| s.2), r.lock_seen.map(|l| l.2)])
+            .flatten()
+            .map(|since| since + timeout)
             .min()
     }
 
@@ -234,9 +276,14 @@ impl EventLoop {
                     ))?
             }
         };
+        let was_reading = r.slots[slot].is_some_and(|(_, roles)| roles & RING_READ != 0);
+        let reading = req.roles & RING_READ != 0;
         r.slots[slot] = Some((req.client, req.roles));
-        r.mgmt
-            .attach(slot, u64::from(req.client), req.roles & RING_READ != 0);
+        // (Re)attach only when the slot is new or starts or stops reading: a
+        // reader's cursor must never jump (what lies between is unread).
+        if fresh || was_reading != reading {
+            r.mgmt.attach(slot, u64::from(req.client), reading);
+        }
         if let Ok(mut s) = r.shared.lock() {
             s.wakers[slot] = Some(waker);
         }
@@ -295,6 +342,7 @@ impl EventLoop {
                 shared,
                 slots: (0..MAX_SLOTS).map(|_| None).collect(),
                 stall: None,
+                lock_seen: None,
             },
         );
         Ok(())
@@ -309,6 +357,7 @@ impl EventLoop {
     /// Free every slot `client` holds (in `only` channel, or all), breaking
     /// the ring lock if it died holding it; rings left empty are torn down.
     pub(super) fn free_slots(&mut self, client: ClientId, only: Option<&str>) {
+        let mut retry = Vec::new();
         for (channel, r) in self.rings.iter_mut() {
             if only.is_some_and(|o| o != channel) {
                 continue;
@@ -323,14 +372,20 @@ impl EventLoop {
                     s.wakers[slot] = None;
                 }
                 self.hub.set_direct_reader(channel, client, false);
-                // A writer may have waited for this cursor: re-scan the waits.
-                self.pending.push(r.peer);
+                // A writer may have waited for this cursor: re-scan the
+                // waits, and let the hub's own writer try again.
+                retry.push(r.peer);
             }
             if r.mgmt.break_lock(u64::from(client)) {
                 warn!(channel = %channel, client, "client left holding the channel ring's lock; released (its unfinished message was never published)");
                 // Writers and the hub may be waiting for the lock.
-                self.pending.push(r.peer);
+                retry.push(r.peer);
             }
+        }
+        retry.dedup();
+        for peer in retry {
+            self.pending.push(peer);
+            self.flush(peer);
         }
         let idle: Vec<String> = self
             .rings
