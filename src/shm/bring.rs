@@ -63,18 +63,13 @@
 //! discards any copy that raced.
 
 use std::io;
-use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
-use nix::sys::stat::{fstat, SFlag};
-use nix::unistd::ftruncate;
+use nix::sys::mman::munmap;
 
+use super::memfd;
 use super::RingError;
 
 /// Participants (readers and writers together) one ring can have.
@@ -224,47 +219,16 @@ impl BRing {
         if !capacity.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
             return Err(RingError::InvalidCapacity(capacity));
         }
-        let fd = memfd_create(
-            c"ipchub-channel",
-            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
-        )?;
-        let size = DATA_OFF + capacity;
-        ftruncate(&fd, size as libc::off_t)?;
-        fcntl(
-            fd.as_raw_fd(),
-            FcntlArg::F_ADD_SEALS(
-                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
-            ),
-        )?;
-        let ring = BRing::map(&fd, size, capacity, policy)?;
+        let (base, fd) = memfd::create(c"ipchub-channel", DATA_OFF, capacity)?;
+        let ring = BRing::mapped(base, capacity, policy);
         ring.init_header();
         Ok((ring, fd))
     }
 
     /// Maps a ring received from the hub, checking everything about it.
     pub fn open(fd: &impl AsFd) -> Result<BRing, RingError> {
-        let raw = fd.as_fd().as_raw_fd();
-        let st = fstat(raw)?;
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-            return corrupt("channel ring fd is not a regular file");
-        }
-        let seals = match fcntl(raw, FcntlArg::F_GET_SEALS) {
-            Ok(s) => SealFlag::from_bits_truncate(s),
-            Err(Errno::EINVAL) => return corrupt("channel ring fd is not a sealable memfd"),
-            Err(e) => return Err(e.into()),
-        };
-        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
-            return corrupt("channel ring memfd is not sealed against shrinking");
-        }
-        let size = match usize::try_from(st.st_size) {
-            Ok(s) if (DATA_OFF + MIN_CAPACITY..=DATA_OFF + MAX_CAPACITY).contains(&s) => s,
-            _ => return corrupt("channel ring memfd size out of range"),
-        };
-        let cap = size - DATA_OFF;
-        if !cap.is_power_of_two() {
-            return corrupt("channel ring size is not header + power of two");
-        }
-        let mut ring = BRing::map(fd, size, cap, Policy::Block)?;
+        let (base, cap) = memfd::open(fd, DATA_OFF, MIN_CAPACITY, MAX_CAPACITY)?;
+        let mut ring = BRing::mapped(base, cap, Policy::Block);
         if ring.hdr(Field::Magic).load(Ordering::Relaxed) != MAGIC {
             return corrupt("bad channel ring magic");
         }
@@ -282,28 +246,15 @@ impl BRing {
         Ok(ring)
     }
 
-    fn map(fd: &impl AsFd, map_len: usize, cap: usize, policy: Policy) -> Result<BRing, RingError> {
-        let len = NonZeroUsize::new(map_len).ok_or(RingError::Corrupt("empty mapping"))?;
-        // SAFETY: addr None: the kernel picks a fresh range, aliasing nothing.
-        // The file is at least map_len bytes (ftruncated by us or fstat-checked)
-        // and sealed against shrinking, so no access can SIGBUS.
-        let p = unsafe {
-            mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                fd,
-                0,
-            )?
-        };
-        Ok(BRing {
-            base: p.cast(),
-            map_len,
+    /// Takes ownership of a mapping of `DATA_OFF + cap` bytes.
+    fn mapped(base: NonNull<u8>, cap: usize, policy: Policy) -> BRing {
+        BRing {
+            base,
+            map_len: DATA_OFF + cap,
             cap,
             policy,
             min_cache: std::cell::Cell::new(0),
-        })
+        }
     }
 
     fn init_header(&self) {

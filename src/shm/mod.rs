@@ -12,6 +12,7 @@
 //! - the memory is a sealed memfd passed over SCM_RIGHTS: no name in /dev/shm.
 
 pub mod bring;
+mod memfd;
 pub mod notify;
 pub mod ring;
 

@@ -54,17 +54,14 @@
 
 use std::fmt;
 use std::io;
-use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
-use nix::sys::stat::{fstat, SFlag};
-use nix::unistd::ftruncate;
+use nix::sys::mman::munmap;
+
+use super::memfd;
 
 /// Smallest data area accepted by `create` / `open`.
 pub const MIN_CAPACITY: usize = 4096;
@@ -205,51 +202,16 @@ impl Ring {
         if !capacity.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
             return Err(RingError::InvalidCapacity(capacity));
         }
-        let fd = memfd_create(
-            c"ipchub-ring",
-            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
-        )?;
-        let size = HEADER_SIZE + capacity;
-        ftruncate(&fd, size as libc::off_t)?;
-        // F_SEAL_SEAL too, so nobody can later add a write seal that would make
-        // the peer's mmap fail in confusing ways.
-        fcntl(
-            fd.as_raw_fd(),
-            FcntlArg::F_ADD_SEALS(
-                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
-            ),
-        )?;
-        let ring = Ring::map(&fd, size, capacity)?;
+        let (base, fd) = memfd::create(c"ipchub-ring", HEADER_SIZE, capacity)?;
+        let ring = Ring::mapped(base, capacity);
         ring.init_header();
         Ok((ring, fd))
     }
 
     /// Maps a ring from a memfd received from a (possibly hostile) peer.
     pub fn open(fd: &impl AsFd) -> Result<Ring, RingError> {
-        let raw = fd.as_fd().as_raw_fd();
-        let st = fstat(raw)?;
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-            return corrupt("ring fd is not a regular file");
-        }
-        // Only shmem/memfd files have seals; EINVAL means something else (a
-        // regular file someone else could truncate).
-        let seals = match fcntl(raw, FcntlArg::F_GET_SEALS) {
-            Ok(s) => SealFlag::from_bits_truncate(s),
-            Err(Errno::EINVAL) => return corrupt("ring fd is not a sealable memfd"),
-            Err(e) => return Err(e.into()),
-        };
-        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
-            return corrupt("ring memfd is not sealed against shrinking");
-        }
-        let size = match usize::try_from(st.st_size) {
-            Ok(s) if (HEADER_SIZE + MIN_CAPACITY..=HEADER_SIZE + MAX_CAPACITY).contains(&s) => s,
-            _ => return corrupt("ring memfd size out of range"),
-        };
-        let cap = size - HEADER_SIZE;
-        if !cap.is_power_of_two() {
-            return corrupt("ring memfd size is not header + power of two");
-        }
-        let ring = Ring::map(fd, size, cap)?;
+        let (base, cap) = memfd::open(fd, HEADER_SIZE, MIN_CAPACITY, MAX_CAPACITY)?;
+        let ring = Ring::mapped(base, cap);
         if ring.hdr(Field::Magic).load(Ordering::Relaxed) != MAGIC {
             return corrupt("bad ring magic");
         }
@@ -262,29 +224,15 @@ impl Ring {
         Ok(ring)
     }
 
-    fn map(fd: &impl AsFd, map_len: usize, cap: usize) -> Result<Ring, RingError> {
-        let len = NonZeroUsize::new(map_len).ok_or(RingError::Corrupt("empty mapping"))?;
-        // SAFETY: addr is None, so the kernel picks a fresh range and no
-        // existing Rust object is aliased or unmapped. The file is at least
-        // map_len bytes (ftruncate'd by us, or fstat-checked by `open`) and
-        // sealed against shrinking, so no page of the mapping can SIGBUS.
-        let p = unsafe {
-            mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                fd,
-                0,
-            )?
-        };
-        Ok(Ring {
-            base: p.cast(),
-            map_len,
+    /// Takes ownership of a mapping of `HEADER_SIZE + cap` bytes.
+    fn mapped(base: NonNull<u8>, cap: usize) -> Ring {
+        Ring {
+            base,
+            map_len: HEADER_SIZE + cap,
             cap,
             #[cfg(test)]
             heap: None,
-        })
+        }
     }
 
     fn init_header(&self) {

@@ -199,10 +199,10 @@ fn corrupt_shared_state_is_an_error_not_a_crash() {
     assert!(matches!(e, Err(RingError::Corrupt(_))), "{e:?}");
     w.hdr(Field::Tail).store(1 << 40, Ordering::Relaxed);
     assert!(matches!(w.try_push(1, &[b"x"]), Err(RingError::Corrupt(_))));
-    assert!(
-        BRing::open(&nix::sys::memfd::memfd_create(c"x", MemFdCreateFlag::empty()).unwrap())
-            .is_err()
-    );
+    assert!(BRing::open(
+        &nix::sys::memfd::memfd_create(c"x", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap()
+    )
+    .is_err());
 }
 
 #[test]

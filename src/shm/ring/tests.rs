@@ -2,6 +2,7 @@
 //! hostile peer, the wake-up protocol, and multi-process hammering.
 
 use super::*;
+use std::os::fd::AsRawFd;
 
 /// Tiny deterministic PRNG so the randomized tests need no extra crate.
 struct XorShift(u64);
@@ -242,6 +243,9 @@ fn open_validates_fd_and_header() {
     }
     Ring::open(&fd).unwrap();
 
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    use nix::unistd::ftruncate;
     let unsealable = memfd_create(c"t", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
     ftruncate(&unsealable, (HEADER_SIZE + 4096) as libc::off_t).unwrap();
     assert_eq!(
