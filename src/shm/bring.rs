@@ -184,6 +184,9 @@ pub struct BRing {
     policy: Policy,
     /// Writer-side cache of the smallest reader cursor (rescanned when short).
     min_cache: std::cell::Cell<u64>,
+    /// Tests under Miri use heap memory instead of a mapping.
+    #[cfg(test)]
+    heap: Option<std::sync::Arc<super::ring::heap::HeapMem>>,
 }
 
 // SAFETY: the mapping is owned by the BRing and not tied to a thread; shared
@@ -254,7 +257,25 @@ impl BRing {
             cap,
             policy,
             min_cache: std::cell::Cell::new(0),
+            #[cfg(test)]
+            heap: None,
         }
+    }
+
+    /// `n` handles on one heap block, like `n` mappings of one memfd, for
+    /// the single-process tests (Miri cannot memfd_create or mmap).
+    #[cfg(test)]
+    fn heap_handles(cap: usize, policy: Policy, n: usize) -> Vec<BRing> {
+        let mem = super::ring::heap::HeapMem::zeroed(DATA_OFF + cap);
+        let v: Vec<BRing> = (0..n)
+            .map(|_| {
+                let mut r = BRing::mapped(mem.ptr(), cap, policy);
+                r.heap = Some(mem.clone());
+                r
+            })
+            .collect();
+        v[0].init_header();
+        v
     }
 
     fn init_header(&self) {
@@ -821,6 +842,10 @@ impl BRing {
 
 impl Drop for BRing {
     fn drop(&mut self) {
+        #[cfg(test)]
+        if self.heap.is_some() {
+            return; // the Arc frees the memory
+        }
         // SAFETY: base/map_len are what mmap returned; no borrow outlives self.
         let _ = unsafe { munmap(self.base.cast(), self.map_len) };
     }

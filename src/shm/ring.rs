@@ -635,7 +635,7 @@ impl Drop for Ring {
 /// Heap-backed rings so the single-process tests also run under Miri, which
 /// cannot do memfd_create/mmap.
 #[cfg(test)]
-mod heap {
+pub(super) mod heap {
     use super::*;
     use std::alloc::{alloc_zeroed, dealloc, Layout};
     use std::sync::Arc;
@@ -643,6 +643,20 @@ mod heap {
     pub struct HeapMem {
         ptr: NonNull<u8>,
         layout: Layout,
+    }
+
+    impl HeapMem {
+        /// `size` zeroed bytes, page aligned (the channel ring's tests too).
+        pub fn zeroed(size: usize) -> Arc<HeapMem> {
+            let layout = Layout::from_size_align(size, 4096).unwrap();
+            // SAFETY: layout has non-zero size.
+            let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).expect("alloc");
+            Arc::new(HeapMem { ptr, layout })
+        }
+
+        pub fn ptr(&self) -> NonNull<u8> {
+            self.ptr
+        }
     }
 
     // SAFETY: plain owned allocation, only accessed through Ring's accessors.
