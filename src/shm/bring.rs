@@ -372,29 +372,48 @@ impl BRing {
     /// Claims `slot` for `token` (nonzero). A reader starts at the current
     /// end of the ring: it sees what is published from now on.
     pub fn attach(&self, slot: usize, token: u64, reader: bool) -> Cursor {
-        let pos = if reader {
+        let first = if reader {
             self.hdr(Field::WritePos).load(Ordering::Acquire)
         } else {
             NOT_READING
         };
-        // At or past the sequence of the first record at `pos`: a gap before
-        // our first record is then counted, never over-counted.
-        let next_seq = reader.then(|| self.hdr(Field::NextSeq).load(Ordering::Relaxed));
-        self.slot(slot, SlotField::StartSeq)
-            .store(next_seq.unwrap_or(0), Ordering::Relaxed);
         self.slot(slot, SlotField::WaitData)
             .store(0, Ordering::Relaxed);
         self.slot(slot, SlotField::WaitSpace)
             .store(0, Ordering::Relaxed);
         self.slot(slot, SlotField::ReadPos)
-            .store(pos, Ordering::Relaxed);
+            .store(first, Ordering::Relaxed);
         // Release: the cursor is set before writers see the slot in use.
         self.slot(slot, SlotField::Token)
             .store(token, Ordering::Release);
+        if !reader {
+            self.slot(slot, SlotField::StartSeq)
+                .store(0, Ordering::Relaxed);
+            return Cursor {
+                slot,
+                pos: NOT_READING,
+                next_seq: None,
+            };
+        }
+        // A writer that scanned the cursors before it could see this slot
+        // may have cached a smallest cursor up to its own write_pos, past
+        // `first`, and would overwrite what lies between without looking
+        // again. So start where the ring is once every later scan sees us
+        // (store-buffering again: our token store, fence, load of write_pos
+        // against the writer's write_pos store, fence, cursor scan).
+        fence(Ordering::SeqCst);
+        let pos = self.hdr(Field::WritePos).load(Ordering::Acquire);
+        // At or past the sequence of the first record at `pos`: a gap before
+        // our first record is then counted, never over-counted.
+        let next_seq = self.hdr(Field::NextSeq).load(Ordering::Relaxed);
+        self.slot(slot, SlotField::StartSeq)
+            .store(next_seq, Ordering::Relaxed);
+        self.slot(slot, SlotField::ReadPos)
+            .store(pos, Ordering::Release);
         Cursor {
             slot,
             pos,
-            next_seq,
+            next_seq: Some(next_seq),
         }
     }
 
@@ -624,7 +643,9 @@ impl BRing {
         let end = w + (pad + total) as u64;
         let need_min = end.saturating_sub(self.cap as u64);
         if self.policy == Policy::Block && self.min_cache.get() < need_min {
-            // No reader yet: a reader attaching later starts at or past w.
+            // Pairs with the fence in `attach`: a reader attached after this
+            // scan starts at or past w (and no reader yet means none below w).
+            fence(Ordering::SeqCst);
             let min = self.slowest().map_or(w, |(p, _)| p.min(w));
             self.min_cache.set(min);
             if min < need_min {
