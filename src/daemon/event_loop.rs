@@ -324,9 +324,6 @@ impl EventLoop {
             }
             self.scratch_ids = ids;
             if !resumed {
-                // Clients closed above may have left a ring without
-                // participants: let it go now, not at the next event.
-                self.tend_rings();
                 return;
             }
             // Resumed publishers are handled now rather than next turn, so a

@@ -172,6 +172,16 @@ impl Hub {
         self.channels.get(channel).map_or(0, ring_audience)
     }
 
+    /// Messages the hub's side of the channel's ring lost (overwritten
+    /// under drop-oldest before it read them, or not a valid record): its
+    /// own subscribers never got them. Counted like any other drop.
+    pub fn count_ring_lost(&mut self, channel: &str, n: u64) {
+        if let Some(ch) = self.channels.get_mut(channel) {
+            ch.dropped += n;
+        }
+        self.totals.dropped += n;
+    }
+
     /// Messages direct writers published, which the hub never saw.
     pub fn count_direct(&mut self, channel: &str, messages: u64) {
         if let Some(ch) = self.channels.get_mut(channel) {

@@ -35,7 +35,8 @@ pub struct RingShared {
     pub reader_gen: u64,
     /// Our client id (the ring's lock token), set once the endpoint exists.
     pub token: u64,
-    /// Messages lost to overwrites before the hub read them.
+    /// Messages lost before the hub read them (overwritten, or garbage),
+    /// not yet counted in the hub's statistics (`tend_rings` takes them).
     pub missed: u64,
     /// Records the hub wrote itself.
     pub written: u64,

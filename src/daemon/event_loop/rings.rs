@@ -137,7 +137,7 @@ impl EventLoop {
             let audience = self.hub.ring_audience(channel);
             r.mgmt.set_hub_subscribers(audience as u64);
             let want = audience > 0;
-            let (changed, written) = match r.shared.lock() {
+            let (changed, written, missed) = match r.shared.lock() {
                 Ok(mut s) => {
                     let changed = s.want_reader != want;
                     if changed {
@@ -148,12 +148,16 @@ impl EventLoop {
                         s.reader_gen += 1;
                     }
                     s.want_reader = want;
-                    (changed, s.written)
+                    (changed, s.written, std::mem::take(&mut s.missed))
                 }
-                Err(_) => (false, 0),
+                Err(_) => (false, 0, 0),
             };
             self.hub
                 .count_direct(channel, r.mgmt.published().saturating_sub(written));
+            if missed > 0 {
+                // Lost before the hub read them for its own subscribers.
+                self.hub.count_ring_lost(channel, missed);
+            }
             if changed {
                 changed_peers.push(r.peer);
             }
