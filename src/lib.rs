@@ -10,7 +10,7 @@
 //! - [`client`], the client library every tool uses;
 //! - [`bridge`], bridges to other systems (MQTT), ordinary clients of the hub;
 //! - [`cli`], `ipchubctl`;
-//! - [`bench`], `ipchub-bench`: transports against raw mechanisms and peers.
+//! - [`mod@bench`], `ipchub-bench`: transports against raw mechanisms and peers.
 
 pub mod bench;
 pub mod bridge;

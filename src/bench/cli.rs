@@ -126,7 +126,7 @@ pub struct Args {
     #[arg(long, value_name = "ADDRESS")]
     pub dbus_address: Option<String>,
 
-    /// MQTT broker to use, mqtt://host[:port] [default: a mosquitto started
+    /// MQTT broker to use, `mqtt://host[:port]` [default: a mosquitto started
     /// for the run on a free loopback port].
     #[arg(long, value_name = "URL")]
     pub mqtt_url: Option<String>,

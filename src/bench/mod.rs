@@ -3,16 +3,16 @@
 //!
 //! The contract of the tool, so its figures can be trusted:
 //! - **separate processes**: the far end of every measurement is a worker
-//!   process (this executable re-run with a hidden subcommand, [`proc`]);
+//!   process (this executable re-run with a hidden subcommand, `proc`);
 //! - **checked, not assumed**: every message carries its sequence number and
-//!   the receiver verifies presence, order and size ([`measure`]); a lossy
+//!   the receiver verifies presence, order and size (`measure`); a lossy
 //!   mechanism is reported as lossy;
 //! - **same code for all**: hub, raw and peer runs share the drivers and the
-//!   round structure ([`session`]); mechanisms only move bytes;
+//!   round structure (`session`); mechanisms only move bytes;
 //! - **ratios from one run**: baselines run in the same invocation, so each
 //!   hub figure is compared with what this machine allows right now;
 //! - **nothing silently missing**: a mechanism that cannot run is a row with
-//!   its reason ([`measure::Outcome`]).
+//!   its reason (`measure::Outcome`).
 //!
 //! Files by concern: `cli` (options), `measure` (message format, checks,
 //! figures), `session` (rounds), `proc` (worker processes), `hub_runs`,

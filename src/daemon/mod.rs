@@ -1,6 +1,6 @@
 //! `ipchubd`: configuration, the listening socket, logging, then the event loop.
 //!
-//! [`run`] takes an already open listener, so the binary (socket-activated or
+//! [`event_loop::EventLoop::run`] drives an already open listener, so the binary (socket-activated or
 //! self-bound) and tests share one entry point.
 
 pub mod control;
