@@ -27,7 +27,9 @@ max_bytes_per_uid = 8192
 "#;
 
 /// Channels and patterns drawn by index, so that they collide often.
-const NAMES: [&str; 10] = ["a", "a/b", "a/c", "b", "a/b/c", "+", "#", "a/+", "a/#", "+/b"];
+const NAMES: [&str; 10] = [
+    "a", "a/b", "a/c", "b", "a/b/c", "+", "#", "a/+", "a/#", "+/b",
+];
 
 /// Frame types a client may send, and some it may not.
 const TYPES: [FrameType; 8] = [
@@ -42,8 +44,12 @@ const TYPES: [FrameType; 8] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let path = std::path::Path::new("fuzz.toml");
-    let cfg = Config::parse(CONFIG, path).expect("fuzz config");
+    static CFG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    let cfg = CFG
+        .get_or_init(|| {
+            Config::parse(CONFIG, std::path::Path::new("fuzz.toml")).expect("fuzz config")
+        })
+        .clone();
     let max_payload = cfg.hub.max_message_size;
     let mut hub = Hub::new(cfg);
     let mut clients: Vec<u32> = Vec::new();
@@ -52,10 +58,19 @@ fuzz_target!(|data: &[u8]| {
     let mut doomed = Vec::new();
     let mut frame = Vec::new();
     for op in data.chunks(4) {
-        let [kind, a, b, c] = [op[0], *op.get(1).unwrap_or(&0), *op.get(2).unwrap_or(&0), *op.get(3).unwrap_or(&0)];
+        let [kind, a, b, c] = [
+            op[0],
+            *op.get(1).unwrap_or(&0),
+            *op.get(2).unwrap_or(&0),
+            *op.get(3).unwrap_or(&0),
+        ];
         match kind % 8 {
             0 => {
-                let ident = Identity { pid: 1, uid: u32::from(a % 3) * 1000, gid: 0 };
+                let ident = Identity {
+                    pid: 1,
+                    uid: u32::from(a % 3) * 1000,
+                    gid: 0,
+                };
                 if let Ok(id) = hub.admit(ident) {
                     clients.push(id);
                 }
@@ -70,7 +85,16 @@ fuzz_target!(|data: &[u8]| {
                 let channel = NAMES[c as usize % NAMES.len()];
                 let payload = vec![c; (b as usize) * 2];
                 frame.clear();
-                wire::encode(&mut frame, ty, b & 1, c % 32, channel, &payload, 0, u64::from(a));
+                wire::encode(
+                    &mut frame,
+                    ty,
+                    b & 1,
+                    c % 32,
+                    channel,
+                    &payload,
+                    0,
+                    u64::from(a),
+                );
                 if let Ok(Some((f, _))) = wire::decode(&frame, max_payload) {
                     let _ = hub.handle(id, &f, now);
                 }
