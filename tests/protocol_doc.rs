@@ -31,7 +31,7 @@ fn a_python_client_written_from_the_protocol_document_works() {
 /// client: §7 byte for byte as printed, HELLO defaults, fatal errors and the
 /// close after them, requests on a pipe client's control socket answered on
 /// its data path, and a channel ring's layout (slot, `start_seq`, slot 0's
-/// cursor, one eventfd per ring, leaving).
+/// cursor, one eventfd per ring, BPAD at the wrap, leaving).
 #[test]
 fn the_python_client_checks_the_documents_corrected_parts_against_the_hub() {
     let hub = Hub::start();

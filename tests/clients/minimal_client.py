@@ -281,6 +281,10 @@ class ChannelRing:
     def write_pos(self):
         return self.u64(128)
 
+    def set_read_pos(self, s, pos):
+        # Our own cursor: only we store it (an aligned 8-byte store).
+        struct.pack_into("<Q", self.m, 4096 + 128 * s + 8, pos)
+
 
 def wait_until(cond, what, timeout=10):
     deadline = time.monotonic() + timeout
@@ -297,6 +301,46 @@ def eventfd_id(fd):
     except OSError:
         pass
     return None
+
+
+def check_ring_wrap(c, p, path):
+    """Read a channel ring past the end of its data area: the BPAD there
+    counts the rest of the data area, its own header included."""
+    c.fds = []
+    c.s.sendall(frame(OPEN_RING, b"doc/wrap", b"\x01", seq=10))
+    ftype, seq, _, _, payload = c.read_frame()
+    assert (ftype, seq) == (RING, 10) and len(c.fds) == 2, (ftype, payload)
+    slot = struct.unpack("<IB", payload)[0]
+    r = ChannelRing(c.fds[0])
+    pos, want_seq = r.slot(slot, "read_pos"), r.slot(slot, "start_seq")
+    body = b"w" * 65536
+    pads = 0
+    for i in range(200):
+        # One message at a time, read and consumed before the next: the ring
+        # never fills, so no writer waits on us.
+        p.s.sendall(frame(PUBLISH, b"doc/wrap", body, seq=100 + i, flags=1))
+        ftype, seq, _, _, ack = p.read_frame()
+        assert (ftype, seq) == (ACK, 100 + i), (ftype, ack)
+        wait_until(lambda: r.write_pos() > pos, "message not written into the ring")
+        while pos < r.write_pos():
+            idx = pos % r.cap
+            head = r.u64(12288 + idx)
+            marker, length = head >> 32, head & 0xFFFFFFFF
+            if marker == 0x44415042:  # "BPAD"
+                assert idx != 0 and length == r.cap - idx, (idx, length, r.cap)
+                pads += 1
+                pos += length
+                continue
+            assert marker == 0x43455242, hex(marker)  # "BREC"
+            assert r.u64(12288 + idx + 8) == want_seq
+            rec = r.m[12288 + idx + 16:12288 + idx + 16 + length]
+            assert rec[24:] == b"doc/wrap" + body, "a record is one whole DATA frame"
+            want_seq += 1
+            pos += 16 + (length + 7) // 8 * 8
+        r.set_read_pos(slot, pos)
+        if pads and pos % r.cap > 0:
+            break
+    assert pads == 1, "the ring never wrapped"
 
 
 def check_channel_ring(path):
@@ -350,6 +394,7 @@ def check_channel_ring(path):
     ids = (eventfd_id(hub_event), eventfd_id(c.fds[1]))
     if None not in ids:
         assert ids[0] != ids[1], "two rings share one hub eventfd"
+    check_ring_wrap(c, p, path)
     # Leaving: RING with slot 0xFFFFFFFF and roles 0.
     c.s.sendall(frame(OPEN_RING, b"doc/ring", b"\x00", seq=3))
     ftype, seq, _, _, payload = c.read_frame()
