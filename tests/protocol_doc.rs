@@ -31,7 +31,8 @@ fn a_python_client_written_from_the_protocol_document_works() {
 /// client: §7 byte for byte as printed, HELLO defaults, fatal errors and the
 /// close after them, requests on a pipe client's control socket answered on
 /// its data path, and a channel ring's layout (slot, `start_seq`, slot 0's
-/// cursor, one eventfd per ring, BPAD at the wrap, leaving).
+/// cursor, one eventfd per ring, BPAD at the wrap, leaving) and an shm
+/// client's own ring read across its wrap (PADD).
 #[test]
 fn the_python_client_checks_the_documents_corrected_parts_against_the_hub() {
     let hub = Hub::start();
@@ -56,6 +57,6 @@ fn the_python_client_checks_the_documents_corrected_parts_against_the_hub() {
     );
     assert_eq!(
         stdout,
-        "ok session_bytes\nok hello_defaults\nok fatal_errors\nok control_socket_requests\nok channel_ring\n"
+        "ok session_bytes\nok hello_defaults\nok fatal_errors\nok control_socket_requests\nok channel_ring\nok client_ring_wrap\n"
     );
 }

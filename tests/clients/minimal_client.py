@@ -343,6 +343,58 @@ def check_ring_wrap(c, p, path):
     assert pads == 1, "the ring never wrapped"
 
 
+def check_client_ring_wrap(path):
+    """An shm client's own down ring (§6.1), read across its wrap: the PADD
+    there counts the padding after its header."""
+    c = Conn(path)
+    w = c.hello(b"version=1\ntransport=shm\n")
+    assert w["fds"] == "up,down,hub_event,client_event" and len(c.fds) == 4, (w, c.fds)
+    down_fd = c.fds[1]
+    size = os.fstat(down_fd).st_size
+    m = mmap.mmap(down_fd, size)
+    u64 = lambda off: struct.unpack_from("<Q", m, off)[0]
+    assert m[0:8] == b"IPCHRING" and u64(8) == 1
+    cap = u64(16)
+    assert size == 4096 + cap == 4096 + int(w["ring_size"]), (size, cap, w)
+    # A request on the control socket, answered in the down ring.
+    c.s.sendall(frame(SUBSCRIBE, b"doc/p2p", seq=1))
+    pos = u64(256)
+    p = Conn(path)
+    p.hello()
+    body = b"p" * 65536
+    expect_ack = True
+    pads = 0
+    for i in range(200):
+        if not expect_ack:
+            p.s.sendall(frame(PUBLISH, b"doc/p2p", body, seq=100 + i, flags=1))
+            ftype, seq, _, _, ack = p.read_frame()
+            assert (ftype, seq) == (ACK, 100 + i), (ftype, ack)
+        wait_until(lambda: u64(128) > pos, "nothing written into the down ring")
+        while pos < u64(128):
+            idx = pos % cap
+            head = u64(4096 + idx)
+            marker, length = head >> 32, head & 0xFFFFFFFF
+            if marker == 0x44444150:  # "PADD"
+                assert idx != 0 and length == cap - idx - 8, (idx, length, cap)
+                pads += 1
+                pos += 8 + length
+                continue
+            assert marker == 0x44434552, hex(marker)  # "RECD"
+            rec = m[4096 + idx + 8:4096 + idx + 8 + length]
+            h = HEADER.unpack_from(rec)
+            if expect_ack:
+                assert (h[2], h[8]) == (ACK, 1), h
+                expect_ack = False
+            else:
+                assert h[2] == DATA and rec[24:] == b"doc/p2p" + body, h
+            pos += 8 + (length + 7) // 8 * 8
+        struct.pack_into("<Q", m, 256, pos)  # read_pos: ours to store
+        if pads and pos % cap > 0:
+            break
+    assert pads == 1, "the ring never wrapped"
+    print("ok client_ring_wrap")
+
+
 def check_channel_ring(path):
     c = Conn(path)
     w = c.hello(b"version=1\ntransport=shm\n")
@@ -408,6 +460,7 @@ def checks(path, doc):
     check_fatal_errors(path)
     check_control_socket_requests(path)
     check_channel_ring(path)
+    check_client_ring_wrap(path)
 
 
 if __name__ == "__main__":
