@@ -141,7 +141,7 @@ pub struct Args {
     /// channel rings, hoarded message queues) and report whether a
     /// bystander of another uid still connects, subscribes, publishes and
     /// receives, with its round-trip p50/p99. Must run as root.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["socket", "csv", "svg"])]
     pub attacks: bool,
 
     /// With --attacks: small attacks (seconds, for tests), not the sizes
