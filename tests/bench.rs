@@ -420,3 +420,72 @@ fn help_explains_every_figure_and_benchmarks_md_agrees() {
         assert!(doc.contains(flag), "BENCHMARKS.md lacks {flag}");
     }
 }
+
+#[test]
+fn attacks_mode_runs_every_attack_as_another_uid_and_reports_the_bystander() {
+    // The harness itself is checked here, not the hub's resistance (other
+    // tests do that): every attack runs, as nobody, bounded, and the
+    // bystander's view is reported for each.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("--attacks needs root to switch uids; skipped");
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let out = Command::new(BENCH)
+        .args(["--attacks", "--quick", "--json"])
+        .output()
+        .expect("run ipchub-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ipchub-bench --attacks failed: {stderr}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(300),
+        "every attack is bounded in time"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(r["schema"], "ipchub-bench-attacks/1");
+    assert_eq!(r["quick"], true);
+    assert_eq!(r["attacker_uid"], 65534, "the attacker is nobody");
+    assert_ne!(r["bystander_uid"], r["attacker_uid"]);
+    assert!(r["all_passed"].is_boolean());
+    let rows = r["rows"].as_array().expect("rows");
+    let ids: Vec<&str> = rows.iter().map(|x| x["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["none", "A1", "A2", "A3", "A4", "A5", "A6", "A7"]);
+    for row in rows {
+        assert!(row["attack"].is_string(), "{row:#}");
+        assert_eq!(
+            row["attacker"]["ready"], true,
+            "every attack was set up: {row:#}"
+        );
+        assert!(row["attacker"]["summary"].is_string(), "{row:#}");
+        assert!(row["hub_alive"].is_boolean(), "{row:#}");
+        assert!(row["passed"].is_boolean(), "{row:#}");
+        let b = &row["bystander"];
+        for key in ["connect", "subscribe", "publish", "receive", "ping"] {
+            assert!(b[key].is_boolean(), "bystander.{key}: {row:#}");
+        }
+        assert!(b["errors"].is_array(), "{row:#}");
+    }
+    assert_eq!(rows[7]["bystander_transport"], "mqueue");
+    // Without an attack the bystander does everything, and its round trips
+    // are measured (their values are not judged here).
+    let base = &rows[0];
+    assert_eq!(base["passed"], true, "{base:#}");
+    for kind in ["publish_rtt", "ping_rtt"] {
+        let l = &base["bystander"][kind];
+        assert!(l["samples"].as_u64().unwrap() > 0, "{base:#}");
+        assert!(l["p50_us"].as_u64().unwrap() <= l["p99_us"].as_u64().unwrap());
+    }
+    // The table form names every attack and the figures.
+    let out = Command::new(BENCH)
+        .args(["--attacks", "--quick"])
+        .output()
+        .expect("run ipchub-bench");
+    let table = String::from_utf8_lossy(&out.stdout);
+    for term in ["A1", "A7", "pub p99", "ping p99", "A5 attacker:"] {
+        assert!(table.contains(term), "table lacks {term}:\n{table}");
+    }
+}

@@ -134,6 +134,20 @@ pub struct Args {
     /// Longest a single round may take before it is abandoned (seconds).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub round_timeout: u64,
+
+    /// Instead of measuring throughput: run each denial-of-service attack
+    /// on a fresh hub as the user nobody (idle connections, partial HELLOs,
+    /// a STATS_REQUEST flood, channels to the limit, wildcard patterns,
+    /// channel rings, hoarded message queues) and report whether a
+    /// bystander of another uid still connects, subscribes, publishes and
+    /// receives, with its round-trip p50/p99. Must run as root.
+    #[arg(long, conflicts_with_all = ["socket", "csv", "svg"])]
+    pub attacks: bool,
+
+    /// With --attacks: small attacks (seconds, for tests), not the sizes
+    /// of issue #13.
+    #[arg(long, requires = "attacks")]
+    pub quick: bool,
 }
 
 /// The argument that makes this executable a worker: the bench re-executes

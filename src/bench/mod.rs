@@ -18,6 +18,7 @@
 //! figures), `session` (rounds), `proc` (worker processes), `hub_runs`,
 //! `raw`, `peers` (the mechanisms), `report` and `svg` (output).
 
+mod attacks;
 pub mod cli;
 mod hub_runs;
 mod measure;
@@ -65,11 +66,22 @@ pub fn main() -> ExitCode {
         let spec = argv.get(2).and_then(|s| s.to_str()).unwrap_or("");
         return proc::worker_main(spec);
     }
+    if let Some(arg) = argv
+        .get(1)
+        .and_then(|a| a.to_str())
+        .filter(|a| [attacks::ATTACKER_ARG, attacks::BYSTANDER_ARG].contains(a))
+    {
+        let spec = argv.get(2).and_then(|s| s.to_str()).unwrap_or("");
+        return attacks::worker_main(arg, spec);
+    }
     main_with(<Args as clap::Parser>::parse_from(argv))
 }
 
 /// The bench with parsed arguments.
 pub fn main_with(args: Args) -> ExitCode {
+    if args.attacks {
+        return attacks::main(&args);
+    }
     match run(&args) {
         Ok(report) => {
             if let Err(e) = emit(&args, &report) {

@@ -744,6 +744,8 @@ impl EventLoop {
         c.greeted = true;
         c.transport = hello.transport;
         self.hub.set_transport(id, hello.transport, &hello.name);
+        self.hub
+            .set_max_frame(id, c.data.as_ref().and_then(|l| l.max_frame()));
         info!(
             client = id,
             client_pid = c.ident.pid,

@@ -98,6 +98,8 @@ impl Hub {
                 dirty: true,
                 greeted: false,
                 counters: PeerCounters::default(),
+                max_frame: None,
+                told_too_big: false,
             },
         );
         id

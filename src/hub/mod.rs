@@ -142,6 +142,12 @@ struct Peer {
     /// Handshake done (only greeted clients are announced).
     greeted: bool,
     counters: PeerCounters,
+    /// The largest frame this client's data path carries (a message
+    /// queue's message size, a ring's record limit); None: any frame.
+    max_frame: Option<usize>,
+    /// A message too big for `max_frame` was already logged for it (once
+    /// per client: the count is in its `dropped`).
+    told_too_big: bool,
 }
 
 struct Channel {
@@ -320,6 +326,8 @@ impl Hub {
                 dirty: false,
                 greeted: false,
                 counters: PeerCounters::default(),
+                max_frame: None,
+                told_too_big: false,
             },
         );
         Ok(id)
@@ -340,6 +348,15 @@ impl Hub {
         };
         p.greeted = true;
         self.record(ev);
+    }
+
+    /// The largest frame the client's data path carries (`Link::max_frame`):
+    /// messages bigger than that are never queued for it, so they are
+    /// neither counted as delivered nor turned into a notice at flush time.
+    pub fn set_max_frame(&mut self, id: ClientId, max: Option<usize>) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.max_frame = max;
+        }
     }
 
     pub fn identity(&self, id: ClientId) -> Option<Identity> {
@@ -762,10 +779,12 @@ impl Hub {
 
         // Under `block`, check every target before delivering to any, so a
         // message is delivered to all of them or (for now) to none.
+        // (A target the message cannot reach at all never holds it back.)
         if ch.overflow == Overflow::Block {
             let full = targets.iter().copied().find(|s| {
                 self.peers.get(s).is_some_and(|p| {
-                    !p.out.has_room(len) || !uid_room(&self.uid_bytes, &self.cfg, p, len)
+                    fits_link(p, len)
+                        && (!p.out.has_room(len) || !uid_room(&self.uid_bytes, &self.cfg, p, len))
                 })
             });
             if let Some(holder) = full {
@@ -786,6 +805,7 @@ impl Hub {
         let mut delivered = 0u32;
         let mut dropped = 0u64;
         let mut condemned: Vec<(ClientId, String)> = Vec::new();
+        let mut ring_refused = false;
         for &sub in targets {
             if from_ring && ch.direct.contains(&sub) {
                 continue;
@@ -793,6 +813,28 @@ impl Hub {
             let Some(p) = self.peers.get_mut(&sub) else {
                 continue;
             };
+            if !fits_link(p, len) {
+                // Its transport cannot carry the message: it is lost for
+                // this subscriber, counted as dropped and not as delivered,
+                // and the subscriber learns of the gap from a MISSED notice
+                // (which answers no request, so no one's seq is reused).
+                if !p.told_too_big {
+                    p.told_too_big = true;
+                    tracing::warn!(
+                        client = sub,
+                        channel = frame.channel,
+                        bytes = len,
+                        limit = p.max_frame.unwrap_or(0),
+                        "message bigger than the subscriber's transport carries: dropped for it (logged once per client)"
+                    );
+                }
+                p.counters.dropped += 1;
+                dropped += 1;
+                p.out.note_missed_at_back(1);
+                mark_dirty(&mut self.dirty, sub, p);
+                ring_refused |= ch.ring == Some(sub);
+                continue;
+            }
             let kind = match ch.overflow {
                 Overflow::Block => Kind::Data,
                 Overflow::Disconnect => {
@@ -829,7 +871,9 @@ impl Hub {
             mark_dirty(&mut self.dirty, sub, p);
             delivered += 1;
         }
-        if ch.ring.is_some() && !from_ring {
+        if ring_refused {
+            // Too big for the channel's ring: nobody on the channel gets it.
+        } else if ch.ring.is_some() && !from_ring {
             // Into the ring: what counts is who reads it, directly or via
             // the ring peer (which counts its own deliveries when it reads).
             delivered = (ch.direct.len() + ring_audience(ch)) as u32;
@@ -930,6 +974,11 @@ fn sync_uid(uid_bytes: &mut HashMap<u32, usize>, p: &mut Peer) {
 fn uid_room(uid_bytes: &HashMap<u32, usize>, cfg: &Config, p: &Peer, len: usize) -> bool {
     p.out.messages() == 0
         || uid_bytes.get(&p.ident.uid).copied().unwrap_or(0) + len <= cfg.queue.max_bytes_per_uid
+}
+
+/// Can this client's data path carry a frame of `len` bytes?
+fn fits_link(p: &Peer, len: usize) -> bool {
+    p.max_frame.is_none_or(|max| len <= max)
 }
 
 fn mark_dirty(dirty: &mut Vec<ClientId>, id: ClientId, p: &mut Peer) {

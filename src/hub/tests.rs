@@ -430,3 +430,36 @@ fn clients_per_uid_are_limited() {
         "other users unaffected"
     );
 }
+
+#[test]
+fn a_message_too_big_for_a_subscribers_transport_is_dropped_for_it_with_a_missed_notice() {
+    let mut hub = hub_with(Config::default());
+    let p = hub.admit(ident()).unwrap();
+    let small = hub.admit(ident()).unwrap();
+    let big = hub.admit(ident()).unwrap();
+    hub.set_max_frame(small, Some(100));
+    sub(&mut hub, small, "t");
+    sub(&mut hub, big, "t");
+    publish(&mut hub, p, "t", &[7u8; 200], 1);
+    assert_eq!(
+        ack_count(&drain(&mut hub, p), 1),
+        1,
+        "only the one it reached"
+    );
+    let got = drain(&mut hub, small);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].0, got[0].1),
+        (FrameType::Missed, 0),
+        "never the publisher's seq"
+    );
+    assert_eq!(got[0].3, 1u64.to_le_bytes());
+    assert_eq!(drain(&mut hub, big)[0].0, FrameType::Data);
+    let stats = hub.stats();
+    let ch = stats.channels.iter().find(|c| c.name == "t").unwrap();
+    assert_eq!((ch.delivered, ch.dropped), (1, 1));
+    // What fits still arrives.
+    publish(&mut hub, p, "t", b"ok", 2);
+    assert_eq!(ack_count(&drain(&mut hub, p), 2), 2);
+    assert_eq!(drain(&mut hub, small)[0].0, FrameType::Data);
+}

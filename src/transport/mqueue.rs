@@ -164,7 +164,15 @@ impl Link for MqueueLink {
                     self.tx.msgsize
                 );
                 let mut err = Vec::new();
-                let seq = u64::from_le_bytes(self.buf[16..24].try_into().unwrap());
+                // The hub never queues DATA bigger than this queue takes
+                // (`Hub::set_max_frame`); what remains is an answer to this
+                // client's own request, whose seq it may carry. Never echo
+                // another client's seq: DATA carries the publisher's.
+                let seq = if self.buf[3] == FrameType::Data as u8 {
+                    0
+                } else {
+                    u64::from_le_bytes(self.buf[16..24].try_into().unwrap())
+                };
                 wire::encode(
                     &mut err,
                     FrameType::Error,

@@ -41,6 +41,7 @@ impl EventLoop {
         if let Some(t) = transport {
             self.hub.set_transport(id, t, name);
         }
+        self.hub.set_max_frame(id, link.max_frame());
         let transport = transport.unwrap_or(TransportKind::Shm);
         if let Some(pattern) = subscribe {
             let mut f = Vec::new();
