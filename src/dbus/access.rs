@@ -1,9 +1,12 @@
-//! Who may change things over D-Bus: Publish, DisconnectClient and Reload.
+//! Who may change things over D-Bus (Publish, DisconnectClient and Reload),
+//! and what a caller may see (ListChannels, ListClients, ChannelStats).
 //!
 //! The bus policy (`etc/dbus-1/system.d/org.ipchub.conf`) already limits
 //! those methods to root and group `ipchub`. We check again here, from the
 //! caller's credentials as the bus daemon reports them, because a policy file
 //! is easy to loosen by accident and the methods publish into every client.
+//! The read-only methods answer from a statistics view built for the
+//! caller's credentials ([`Access::viewer`]), as the control socket does.
 
 use zbus::fdo::DBusProxy;
 use zbus::message::Header;
@@ -11,6 +14,8 @@ use zbus::names::BusName;
 use zbus::Connection;
 
 use super::error::CallError;
+use crate::hub::access::Credentials;
+use crate::hub::Viewer;
 
 /// The group whose members may administer the hub (besides root).
 pub const ADMIN_GROUP: &str = "ipchub";
@@ -40,6 +45,56 @@ impl Access {
     /// The decision itself, pure.
     pub fn may_administer(&self, uid: u32, gids: &[u32]) -> bool {
         uid == 0 || uid == self.own_uid || self.admin_gid.is_some_and(|g| gids.contains(&g))
+    }
+
+    /// What a caller with these credentials may see: everything for those
+    /// who may administer (they disconnect clients by id), otherwise what
+    /// its uid and groups may read, as on the control socket.
+    pub fn viewer_for(&self, uid: u32, gids: &[u32]) -> Viewer {
+        if self.may_administer(uid, gids) {
+            return Viewer::All;
+        }
+        // The bus reports every group of the caller; the primary one comes
+        // from the user database, as for clients of the socket.
+        let gid = nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map_or_else(
+                || gids.first().copied().unwrap_or(u32::MAX),
+                |u| u.gid.as_raw(),
+            );
+        Viewer::User(Credentials {
+            uid,
+            gid,
+            groups: gids.to_vec(),
+        })
+    }
+
+    /// Ask the bus who sent `call` and what it may see. A caller the bus
+    /// cannot identify sees what everyone may see.
+    pub async fn viewer(&self, conn: &Connection, call: &Header<'_>) -> Viewer {
+        let Some(sender) = call.sender() else {
+            return Viewer::Public;
+        };
+        let creds = async {
+            DBusProxy::new(conn)
+                .await?
+                .get_connection_credentials(BusName::Unique(sender.to_owned()))
+                .await
+        }
+        .await;
+        match creds {
+            Ok(c) => match c.unix_user_id() {
+                Some(uid) => {
+                    self.viewer_for(uid, c.unix_group_ids().map_or(&[][..], |g| g.as_slice()))
+                }
+                None => Viewer::Public,
+            },
+            Err(e) => {
+                tracing::warn!("cannot get the credentials of D-Bus caller {sender}: {e}");
+                Viewer::Public
+            }
+        }
     }
 
     /// Ask the bus who sent `call` and decide. Any failure to find out denies.
@@ -99,6 +154,20 @@ mod tests {
         assert!(a.may_administer(1000, &[100, 995]));
         assert!(!a.may_administer(1000, &[100]));
         assert!(!a.may_administer(65534, &[65534]));
+    }
+
+    #[test]
+    fn administrators_see_everything_others_what_their_credentials_may() {
+        let a = Access {
+            own_uid: 996,
+            admin_gid: Some(995),
+        };
+        assert_eq!(a.viewer_for(0, &[]), Viewer::All);
+        assert_eq!(a.viewer_for(1000, &[995]), Viewer::All);
+        match a.viewer_for(65534, &[65534, 7]) {
+            Viewer::User(c) => assert_eq!((c.uid, c.groups), (65534, vec![65534, 7])),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

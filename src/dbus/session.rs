@@ -22,7 +22,7 @@ use super::BUS_NAME;
 use crate::config::BusKind;
 use crate::daemon::control::{ControlError, ControlHandle};
 use crate::hub::stats::ChannelStats;
-use crate::hub::{ControlOp, ControlReply, HubEvent, HubStats};
+use crate::hub::{ControlOp, ControlReply, HubEvent, HubStats, Viewer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -40,9 +40,12 @@ pub struct Session {
     channels: BTreeMap<String, InterfaceRef<Channel1>>,
 }
 
-/// A statistics snapshot from the data thread.
+/// A statistics snapshot from the data thread, of what anyone may see:
+/// properties, channel objects and signals reach every bus member, so they
+/// show only channels every uid may read (the hub-wide totals and counts
+/// are aggregates; see `hub::stats`).
 fn sample(control: &ControlHandle) -> Result<HubStats, ControlError> {
-    match control.call(ControlOp::Stats, CALL_TIMEOUT)? {
+    match control.call(ControlOp::StatsFor(Viewer::Public), CALL_TIMEOUT)? {
         ControlReply::Stats(s) => Ok(*s),
         // The data thread answers Stats with Stats; anything else is a bug
         // there, and "gone" is the safest reading of it.
@@ -167,6 +170,10 @@ impl Session {
         let channels_moved = events
             .iter()
             .any(|e| matches!(e, HubEvent::ChannelCreated(_) | HubEvent::ChannelRemoved(_)));
+        // Channels with an object before: a removal is announced only for
+        // those, a creation only for those that have one now (channels not
+        // every uid may read are never announced).
+        let before: std::collections::BTreeSet<String> = self.channels.keys().cloned().collect();
         if channels_moved {
             // One sample per batch of events, not per channel.
             let stats = sample(&self.control)?;
@@ -184,12 +191,13 @@ impl Session {
                 HubEvent::ClientDisconnected { id } => {
                     Hub1::client_disconnected(emitter, id).await?
                 }
-                HubEvent::ChannelCreated(name) => {
+                HubEvent::ChannelCreated(name) if self.channels.contains_key(&name) => {
                     Hub1::channel_created(emitter, &name, object_path(&name)?).await?
                 }
-                HubEvent::ChannelRemoved(name) => {
+                HubEvent::ChannelRemoved(name) if before.contains(&name) => {
                     Hub1::channel_removed(emitter, &name, object_path(&name)?).await?
                 }
+                HubEvent::ChannelCreated(_) | HubEvent::ChannelRemoved(_) => {}
             }
         }
         Ok(())

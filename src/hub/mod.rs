@@ -33,7 +33,7 @@ use access::{Credentials, Op, Policy};
 pub use control::{ControlOp, ControlReply, HubEvent};
 use queue::{Kind, OutQueue};
 pub use rings::{RingRequest, RING_READ, RING_WRITE};
-pub use stats::{ChannelStats, ClientStats, HubStats, Totals};
+pub use stats::{ChannelStats, ClientStats, HubStats, Totals, Viewer};
 
 /// A client's id, unique for the life of the hub (never reused).
 pub type ClientId = u32;
@@ -202,7 +202,8 @@ impl Hub {
             ring_requests: Vec::new(),
             ring_endpoints: 0,
             started: SystemTime::now(),
-            transports: vec![TransportKind::Socket],
+            // The daemon serves every transport (see `set_transports`).
+            transports: TransportKind::ALL.to_vec(),
             events: None,
             components: Default::default(),
         }
@@ -552,7 +553,8 @@ impl Hub {
                 Step::Continue
             }
             FrameType::StatsRequest => {
-                let json = serde_json::to_vec(&self.stats()).unwrap_or_default();
+                // Only what this client's credentials may see (report.rs).
+                let json = self.stats_reply(id);
                 self.send_control(id, FrameType::StatsReply, seq, &json);
                 Step::Continue
             }
