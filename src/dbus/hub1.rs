@@ -155,7 +155,8 @@ impl Hub1 {
         count(self.stats.client_count)
     }
 
-    /// Channels the hub knows now (each has an object under /org/ipchub/channel).
+    /// Channels the hub knows now, all of them (a count; only channels every uid may
+    /// read have an object under /org/ipchub/channel).
     #[zbus(property)]
     fn channel_count(&self) -> u32 {
         count(self.stats.channel_count)
@@ -193,7 +194,8 @@ impl Hub1 {
         self.stats.totals.dropped
     }
 
-    /// Every channel the hub knows: (name, object path of its org.ipchub.Channel1 object).
+    /// Every channel the caller may read: (name, object path of its org.ipchub.Channel1
+    /// object; only channels every uid may read have one).
     /// Object paths escape each level: letters and digits stay, any other byte becomes _xx (hex).
     #[zbus(out_args("channels"))]
     async fn list_channels(
@@ -209,8 +211,9 @@ impl Hub1 {
             .collect())
     }
 
-    /// Every connected client: (id, name, transport, pid, uid, gid, subscribed patterns,
-    /// queued messages, queued bytes, messages published, messages delivered to it,
+    /// Every connected client the caller may see (its own uid's; all for root and group
+    /// ipchub): (id, name, transport, pid, uid, gid, subscribed patterns,
+    /// queued frames, queued bytes, messages published, messages delivered to it,
     /// messages it lost, whether it is holding publishers back under "block").
     #[zbus(out_args("clients"))]
     async fn list_clients(

@@ -120,3 +120,95 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AccessConfig, AccessDefault, AccessRule};
+
+    fn client(hub: &mut Hub, uid: u32, patterns: &[&str]) -> ClientId {
+        let groups = if uid == 1000 { vec![50] } else { Vec::new() };
+        let id = hub
+            .admit_with_groups(
+                Identity {
+                    pid: 1,
+                    uid,
+                    gid: uid,
+                },
+                groups,
+            )
+            .unwrap();
+        hub.set_transport(id, TransportKind::Socket, &format!("uid{uid}"));
+        for p in patterns {
+            hub.subscribe(id, p).unwrap();
+        }
+        id
+    }
+
+    #[test]
+    fn each_viewer_sees_what_its_credentials_may_read() {
+        let mut cfg = Config::default();
+        cfg.access = AccessConfig {
+            default: AccessDefault::Allow,
+            rule: vec![
+                AccessRule {
+                    pattern: "team/#".into(),
+                    publish: vec!["gid:50".into()],
+                    subscribe: vec!["gid:50".into()],
+                },
+                AccessRule {
+                    pattern: "root/#".into(),
+                    publish: vec!["uid:0".into()],
+                    subscribe: vec!["uid:0".into()],
+                },
+            ],
+        };
+        let mut hub = Hub::new(cfg);
+        let root = client(&mut hub, 0, &["root/secret"]);
+        let member = client(&mut hub, 1000, &["team/x"]);
+        let other = client(&mut hub, 1001, &["pub/news"]);
+        let names = |st: &HubStats| -> (Vec<String>, Vec<ClientId>) {
+            (
+                st.channels.iter().map(|c| c.name.clone()).collect(),
+                st.clients.iter().map(|c| c.id).collect(),
+            )
+        };
+        let all = hub.stats_for(&Viewer::All);
+        assert_eq!(
+            names(&all),
+            (
+                vec!["pub/news".into(), "root/secret".into(), "team/x".into()],
+                vec![root, member, other]
+            )
+        );
+        let user = |uid, groups: Vec<u32>| {
+            Viewer::User(Credentials {
+                uid,
+                gid: uid,
+                groups,
+            })
+        };
+        let m = hub.stats_for(&user(1000, vec![50]));
+        assert_eq!(
+            names(&m),
+            (vec!["pub/news".into(), "team/x".into()], vec![member])
+        );
+        let o = hub.stats_for(&user(1001, vec![]));
+        assert_eq!(names(&o), (vec!["pub/news".into()], vec![other]));
+        let public = hub.stats_for(&Viewer::Public);
+        assert_eq!(names(&public), (vec!["pub/news".into()], vec![]));
+        // Aggregates stay hub-wide in every view.
+        assert_eq!((o.client_count, o.channel_count), (3, 3));
+        assert_eq!(Viewer::of(&Credentials::default(), 996), Viewer::All);
+        assert_eq!(
+            Viewer::of(
+                &Credentials {
+                    uid: 996,
+                    ..Default::default()
+                },
+                996
+            ),
+            Viewer::All
+        );
+    }
+}
