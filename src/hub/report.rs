@@ -147,21 +147,23 @@ mod tests {
 
     #[test]
     fn each_viewer_sees_what_its_credentials_may_read() {
-        let mut cfg = Config::default();
-        cfg.access = AccessConfig {
-            default: AccessDefault::Allow,
-            rule: vec![
-                AccessRule {
-                    pattern: "team/#".into(),
-                    publish: vec!["gid:50".into()],
-                    subscribe: vec!["gid:50".into()],
-                },
-                AccessRule {
-                    pattern: "root/#".into(),
-                    publish: vec!["uid:0".into()],
-                    subscribe: vec!["uid:0".into()],
-                },
-            ],
+        let cfg = Config {
+            access: AccessConfig {
+                default: AccessDefault::Allow,
+                rule: vec![
+                    AccessRule {
+                        pattern: "team/#".into(),
+                        publish: vec!["gid:50".into()],
+                        subscribe: vec!["gid:50".into()],
+                    },
+                    AccessRule {
+                        pattern: "root/#".into(),
+                        publish: vec!["uid:0".into()],
+                        subscribe: vec!["uid:0".into()],
+                    },
+                ],
+            },
+            ..Config::default()
         };
         let mut hub = Hub::new(cfg);
         let root = client(&mut hub, 0, &["root/secret"]);
