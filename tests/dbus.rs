@@ -957,6 +957,35 @@ fn the_daemon_refuses_unprivileged_callers_even_where_the_policy_lets_them_throu
     }
 }
 
+/// A caller the daemon refuses cannot flood its log: refusals are logged
+/// a bounded number of times per uid, then summed up (issue #13, E16).
+#[test]
+fn a_flood_of_refused_calls_is_logged_a_bounded_number_of_times() {
+    let bus = Bus::start_with_policy(
+        r#"<policy context="default"><allow send_destination="org.ipchub"/></policy>"#,
+    );
+    let (hub, _conn) = Hub::on(
+        &bus,
+        "[log]\nrate_limit_burst = 3\nrate_limit_per_minute = 1\n",
+    );
+    for _ in 0..20 {
+        let out = bus.busctl(true, &["call", NAME, HUB_PATH, HUB1, "Reload"]);
+        assert!(!out.status.success());
+    }
+    let refusals = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("D-Bus call refused"))
+            .count()
+    };
+    let logged = refusals(&hub.log());
+    assert!((1..=4).contains(&logged), "{logged} lines for 20 refusals");
+    wait_for("the suppression summary", || {
+        hub.log()
+            .lines()
+            .any(|l| l.contains("similar messages suppressed") && l.contains("uid 65534"))
+    });
+}
+
 #[test]
 fn introspection_explains_the_interface() {
     let bus = Bus::start();

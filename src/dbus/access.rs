@@ -13,8 +13,12 @@ use zbus::message::Header;
 use zbus::names::BusName;
 use zbus::Connection;
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use super::error::CallError;
 use crate::hub::access::Credentials;
+use crate::hub::loglimit::{LogKind, LogLimiter};
 use crate::hub::Viewer;
 
 /// The group whose members may administer the hub (besides root).
@@ -27,6 +31,9 @@ pub struct Access {
     own_uid: u32,
     /// gid of [`ADMIN_GROUP`], if the group exists on this system.
     admin_gid: Option<u32>,
+    /// Refusals are logged per caller uid within `log.rate_limit_*`, so a
+    /// caller let through by a loosened bus policy cannot flood the log.
+    log: Arc<Mutex<LogLimiter>>,
 }
 
 impl Access {
@@ -36,9 +43,45 @@ impl Access {
             .ok()
             .flatten()
             .map(|g| g.gid.as_raw());
+        let d = crate::config::LogConfig::default();
         Access {
             own_uid: nix::unistd::geteuid().as_raw(),
             admin_gid,
+            log: Arc::new(Mutex::new(LogLimiter::new(
+                d.rate_limit_burst,
+                d.rate_limit_per_minute,
+            ))),
+        }
+    }
+
+    /// Use the configured limits for refusal log lines.
+    pub fn with_log_limits(self, burst: u32, per_minute: u32) -> Access {
+        if let Ok(mut l) = self.log.lock() {
+            l.set_limits(burst, per_minute);
+        }
+        self
+    }
+
+    /// May a refusal caused by `uid` be logged now (u32::MAX: unknown)?
+    fn log_allowed(&self, uid: u32) -> bool {
+        self.log
+            .lock()
+            .map_or(true, |mut l| l.allow(uid, LogKind::Denied, Instant::now()))
+    }
+
+    /// Log the summaries of suppressed refusals that are due (called
+    /// periodically by the D-Bus thread).
+    pub fn log_summaries(&self) {
+        let due = match self.log.lock() {
+            Ok(mut l) => l.take_due(Instant::now()),
+            Err(_) => return,
+        };
+        for (uid, _, n) in due {
+            tracing::warn!(
+                caller_uid = uid,
+                suppressed = n,
+                "{n} similar messages suppressed (D-Bus calls refused to uid {uid}; limits log.rate_limit_burst, log.rate_limit_per_minute)"
+            );
         }
     }
 
@@ -104,14 +147,16 @@ impl Access {
         call: &Header<'_>,
         what: &str,
     ) -> Result<(), CallError> {
-        let denied = |why: String| {
-            tracing::warn!(method = what, "D-Bus call refused: {why}");
+        let denied = |why: String, uid: u32| {
+            if self.log_allowed(uid) {
+                tracing::warn!(method = what, "D-Bus call refused: {why}");
+            }
             Err(CallError::AccessDenied(format!(
                 "{what} is limited to root and members of group {ADMIN_GROUP}"
             )))
         };
         let Some(sender) = call.sender() else {
-            return denied("no sender on the message".into());
+            return denied("no sender on the message".into(), u32::MAX);
         };
         let creds = async {
             DBusProxy::new(conn)
@@ -122,19 +167,30 @@ impl Access {
         .await;
         let creds = match creds {
             Ok(c) => c,
-            Err(e) => return denied(format!("cannot get the credentials of {sender}: {e}")),
+            Err(e) => {
+                return denied(
+                    format!("cannot get the credentials of {sender}: {e}"),
+                    u32::MAX,
+                )
+            }
         };
         let Some(uid) = creds.unix_user_id() else {
-            return denied(format!("the bus did not report the uid of {sender}"));
+            return denied(
+                format!("the bus did not report the uid of {sender}"),
+                u32::MAX,
+            );
         };
         let gids = creds.unix_group_ids().map_or(&[][..], |g| g.as_slice());
         if self.may_administer(uid, gids) {
             Ok(())
         } else {
-            denied(format!(
-                "caller {sender} (uid {uid}, pid {}) is not root nor in group {ADMIN_GROUP}",
-                creds.process_id().map_or(-1, |p| p as i64)
-            ))
+            denied(
+                format!(
+                    "caller {sender} (uid {uid}, pid {}) is not root nor in group {ADMIN_GROUP}",
+                    creds.process_id().map_or(-1, |p| p as i64)
+                ),
+                uid,
+            )
         }
     }
 }
@@ -148,6 +204,7 @@ mod tests {
         let a = Access {
             own_uid: 996,
             admin_gid: Some(995),
+            ..Access::from_system()
         };
         assert!(a.may_administer(0, &[]));
         assert!(a.may_administer(996, &[]));
@@ -161,6 +218,7 @@ mod tests {
         let a = Access {
             own_uid: 996,
             admin_gid: Some(995),
+            ..Access::from_system()
         };
         assert_eq!(a.viewer_for(0, &[]), Viewer::All);
         assert_eq!(a.viewer_for(1000, &[995]), Viewer::All);
@@ -175,6 +233,7 @@ mod tests {
         let a = Access {
             own_uid: 0,
             admin_gid: None,
+            ..Access::from_system()
         };
         assert!(a.may_administer(0, &[]));
         assert!(!a.may_administer(1000, &[995]));

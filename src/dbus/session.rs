@@ -170,10 +170,6 @@ impl Session {
         let channels_moved = events
             .iter()
             .any(|e| matches!(e, HubEvent::ChannelCreated(_) | HubEvent::ChannelRemoved(_)));
-        // Channels with an object before: a removal is announced only for
-        // those, a creation only for those that have one now (channels not
-        // every uid may read are never announced).
-        let before: std::collections::BTreeSet<String> = self.channels.keys().cloned().collect();
         if channels_moved {
             // One sample per batch of events, not per channel.
             let stats = sample(&self.control)?;
@@ -191,13 +187,14 @@ impl Session {
                 HubEvent::ClientDisconnected { id } => {
                     Hub1::client_disconnected(emitter, id).await?
                 }
-                HubEvent::ChannelCreated(name) if self.channels.contains_key(&name) => {
+                // The hub records these only for channels every uid may
+                // read (`Hub::record`): signals reach every bus member.
+                HubEvent::ChannelCreated(name) => {
                     Hub1::channel_created(emitter, &name, object_path(&name)?).await?
                 }
-                HubEvent::ChannelRemoved(name) if before.contains(&name) => {
+                HubEvent::ChannelRemoved(name) => {
                     Hub1::channel_removed(emitter, &name, object_path(&name)?).await?
                 }
-                HubEvent::ChannelCreated(_) | HubEvent::ChannelRemoved(_) => {}
             }
         }
         Ok(())

@@ -232,6 +232,16 @@ impl Hub {
     }
 
     fn record(&mut self, ev: HubEvent) {
+        // Events become D-Bus signals, which reach every bus member: a
+        // channel only some may read is not announced (docs/SECURITY.md §6).
+        if let HubEvent::ChannelCreated(name) | HubEvent::ChannelRemoved(name) = &ev {
+            if !self
+                .policy
+                .open_to_all(self.policy.rule_for(name), Op::Subscribe)
+            {
+                return;
+            }
+        }
         if let Some(events) = self.events.as_mut() {
             events.push(ev);
         }
