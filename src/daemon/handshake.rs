@@ -1,7 +1,7 @@
 //! The handshake: HELLO names a transport, the hub builds that data path and
 //! answers WELCOME (with descriptors over SCM_RIGHTS where the path needs them).
 
-use super::logging::excerpt;
+use super::logging::{excerpt, is_hostile};
 use crate::hub::TransportKind;
 use crate::transport::{Offer, Peer, SetupError};
 use crate::wire::frame::parse_kv;
@@ -30,6 +30,7 @@ pub enum HandshakeError {
     #[error("HELLO: name is {0} bytes long (at most {MAX_NAME})")]
     NameTooLong(usize),
     #[error("HELLO: name contains control character {0:?} at byte {1} (names are printable text)")]
+    /// (Control characters and Unicode reordering marks alike.)
     NameNotPrintable(char, usize),
     #[error("HELLO: unsupported protocol version {0} (this hub speaks {VERSION})")]
     Version(String),
@@ -88,7 +89,7 @@ impl Hello {
                     if v.len() > MAX_NAME {
                         return Err(HandshakeError::NameTooLong(v.len()));
                     }
-                    if let Some((at, c)) = v.char_indices().find(|(_, c)| c.is_control()) {
+                    if let Some((at, c)) = v.char_indices().find(|(_, c)| is_hostile(*c)) {
                         return Err(HandshakeError::NameNotPrintable(c, at));
                     }
                     hello.name = v

@@ -27,7 +27,7 @@ use tracing_subscriber::{fmt as tfmt, prelude::*, EnvFilter};
 /// Characters that must not reach a log or a terminal as they are: control
 /// characters (C0, DEL, C1: line ends, ANSI escapes) and the Unicode marks
 /// that reorder text on display.
-fn is_hostile(c: char) -> bool {
+pub fn is_hostile(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
