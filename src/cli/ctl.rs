@@ -44,7 +44,8 @@ pub enum Command {
     Pub(PubArgs),
     /// Subscribe and print messages as `[channel] payload`.
     Sub(SubArgs),
-    /// Show the hub's statistics: totals, channels and clients.
+    /// Show the hub's statistics: totals, the channels you may read and your
+    /// own clients (root and the hub's user: all of them).
     Stats(StatsArgs),
     /// Check a configuration file without starting a hub.
     CheckConfig {
