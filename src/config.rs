@@ -228,6 +228,12 @@ pub struct ChannelRule {
 pub struct LogConfig {
     /// tracing filter: error, warn, info, debug, trace (IPCHUB_LOG overrides).
     pub level: String,
+    /// Log lines one uid may trigger of one kind (denials, refusals,
+    /// protocol errors…) in a burst before they are rate-limited.
+    pub rate_limit_burst: u32,
+    /// After the burst, lines of one kind per uid per minute; the rest are
+    /// counted and summed up in one "N similar messages suppressed" line.
+    pub rate_limit_per_minute: u32,
 }
 
 /// The D-Bus control interface (`org.ipchub`). Read at start only: a reload
@@ -475,6 +481,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            rate_limit_burst: 10,
+            rate_limit_per_minute: 60,
         }
     }
 }
@@ -549,6 +557,15 @@ impl Config {
             return Err(bad(
                 "queue.max_bytes_per_uid",
                 "must be at least queue.max_bytes".into(),
+            ));
+        }
+        if self.log.rate_limit_burst == 0 {
+            return Err(bad("log.rate_limit_burst", "must be at least 1".into()));
+        }
+        if !(1..=60_000).contains(&self.log.rate_limit_per_minute) {
+            return Err(bad(
+                "log.rate_limit_per_minute",
+                "must be between 1 and 60000".into(),
             ));
         }
         // Below 100 ms the property signals would approach per-message

@@ -745,6 +745,188 @@ fn unprivileged_callers_may_read_but_not_change() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "u 0");
 }
 
+/// Another uid reading the hub over D-Bus learns nothing of channels it may
+/// not read (names, counters, objects, signals) nor of other users' clients;
+/// root still sees them (issue #13, D15).
+#[test]
+fn unprivileged_callers_see_only_channels_they_may_read_and_their_own_clients() {
+    let bus = Bus::start();
+    let (hub, conn) = Hub::on(
+        &bus,
+        r#"
+[[access.rule]]
+pattern = "secure/#"
+publish = ["uid:0"]
+subscribe = ["uid:0"]
+"#,
+    );
+    let signals = Watch::hub_signals(&conn);
+    let mut secret = hub.client("secret-holder");
+    secret.subscribe("secure/door").unwrap();
+    secret.publish_confirmed("secure/door", b"open").unwrap();
+    let mut public = hub.client("newsreader");
+    public.subscribe("public/news").unwrap();
+    public.publish_confirmed("public/news", b"hi").unwrap();
+    // The public channel's announcement comes; wait for it, so anything
+    // about the secret one would have come too.
+    let created = signals.next("ChannelCreated");
+    let mut names = vec![
+        created
+            .body()
+            .deserialize::<(String, OwnedObjectPath)>()
+            .unwrap()
+            .0,
+    ];
+    names.extend(
+        signals
+            .collect_for(Duration::from_millis(INTERVAL_MS * 3))
+            .iter()
+            .filter(|m| {
+                m.header()
+                    .member()
+                    .is_some_and(|n| n.as_str() == "ChannelCreated")
+            })
+            .map(|m| {
+                m.body()
+                    .deserialize::<(String, OwnedObjectPath)>()
+                    .unwrap()
+                    .0
+            }),
+    );
+    assert_eq!(names, ["public/news"], "broadcast to every bus member");
+
+    let call = |nobody: bool, args: &[&str]| {
+        let mut v = vec!["call", NAME, HUB_PATH, HUB1];
+        v.extend_from_slice(args);
+        bus.busctl(nobody, &v)
+    };
+    let out = call(true, &["ListChannels"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("public/news") && !text.contains("secure"),
+        "{text}"
+    );
+    let out = call(true, &["ListClients"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "a(ussiuuasuttttb) 0",
+        "nobody has no clients; it sees no one else's"
+    );
+    let out = call(true, &["ChannelStats", "s", "secure/door"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no channel named"),
+        "{out:?}"
+    );
+    assert!(call(true, &["ChannelStats", "s", "public/news"])
+        .status
+        .success());
+    for args in [
+        &["tree", NAME][..],
+        &[
+            "call",
+            NAME,
+            HUB_PATH,
+            "org.freedesktop.DBus.ObjectManager",
+            "GetManagedObjects",
+        ][..],
+    ] {
+        let out = bus.busctl(true, args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            text.contains("public") && !text.contains("secure"),
+            "{text}"
+        );
+    }
+
+    // Root sees everything through the methods.
+    let p = hub_proxy(&conn);
+    let channels: Vec<(String, OwnedObjectPath)> = p.call("ListChannels", &()).unwrap();
+    assert!(
+        channels.iter().any(|c| c.0 == "secure/door"),
+        "{channels:?}"
+    );
+    let (subs, ..): (u32, String, u64, u64, u64, u64) =
+        p.call("ChannelStats", &("secure/door",)).unwrap();
+    assert_eq!(subs, 1);
+    #[allow(clippy::type_complexity)]
+    let clients: Vec<(
+        u32,
+        String,
+        String,
+        i32,
+        u32,
+        u32,
+        Vec<String>,
+        u32,
+        u64,
+        u64,
+        u64,
+        u64,
+        bool,
+    )> = p.call("ListClients", &()).unwrap();
+    assert!(clients.iter().any(|c| c.1 == "secret-holder"));
+}
+
+/// ClientConnected carries the pid and uid of every client: only root and
+/// group ipchub receive it (and ClientDisconnected); others do not learn
+/// who uses the hub (issue #13, D15).
+#[test]
+fn only_administrators_receive_client_signals() {
+    let bus = Bus::start();
+    let (hub, conn) = Hub::on(&bus, "");
+    let mut monitor = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "dbus-monitor",
+        ])
+        .args(["--address", &bus.address])
+        .arg("type='signal',sender='org.ipchub'")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dbus-monitor");
+    let (tx, rx) = mpsc::channel();
+    let out = monitor.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // dbus-monitor is listening once it prints its NameAcquired.
+    let end = Instant::now() + PATIENCE;
+    while !rx
+        .recv_timeout(end.saturating_duration_since(Instant::now()))
+        .expect("dbus-monitor started")
+        .contains("NameAcquired")
+    {}
+    let root_signals = Watch::hub_signals(&conn);
+    let mut c = hub.client("someone");
+    c.subscribe("public/news").unwrap();
+    root_signals.next("ClientConnected");
+    root_signals.next("ChannelCreated");
+    drop(c);
+    root_signals.next("ClientDisconnected");
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&mut monitor);
+    let seen: Vec<String> = rx.try_iter().collect();
+    let seen = seen.join("\n");
+    assert!(
+        seen.contains("member=ChannelCreated"),
+        "a public signal still reaches nobody:\n{seen}"
+    );
+    assert!(!seen.contains("member=ClientConnected"), "{seen}");
+    assert!(!seen.contains("member=ClientDisconnected"), "{seen}");
+}
+
 #[test]
 fn the_daemon_refuses_unprivileged_callers_even_where_the_policy_lets_them_through() {
     // A local policy that (wrongly) opens every method to everyone.
@@ -773,6 +955,35 @@ fn the_daemon_refuses_unprivileged_callers_even_where_the_policy_lets_them_throu
             args[4]
         );
     }
+}
+
+/// A caller the daemon refuses cannot flood its log: refusals are logged
+/// a bounded number of times per uid, then summed up (issue #13, E16).
+#[test]
+fn a_flood_of_refused_calls_is_logged_a_bounded_number_of_times() {
+    let bus = Bus::start_with_policy(
+        r#"<policy context="default"><allow send_destination="org.ipchub"/></policy>"#,
+    );
+    let (hub, _conn) = Hub::on(
+        &bus,
+        "[log]\nrate_limit_burst = 3\nrate_limit_per_minute = 1\n",
+    );
+    for _ in 0..20 {
+        let out = bus.busctl(true, &["call", NAME, HUB_PATH, HUB1, "Reload"]);
+        assert!(!out.status.success());
+    }
+    let refusals = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("D-Bus call refused"))
+            .count()
+    };
+    let logged = refusals(&hub.log());
+    assert!((1..=4).contains(&logged), "{logged} lines for 20 refusals");
+    wait_for("the suppression summary", || {
+        hub.log()
+            .lines()
+            .any(|l| l.contains("similar messages suppressed") && l.contains("uid 65534"))
+    });
 }
 
 #[test]

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 use crate::client::{Client, Event, Options, PublishOptions};
+use crate::daemon::logging::escape;
 use crate::hub::TransportKind;
 
 /// ipchubctl: publish, subscribe and inspect the ipchub message hub.
@@ -43,7 +44,8 @@ pub enum Command {
     Pub(PubArgs),
     /// Subscribe and print messages as `[channel] payload`.
     Sub(SubArgs),
-    /// Show the hub's statistics: totals, channels and clients.
+    /// Show the hub's statistics: totals, the channels you may read and your
+    /// own clients (root and the hub's user: all of them).
     Stats(StatsArgs),
     /// Check a configuration file without starting a hub.
     CheckConfig {
@@ -339,7 +341,12 @@ fn stats(socket: Option<PathBuf>, a: StatsArgs) -> anyhow::Result<i32> {
         writeln!(
             out,
             "{:<32} {:>4}  {:<11} {:>10} {:>10} {:>10}",
-            c.name, c.subscribers, c.overflow, c.published, c.delivered, c.dropped
+            escape(&c.name),
+            c.subscribers,
+            c.overflow,
+            c.published,
+            c.delivered,
+            c.dropped
         )?;
     }
     writeln!(out, "\nCLIENT  TRANSPORT     PID    UID  QUEUED   MSGS IN  MSGS OUT  DROPPED  NAME / SUBSCRIPTIONS")?;
@@ -355,15 +362,21 @@ fn stats(socket: Option<PathBuf>, a: StatsArgs) -> anyhow::Result<i32> {
             c.messages_in,
             c.messages_out,
             c.dropped,
-            c.name,
+            // Names come from clients: never let one drive the terminal.
+            escape(&c.name),
             if c.subscriptions.is_empty() { "" } else { " " },
-            c.subscriptions.join(",")
+            escape(&c.subscriptions.join(","))
         )?;
     }
     // Components (e.g. bridge.mqtt) report free-form key=value state.
     for (name, status) in &st.components {
         let kv: Vec<String> = status.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        writeln!(out, "\nCOMPONENT {name}\n  {}", kv.join("  "))?;
+        writeln!(
+            out,
+            "\nCOMPONENT {}\n  {}",
+            escape(name),
+            escape(&kv.join("  "))
+        )?;
     }
     Ok(0)
 }

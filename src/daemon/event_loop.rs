@@ -24,6 +24,7 @@ use super::control::{ControlHandle, EventFanout, Request};
 use super::handshake;
 use super::systemd;
 use crate::config::Config;
+use crate::hub::loglimit::LogKind;
 use crate::hub::{ClientId, ControlOp, ControlReply, Hub, HubEvent, Identity, Step, TransportKind};
 use crate::transport::stream::{flush_stream, read_stream};
 use crate::transport::Link;
@@ -422,11 +423,13 @@ impl EventLoop {
         let id = match self.hub.admit_with_groups(ident, groups) {
             Ok(id) => id,
             Err(e) => {
-                warn!(
-                    client_pid = ident.pid,
-                    client_uid = ident.uid,
-                    "refusing client: {e}"
-                );
+                if self.hub.log_allowed(ident.uid, LogKind::Refused) {
+                    warn!(
+                        client_pid = ident.pid,
+                        client_uid = ident.uid,
+                        "refusing client: {e}"
+                    );
+                }
                 let mut out = Vec::new();
                 let p = wire::frame::error_payload(wire::ErrorCode::LimitReached, &e.to_string());
                 wire::encode(&mut out, FrameType::Error, 0, 0, "", &p, 0, 0);
@@ -746,15 +749,17 @@ impl EventLoop {
         self.hub.set_transport(id, hello.transport, &hello.name);
         self.hub
             .set_max_frame(id, c.data.as_ref().and_then(|l| l.max_frame()));
-        info!(
-            client = id,
-            client_pid = c.ident.pid,
-            client_uid = c.ident.uid,
-            transport = hello.transport.name(),
-            name = %hello.name,
-            "client connected via {}",
-            hello.transport.describe()
-        );
+        if self.hub.log_allowed(c.ident.uid, LogKind::Connection) {
+            info!(
+                client = id,
+                client_pid = c.ident.pid,
+                client_uid = c.ident.uid,
+                transport = hello.transport.name(),
+                name = %hello.name,
+                "client connected via {}",
+                hello.transport.describe()
+            );
+        }
         // Data may have arrived on the new path before we registered it.
         self.pending.push(id);
         Ok(())

@@ -1,6 +1,7 @@
 //! The handshake: HELLO names a transport, the hub builds that data path and
 //! answers WELCOME (with descriptors over SCM_RIGHTS where the path needs them).
 
+use super::logging::{excerpt, is_hostile};
 use crate::hub::TransportKind;
 use crate::transport::{Offer, Peer, SetupError};
 use crate::wire::frame::parse_kv;
@@ -17,8 +18,20 @@ pub struct Hello {
     pub params: Vec<(String, String)>,
 }
 
+/// Longest client name, in bytes: it is logged with every connection and
+/// shown in statistics, so it is a label, not a payload.
+pub const MAX_NAME: usize = 64;
+
+/// Longest excerpt of a rejected HELLO value quoted back (and logged).
+const QUOTE_MAX: usize = 40;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    #[error("HELLO: name is {0} bytes long (at most {MAX_NAME})")]
+    NameTooLong(usize),
+    #[error("HELLO: name contains control character {0:?} at byte {1} (names are printable text)")]
+    /// (Control characters and Unicode reordering marks alike.)
+    NameNotPrintable(char, usize),
     #[error("HELLO: unsupported protocol version {0} (this hub speaks {VERSION})")]
     Version(String),
     #[error("HELLO: unknown transport '{0}' (known: socket, pipe, fifo, mqueue, shm)")]
@@ -41,7 +54,9 @@ impl HandshakeError {
             HandshakeError::UnknownTransport(_) | HandshakeError::Disabled(_) => {
                 ErrorCode::UnknownTransport
             }
-            HandshakeError::BadParam { .. } => ErrorCode::BadHandshake,
+            HandshakeError::BadParam { .. }
+            | HandshakeError::NameTooLong(_)
+            | HandshakeError::NameNotPrintable(..) => ErrorCode::BadHandshake,
             HandshakeError::Setup {
                 source: SetupError::Permission(_),
                 ..
@@ -60,16 +75,25 @@ impl Hello {
         };
         for (k, v) in parse_kv(payload) {
             match k.as_str() {
+                // Rejected values are quoted back and logged: escaped and short.
                 "version" => {
                     if v != VERSION.to_string() {
-                        return Err(HandshakeError::Version(v));
+                        return Err(HandshakeError::Version(excerpt(&v, QUOTE_MAX)));
                     }
                 }
                 "transport" => {
-                    hello.transport =
-                        TransportKind::parse(&v).ok_or(HandshakeError::UnknownTransport(v))?
+                    hello.transport = TransportKind::parse(&v)
+                        .ok_or_else(|| HandshakeError::UnknownTransport(excerpt(&v, QUOTE_MAX)))?
                 }
-                "name" => hello.name = v,
+                "name" => {
+                    if v.len() > MAX_NAME {
+                        return Err(HandshakeError::NameTooLong(v.len()));
+                    }
+                    if let Some((at, c)) = v.char_indices().find(|(_, c)| is_hostile(*c)) {
+                        return Err(HandshakeError::NameNotPrintable(c, at));
+                    }
+                    hello.name = v
+                }
                 _ => hello.params.push((k, v)),
             }
         }

@@ -104,7 +104,8 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
 fn start_components(ev: &mut EventLoop, socket_path: &std::path::Path) {
     let dbus = ev.hub().config().dbus.clone();
     if dbus.enabled {
-        crate::dbus::start(dbus, ev.control_handle(), ev.subscribe_events());
+        let log = ev.hub().config().log.clone();
+        crate::dbus::start(dbus, &log, ev.control_handle(), ev.subscribe_events());
     }
     crate::bridge::start(ev.hub().config(), socket_path, ev.control_handle());
 }

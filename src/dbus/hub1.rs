@@ -82,8 +82,14 @@ impl Hub1 {
         Ok(blocking::unblock(move || control.call(op, CALL_TIMEOUT)).await?)
     }
 
-    async fn fresh_stats(&self) -> Result<HubStats, CallError> {
-        match self.call(ControlOp::Stats).await? {
+    /// A fresh sample of what the caller of `call` may see.
+    async fn fresh_stats(
+        &self,
+        conn: &Connection,
+        call: &Header<'_>,
+    ) -> Result<HubStats, CallError> {
+        let viewer = self.access.viewer(conn, call).await;
+        match self.call(ControlOp::StatsFor(viewer)).await? {
             ControlReply::Stats(s) => Ok(*s),
             other => Err(unexpected(other)),
         }
@@ -149,7 +155,8 @@ impl Hub1 {
         count(self.stats.client_count)
     }
 
-    /// Channels the hub knows now (each has an object under /org/ipchub/channel).
+    /// Channels the hub knows now, all of them (a count; only channels every uid may
+    /// read have an object under /org/ipchub/channel).
     #[zbus(property)]
     fn channel_count(&self) -> u32 {
         count(self.stats.channel_count)
@@ -187,11 +194,16 @@ impl Hub1 {
         self.stats.totals.dropped
     }
 
-    /// Every channel the hub knows: (name, object path of its org.ipchub.Channel1 object).
+    /// Every channel the caller may read: (name, object path of its org.ipchub.Channel1
+    /// object; only channels every uid may read have one).
     /// Object paths escape each level: letters and digits stay, any other byte becomes _xx (hex).
     #[zbus(out_args("channels"))]
-    async fn list_channels(&self) -> Result<Vec<(String, OwnedObjectPath)>, CallError> {
-        let stats = self.fresh_stats().await?;
+    async fn list_channels(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] call: Header<'_>,
+    ) -> Result<Vec<(String, OwnedObjectPath)>, CallError> {
+        let stats = self.fresh_stats(conn, &call).await?;
         Ok(stats
             .channels
             .iter()
@@ -199,12 +211,17 @@ impl Hub1 {
             .collect())
     }
 
-    /// Every connected client: (id, name, transport, pid, uid, gid, subscribed patterns,
-    /// queued messages, queued bytes, messages published, messages delivered to it,
+    /// Every connected client the caller may see (its own uid's; all for root and group
+    /// ipchub): (id, name, transport, pid, uid, gid, subscribed patterns,
+    /// queued frames, queued bytes, messages published, messages delivered to it,
     /// messages it lost, whether it is holding publishers back under "block").
     #[zbus(out_args("clients"))]
-    async fn list_clients(&self) -> Result<Vec<ClientRow>, CallError> {
-        let stats = self.fresh_stats().await?;
+    async fn list_clients(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] call: Header<'_>,
+    ) -> Result<Vec<ClientRow>, CallError> {
+        let stats = self.fresh_stats(conn, &call).await?;
         Ok(stats
             .clients
             .into_iter()
@@ -237,9 +254,13 @@ impl Hub1 {
     ))]
     async fn channel_stats(
         &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] call: Header<'_>,
         name: String,
     ) -> Result<(u32, String, u64, u64, u64, u64), CallError> {
-        let stats = self.fresh_stats().await?;
+        // A channel the caller may not read is "no such channel": its
+        // existence is not told either.
+        let stats = self.fresh_stats(conn, &call).await?;
         let c = stats
             .channels
             .into_iter()

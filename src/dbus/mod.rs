@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::config::{BusKind, DbusConfig};
+use crate::config::{BusKind, DbusConfig, LogConfig};
 use crate::daemon::control::{ControlError, ControlHandle};
 use crate::hub::HubEvent;
 use access::Access;
@@ -57,10 +57,12 @@ const MAX_BATCH: usize = 1024;
 
 /// Start the D-Bus thread. A failure to start it is logged and the hub
 /// goes on without D-Bus.
-pub fn start(cfg: DbusConfig, control: ControlHandle, events: Receiver<HubEvent>) {
+pub fn start(cfg: DbusConfig, log: &LogConfig, control: ControlHandle, events: Receiver<HubEvent>) {
+    let access =
+        Access::from_system().with_log_limits(log.rate_limit_burst, log.rate_limit_per_minute);
     let spawned = std::thread::Builder::new()
         .name("ipchub-dbus".into())
-        .spawn(move || run(&cfg, &control, &events));
+        .spawn(move || run(&cfg, &control, &events, access));
     if let Err(e) = spawned {
         error!("cannot start the D-Bus thread, running without D-Bus: {e}");
     }
@@ -82,9 +84,8 @@ enum End {
 
 /// The thread: connect, serve until the bus goes away, wait, reconnect;
 /// until the daemon stops.
-fn run(cfg: &DbusConfig, control: &ControlHandle, events: &Receiver<HubEvent>) {
+fn run(cfg: &DbusConfig, control: &ControlHandle, events: &Receiver<HubEvent>, access: Access) {
     let bus = bus_label(cfg.bus);
-    let access = Access::from_system();
     let interval = Duration::from_millis(cfg.stats_interval_ms);
     let mut retry = RETRY_FIRST;
     // Once the outage has been reported, further failed attempts are quiet.
@@ -94,7 +95,7 @@ fn run(cfg: &DbusConfig, control: &ControlHandle, events: &Receiver<HubEvent>) {
             Ok(mut session) => {
                 info!(bus, "serving {BUS_NAME} on the D-Bus {bus} bus");
                 retry = RETRY_FIRST;
-                match serve(&mut session, events, interval) {
+                match serve(&mut session, events, interval, &access) {
                     End::HubGone => return,
                     End::BusLost(why) => {
                         warn!(
@@ -136,7 +137,12 @@ fn run(cfg: &DbusConfig, control: &ControlHandle, events: &Receiver<HubEvent>) {
 
 /// Announce events as they come and sample on every tick, until the bus
 /// goes away or the daemon stops.
-fn serve(session: &mut Session, events: &Receiver<HubEvent>, interval: Duration) -> End {
+fn serve(
+    session: &mut Session,
+    events: &Receiver<HubEvent>,
+    interval: Duration,
+    access: &Access,
+) -> End {
     let mut next_tick = Instant::now() + interval;
     loop {
         let wait = next_tick
@@ -151,6 +157,8 @@ fn serve(session: &mut Session, events: &Receiver<HubEvent>, interval: Duration)
             Err(RecvTimeoutError::Timeout) => Ok(()),
             Err(RecvTimeoutError::Disconnected) => return End::HubGone,
         };
+        // At least once a second (LIVENESS): summaries of refusals left out.
+        access.log_summaries();
         let result = result.and_then(|()| {
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + interval;

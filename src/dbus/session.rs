@@ -22,7 +22,7 @@ use super::BUS_NAME;
 use crate::config::BusKind;
 use crate::daemon::control::{ControlError, ControlHandle};
 use crate::hub::stats::ChannelStats;
-use crate::hub::{ControlOp, ControlReply, HubEvent, HubStats};
+use crate::hub::{ControlOp, ControlReply, HubEvent, HubStats, Viewer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -40,9 +40,12 @@ pub struct Session {
     channels: BTreeMap<String, InterfaceRef<Channel1>>,
 }
 
-/// A statistics snapshot from the data thread.
+/// A statistics snapshot from the data thread, of what anyone may see:
+/// properties, channel objects and signals reach every bus member, so they
+/// show only channels every uid may read (the hub-wide totals and counts
+/// are aggregates; see `hub::stats`).
 fn sample(control: &ControlHandle) -> Result<HubStats, ControlError> {
-    match control.call(ControlOp::Stats, CALL_TIMEOUT)? {
+    match control.call(ControlOp::StatsFor(Viewer::Public), CALL_TIMEOUT)? {
         ControlReply::Stats(s) => Ok(*s),
         // The data thread answers Stats with Stats; anything else is a bug
         // there, and "gone" is the safest reading of it.
@@ -184,6 +187,8 @@ impl Session {
                 HubEvent::ClientDisconnected { id } => {
                     Hub1::client_disconnected(emitter, id).await?
                 }
+                // The hub records these only for channels every uid may
+                // read (`Hub::record`): signals reach every bus member.
                 HubEvent::ChannelCreated(name) => {
                     Hub1::channel_created(emitter, &name, object_path(&name)?).await?
                 }

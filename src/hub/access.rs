@@ -44,7 +44,7 @@ struct Rule {
 }
 
 /// A client's credentials as access control sees them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
@@ -145,6 +145,19 @@ impl Policy {
                 };
                 list.iter().any(|p| who.has(p))
             }
+        }
+    }
+
+    /// May every local user, whoever it is, do `op` on a channel governed
+    /// by `rule`? (What may be shown to anyone, e.g. broadcast on D-Bus.)
+    pub fn open_to_all(&self, rule: Option<usize>, op: Op) -> bool {
+        match rule.and_then(|i| self.rules.get(i)) {
+            None => self.default_allow,
+            Some(r) => match op {
+                Op::Publish => &r.publish,
+                Op::Subscribe => &r.subscribe,
+            }
+            .contains(&Principal::Anyone),
         }
     }
 

@@ -6,13 +6,16 @@
 
 use std::collections::BTreeMap;
 
-use super::{ClientId, HubStats};
+use super::{ClientId, HubStats, Viewer};
 
 /// A request from a control thread to the data thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlOp {
-    /// Full statistics snapshot.
+    /// Full statistics snapshot (for the control thread's own use, e.g.
+    /// what D-Bus broadcasts is filtered from it by `StatsFor`).
     Stats,
+    /// A statistics snapshot showing only what `Viewer` may see.
+    StatsFor(Viewer),
     /// Publish as the hub itself (origin 0); replies with the delivery count.
     Publish {
         channel: String,

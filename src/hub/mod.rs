@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod control;
+pub mod loglimit;
 pub mod queue;
 pub mod rings;
 pub mod stats;
@@ -31,9 +32,10 @@ use crate::wire::frame::{error_payload, MAX_PRIORITY};
 use crate::wire::{channel, encode_header, ErrorCode, Frame, FrameType, Pattern, ACK_REQUESTED};
 use access::{Credentials, Op, Policy};
 pub use control::{ControlOp, ControlReply, HubEvent};
+use loglimit::{LogKind, LogLimiter};
 use queue::{Kind, OutQueue};
 pub use rings::{RingRequest, RING_READ, RING_WRITE};
-pub use stats::{ChannelStats, ClientStats, HubStats, Totals};
+pub use stats::{ChannelStats, ClientStats, HubStats, Totals, Viewer};
 
 /// A client's id, unique for the life of the hub (never reused).
 pub type ClientId = u32;
@@ -167,6 +169,8 @@ struct Channel {
     direct: Vec<ClientId>,
     /// Messages written straight into the ring by shm clients.
     published_direct: u64,
+    /// The current ring's count of direct publishes when last counted.
+    direct_seen: u64,
 }
 
 pub struct Hub {
@@ -190,12 +194,15 @@ pub struct Hub {
     /// hub without D-Bus never accumulates them.
     events: Option<Vec<HubEvent>>,
     components: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// Rate limits for log lines clients cause (`log.rate_limit_*`).
+    log_limit: LogLimiter,
 }
 
 impl Hub {
     pub fn new(cfg: Config) -> Hub {
         Hub {
             policy: policy_of(&cfg),
+            log_limit: LogLimiter::new(cfg.log.rate_limit_burst, cfg.log.rate_limit_per_minute),
             uid_bytes: HashMap::default(),
             cfg,
             peers: HashMap::default(),
@@ -208,7 +215,8 @@ impl Hub {
             ring_requests: Vec::new(),
             ring_endpoints: 0,
             started: SystemTime::now(),
-            transports: vec![TransportKind::Socket],
+            // The daemon serves every transport (see `set_transports`).
+            transports: TransportKind::ALL.to_vec(),
             events: None,
             components: Default::default(),
         }
@@ -230,6 +238,16 @@ impl Hub {
     }
 
     fn record(&mut self, ev: HubEvent) {
+        // Events become D-Bus signals, which reach every bus member: a
+        // channel only some may read is not announced (docs/SECURITY.md §6).
+        if let HubEvent::ChannelCreated(name) | HubEvent::ChannelRemoved(name) = &ev {
+            if !self
+                .policy
+                .open_to_all(self.policy.rule_for(name), Op::Subscribe)
+            {
+                return;
+            }
+        }
         if let Some(events) = self.events.as_mut() {
             events.push(ev);
         }
@@ -257,6 +275,8 @@ impl Hub {
                 .set_limits(cfg.queue.max_messages, cfg.queue.max_bytes);
         }
         self.policy = policy_of(&cfg);
+        self.log_limit
+            .set_limits(cfg.log.rate_limit_burst, cfg.log.rate_limit_per_minute);
         for (name, ch) in self.channels.iter_mut() {
             ch.overflow = cfg.overflow_for(name);
             ch.rule = self.policy.rule_for(name);
@@ -479,17 +499,35 @@ impl Hub {
         }
     }
 
-    /// When the next block timeout can fire, if any publisher is paused.
+    /// When the next block timeout can fire, if any publisher is paused, or
+    /// the next summary of suppressed log lines is due.
     pub fn next_deadline(&self) -> Option<Instant> {
         let timeout = Duration::from_millis(self.cfg.hub.block_timeout_ms);
         self.peers
             .values()
             .filter_map(|p| p.blocked.map(|(_, since)| since + timeout))
+            .chain(self.log_limit.next_due())
             .min()
     }
 
-    /// Condemn subscribers that held publishers back past `block_timeout_ms`.
+    /// May a log line of `kind` that a client of `uid` caused be written
+    /// now? (The rest are counted and summed up; see `loglimit`.)
+    pub fn log_allowed(&mut self, uid: u32, kind: LogKind) -> bool {
+        self.log_limit.allow(uid, kind, Instant::now())
+    }
+
+    /// Condemn subscribers that held publishers back past `block_timeout_ms`
+    /// (and log the summaries of suppressed log lines that are due).
     pub fn check_timeouts(&mut self, now: Instant) {
+        for (uid, kind, n) in self.log_limit.take_due(now) {
+            tracing::warn!(
+                client_uid = uid,
+                kind = kind.as_str(),
+                suppressed = n,
+                "{n} similar messages suppressed (log lines of kind '{}' caused by uid {uid}; limits log.rate_limit_burst, log.rate_limit_per_minute)",
+                kind.as_str()
+            );
+        }
         let timeout = Duration::from_millis(self.cfg.hub.block_timeout_ms);
         let mut late: Vec<ClientId> = self
             .peers
@@ -569,7 +607,8 @@ impl Hub {
                 Step::Continue
             }
             FrameType::StatsRequest => {
-                let json = serde_json::to_vec(&self.stats()).unwrap_or_default();
+                // Only what this client's credentials may see (report.rs).
+                let json = self.stats_reply(id);
                 self.send_control(id, FrameType::StatsReply, seq, &json);
                 Step::Continue
             }
@@ -631,7 +670,12 @@ impl Hub {
                 "uid {} may not subscribe to '{}' (access policy)",
                 peer.creds.uid, pat
             );
-            tracing::warn!(client = id, client_pid = peer.ident.pid, client_uid = peer.ident.uid, channel = %pat, "subscribe denied");
+            if self
+                .log_limit
+                .allow(peer.ident.uid, LogKind::Denied, Instant::now())
+            {
+                tracing::warn!(client = id, client_pid = peer.ident.pid, client_uid = peer.ident.uid, channel = %pat, "subscribe denied");
+            }
             return Err((ErrorCode::NotPermitted, text));
         }
         peer.patterns.push(pat.clone());
@@ -725,6 +769,7 @@ impl Hub {
                 ring: None,
                 direct: Vec::new(),
                 published_direct: 0,
+                direct_seen: 0,
             },
         );
         self.record(HubEvent::ChannelCreated(name.to_string()));
@@ -749,13 +794,15 @@ impl Hub {
             let rule = self.channels[frame.channel].rule;
             let peer = &self.peers[&id];
             if !peer.internal && !self.policy.allows_with(rule, &peer.creds, Op::Publish) {
-                tracing::warn!(
-                    client = id,
-                    client_pid = peer.ident.pid,
-                    client_uid = peer.ident.uid,
-                    channel = frame.channel,
-                    "publish denied"
-                );
+                if self.log_limit.allow(peer.ident.uid, LogKind::Denied, now) {
+                    tracing::warn!(
+                        client = id,
+                        client_pid = peer.ident.pid,
+                        client_uid = peer.ident.uid,
+                        channel = frame.channel,
+                        "publish denied"
+                    );
+                }
                 let text = format!(
                     "uid {} may not publish to '{}' (access policy)",
                     peer.creds.uid, frame.channel

@@ -81,6 +81,11 @@ impl OutQueue {
     pub fn messages(&self) -> usize {
         self.data_msgs
     }
+    /// Every queued frame, control frames included (what
+    /// [`total_bytes`](Self::total_bytes) counts in bytes).
+    pub fn frames(&self) -> usize {
+        self.frames.len()
+    }
     pub fn data_bytes(&self) -> usize {
         self.data_bytes
     }

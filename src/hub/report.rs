@@ -1,15 +1,48 @@
-//! The statistics snapshot of the whole hub (see `stats.rs` for its schema).
+//! The statistics snapshot of the hub (see `stats.rs` for its schema), built
+//! for a [`Viewer`]: the one place that decides who may see which channel
+//! and which client.
 
 use std::time::SystemTime;
 
+use super::stats::Viewer;
 use super::*;
 
 impl Hub {
+    /// Everything (for the hub's own use and privileged callers).
     pub fn stats(&self) -> HubStats {
+        self.stats_for(&Viewer::All)
+    }
+
+    /// The STATS_REPLY payload for client `id`: what its credentials may see.
+    pub(super) fn stats_reply(&self, id: ClientId) -> Vec<u8> {
+        let viewer = match self.peers.get(&id) {
+            Some(p) if p.internal => Viewer::All,
+            Some(p) => Viewer::of(&p.creds, nix::unistd::geteuid().as_raw()),
+            None => Viewer::Public,
+        };
+        serde_json::to_vec(&self.stats_for(&viewer)).unwrap_or_default()
+    }
+
+    /// A channel is shown if the viewer may subscribe to it under the
+    /// `[access]` rules (so a name it may not read is never shown, nor its
+    /// counters); a client only to its own uid. Totals and counts are
+    /// hub-wide aggregates (see `stats.rs`).
+    pub fn stats_for(&self, viewer: &Viewer) -> HubStats {
         let now = SystemTime::now();
+        let sees_channel = |c: &Channel| match viewer {
+            Viewer::All => true,
+            Viewer::User(creds) => self.policy.allows_with(c.rule, creds, Op::Subscribe),
+            Viewer::Public => self.policy.open_to_all(c.rule, Op::Subscribe),
+        };
+        let sees_client = |p: &Peer| match viewer {
+            Viewer::All => true,
+            Viewer::User(creds) => p.ident.uid == creds.uid,
+            Viewer::Public => false,
+        };
         let mut channels: Vec<ChannelStats> = self
             .channels
             .iter()
+            .filter(|(_, c)| sees_channel(c))
             .map(|(name, c)| ChannelStats {
                 name: name.to_string(),
                 // Direct readers of the channel's ring count too (a client
@@ -30,7 +63,7 @@ impl Hub {
         let mut clients: Vec<ClientStats> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.ring_endpoint)
+            .filter(|(_, p)| !p.ring_endpoint && sees_client(p))
             .map(|(id, p)| ClientStats {
                 id: *id,
                 name: p.name.clone(),
@@ -39,7 +72,9 @@ impl Hub {
                 uid: p.ident.uid,
                 gid: p.ident.gid,
                 subscriptions: p.patterns.iter().map(|p| p.to_string()).collect(),
-                queue_messages: p.out.messages(),
+                // Frames and bytes alike: answers (ACK, STATS_REPLY…) and
+                // notices wait in the same queue as messages.
+                queue_messages: p.out.frames(),
                 queue_bytes: p.out.total_bytes(),
                 messages_in: p.counters.messages_in,
                 messages_out: p.counters.messages_out,
@@ -76,7 +111,106 @@ impl Hub {
             totals: self.totals.clone(),
             channels,
             clients,
-            components: self.components.clone(),
+            // Components (the MQTT bridge's broker, its state) are the
+            // administrator's business.
+            components: match viewer {
+                Viewer::All => self.components.clone(),
+                _ => Default::default(),
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AccessConfig, AccessDefault, AccessRule};
+
+    fn client(hub: &mut Hub, uid: u32, patterns: &[&str]) -> ClientId {
+        let groups = if uid == 1000 { vec![50] } else { Vec::new() };
+        let id = hub
+            .admit_with_groups(
+                Identity {
+                    pid: 1,
+                    uid,
+                    gid: uid,
+                },
+                groups,
+            )
+            .unwrap();
+        hub.set_transport(id, TransportKind::Socket, &format!("uid{uid}"));
+        for p in patterns {
+            hub.subscribe(id, p).unwrap();
+        }
+        id
+    }
+
+    #[test]
+    fn each_viewer_sees_what_its_credentials_may_read() {
+        let cfg = Config {
+            access: AccessConfig {
+                default: AccessDefault::Allow,
+                rule: vec![
+                    AccessRule {
+                        pattern: "team/#".into(),
+                        publish: vec!["gid:50".into()],
+                        subscribe: vec!["gid:50".into()],
+                    },
+                    AccessRule {
+                        pattern: "root/#".into(),
+                        publish: vec!["uid:0".into()],
+                        subscribe: vec!["uid:0".into()],
+                    },
+                ],
+            },
+            ..Config::default()
+        };
+        let mut hub = Hub::new(cfg);
+        let root = client(&mut hub, 0, &["root/secret"]);
+        let member = client(&mut hub, 1000, &["team/x"]);
+        let other = client(&mut hub, 1001, &["pub/news"]);
+        let names = |st: &HubStats| -> (Vec<String>, Vec<ClientId>) {
+            (
+                st.channels.iter().map(|c| c.name.clone()).collect(),
+                st.clients.iter().map(|c| c.id).collect(),
+            )
+        };
+        let all = hub.stats_for(&Viewer::All);
+        assert_eq!(
+            names(&all),
+            (
+                vec!["pub/news".into(), "root/secret".into(), "team/x".into()],
+                vec![root, member, other]
+            )
+        );
+        let user = |uid, groups: Vec<u32>| {
+            Viewer::User(Credentials {
+                uid,
+                gid: uid,
+                groups,
+            })
+        };
+        let m = hub.stats_for(&user(1000, vec![50]));
+        assert_eq!(
+            names(&m),
+            (vec!["pub/news".into(), "team/x".into()], vec![member])
+        );
+        let o = hub.stats_for(&user(1001, vec![]));
+        assert_eq!(names(&o), (vec!["pub/news".into()], vec![other]));
+        let public = hub.stats_for(&Viewer::Public);
+        assert_eq!(names(&public), (vec!["pub/news".into()], vec![]));
+        // Aggregates stay hub-wide in every view.
+        assert_eq!((o.client_count, o.channel_count), (3, 3));
+        assert_eq!(Viewer::of(&Credentials::default(), 996), Viewer::All);
+        assert_eq!(
+            Viewer::of(
+                &Credentials {
+                    uid: 996,
+                    ..Default::default()
+                },
+                996
+            ),
+            Viewer::All
+        );
     }
 }

@@ -9,6 +9,8 @@
 //!   peer is then the only hub-side target), so all subscribers see one order;
 //! - direct readers are not hub subscribers of the channel: they read the ring.
 
+use std::time::Instant;
+
 use super::*;
 
 /// Role bits of OPEN_RING.
@@ -91,13 +93,15 @@ impl Hub {
             (RING_WRITE, Op::Publish, "publish to"),
         ] {
             if roles & bit != 0 && !self.policy.allows_with(ch.rule, &creds, op) {
-                tracing::warn!(
-                    client = id,
-                    client_pid = pid,
-                    client_uid = uid,
-                    channel,
-                    "channel ring denied"
-                );
+                if self.log_limit.allow(uid, LogKind::Denied, Instant::now()) {
+                    tracing::warn!(
+                        client = id,
+                        client_pid = pid,
+                        client_uid = uid,
+                        channel,
+                        "channel ring denied"
+                    );
+                }
                 return Err((
                     ErrorCode::NotPermitted,
                     format!("uid {uid} may not {verb} '{channel}' (access policy)"),
@@ -153,6 +157,8 @@ impl Hub {
         if let Some(ch) = self.channels.get_mut(channel) {
             ch.ring = None;
             ch.direct.clear();
+            // A new ring counts from zero again.
+            ch.direct_seen = 0;
         }
     }
 
@@ -182,10 +188,22 @@ impl Hub {
         self.totals.dropped += n;
     }
 
-    /// Messages direct writers published, which the hub never saw.
+    /// Messages direct writers published (so far, on the channel's current
+    /// ring), which the hub never saw. Each new one was delivered to every
+    /// direct reader of the ring (the hub's own subscribers are counted when
+    /// its endpoint reads it): as far as the hub can know, what the
+    /// publisher's ACK said. Participants can garble these figures for their
+    /// own channel (the count lives in the shared header); the arithmetic
+    /// saturates.
     pub fn count_direct(&mut self, channel: &str, messages: u64) {
         if let Some(ch) = self.channels.get_mut(channel) {
-            ch.published_direct = messages;
+            let new = messages.saturating_sub(ch.direct_seen);
+            ch.direct_seen = messages;
+            let delivered = new.saturating_mul(ch.direct.len() as u64);
+            ch.published_direct = ch.published_direct.saturating_add(new);
+            ch.delivered = ch.delivered.saturating_add(delivered);
+            self.totals.messages_in = self.totals.messages_in.saturating_add(new);
+            self.totals.messages_out = self.totals.messages_out.saturating_add(delivered);
         }
     }
 }

@@ -1,9 +1,42 @@
 //! Statistics snapshots: what `ipchubctl stats`, the STATS_REPLY frame and the
 //! D-Bus interface report. One serde schema serves all three.
+//!
+//! Every snapshot is built for a [`Viewer`] (`Hub::stats_for`, the one place
+//! that decides what a requester may see): the control socket passes the
+//! requesting client's credentials, D-Bus those the bus reports for the
+//! caller, and what D-Bus broadcasts is built for [`Viewer::Public`].
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use super::access::Credentials;
+
+/// Who a statistics snapshot is for, and so what it may show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// Root, the hub's own uid (and on D-Bus group `ipchub`): everything.
+    All,
+    /// One local user: the channels its credentials may subscribe to under
+    /// the `[access]` rules, and its own clients (same uid).
+    User(Credentials),
+    /// Anyone at all (what D-Bus broadcasts in properties and signals):
+    /// channels every uid may subscribe to, and no clients.
+    Public,
+}
+
+impl Viewer {
+    /// The viewer for a requester with these kernel credentials, asking a
+    /// hub that runs as `hub_uid`. Root and the hub's own uid could read
+    /// the hub's memory anyway; they see everything.
+    pub fn of(creds: &Credentials, hub_uid: u32) -> Viewer {
+        if creds.uid == 0 || creds.uid == hub_uid {
+            Viewer::All
+        } else {
+            Viewer::User(creds.clone())
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
@@ -16,6 +49,10 @@ pub struct Totals {
     /// Messages lost to `drop-oldest` or to a `disconnect`ed subscriber.
     pub dropped: u64,
 }
+
+// Totals, `client_count` and `channel_count` are hub-wide in every view:
+// aggregate numbers carry no name, no uid and no content, and the hub's
+// activity is visible to every user anyway (its CPU time in /proc).
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HubStats {
@@ -55,6 +92,9 @@ pub struct ClientStats {
     pub uid: u32,
     pub gid: u32,
     pub subscriptions: Vec<String>,
+    /// Frames waiting in the hub for this client (messages, and the
+    /// answers and notices between them), and their bytes: the same frames
+    /// counted both ways.
     pub queue_messages: usize,
     pub queue_bytes: usize,
     pub messages_in: u64,

@@ -7,6 +7,7 @@ use mio::unix::SourceFd;
 use tracing::{info, warn};
 
 use super::*;
+use crate::hub::loglimit::LogKind;
 
 impl EventLoop {
     /// Disconnect a client. Its subscriptions end at once; if an explanation
@@ -33,22 +34,30 @@ impl EventLoop {
                 };
             }
         }
-        if peer_gone {
-            info!(
-                client = id,
-                client_pid = c.ident.pid,
-                client_uid = c.ident.uid,
-                transport = c.transport.name(),
-                "client disconnected"
-            );
+        // Client-caused lines, rate-limited per uid (hub::loglimit).
+        let kind = if peer_gone {
+            LogKind::Connection
         } else {
-            warn!(
-                client = id,
-                client_pid = c.ident.pid,
-                client_uid = c.ident.uid,
-                transport = c.transport.name(),
-                "client disconnected: {reason}"
-            );
+            LogKind::Disconnected
+        };
+        if self.hub.log_allowed(c.ident.uid, kind) {
+            if peer_gone {
+                info!(
+                    client = id,
+                    client_pid = c.ident.pid,
+                    client_uid = c.ident.uid,
+                    transport = c.transport.name(),
+                    "client disconnected"
+                );
+            } else {
+                warn!(
+                    client = id,
+                    client_pid = c.ident.pid,
+                    client_uid = c.ident.uid,
+                    transport = c.transport.name(),
+                    "client disconnected: {reason}"
+                );
+            }
         }
         let leftover = if peer_gone {
             None

@@ -129,6 +129,9 @@ impl EventLoop {
         while let Ok((op, reply)) = self.control_rx.try_recv() {
             let answer = match op {
                 ControlOp::Stats => ControlReply::Stats(Box::new(self.hub.stats())),
+                ControlOp::StatsFor(viewer) => {
+                    ControlReply::Stats(Box::new(self.hub.stats_for(&viewer)))
+                }
                 ControlOp::Publish {
                     channel,
                     payload,
