@@ -93,6 +93,11 @@ enum Start {
 /// Start ipchubd on `socket` with `config`; if it comes up, make one round
 /// trip (so start-up, publish FIFOs included, is over) and kill it.
 fn start_daemon(socket: &Path, config: &str) -> Start {
+    start_daemon_then(socket, config, |_| {})
+}
+
+/// As [`start_daemon`], running `served` while the hub serves.
+fn start_daemon_then(socket: &Path, config: &str, served: impl FnOnce(&Path)) -> Start {
     let cfgdir = tempfile::tempdir().unwrap();
     let cfg = cfgdir.path().join("ipchub.toml");
     std::fs::write(&cfg, format!("{config}\n[dbus]\nenabled = false\n")).unwrap();
@@ -122,6 +127,7 @@ fn start_daemon(socket: &Path, config: &str) -> Start {
         if let Ok(mut c) = Client::connect(&opts) {
             let _ = c.stats();
             drop(c);
+            served(socket);
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::SIGTERM,
@@ -303,6 +309,8 @@ fn cleanup_at_start_removes_only_fifos() {
     let before: Vec<_> = std::fs::read_dir(&fifo).unwrap().flatten().collect();
     assert!(before.len() >= 4, "two FIFOs, a file, a link");
     hub.restart();
+    // A round trip: the publish FIFOs are made before the first client is served.
+    hub.client().stats().unwrap();
     let mut names: Vec<String> = std::fs::read_dir(&fifo)
         .unwrap()
         .flatten()
@@ -378,12 +386,26 @@ fn a_publish_fifo_others_may_write_on_a_forbidden_channel_is_refused() {
     // The hub refuses to start on it, so nobody can publish through it...
     let shared = tempfile::tempdir().unwrap();
     std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let start = start_daemon(&shared.path().join("s.sock"), &bad);
     let door = shared.path().join("pub/secure/door");
-    if let Start::Served(_) = start {
-        // (what the hub as found did: show that the FIFO bypassed [access])
-        panic!("the hub started with a publish FIFO that bypasses [access]");
-    }
+    let start = start_daemon_then(&shared.path().join("s.sock"), &bad, |socket| {
+        // What the hub as it was allowed: nobody publishes through the FIFO.
+        let mut sub = Client::connect(&Options {
+            socket: Some(socket.to_path_buf()),
+            transport: TransportKind::Socket,
+            name: "sub".into(),
+        })
+        .unwrap();
+        sub.subscribe("secure/door").unwrap();
+        let out = as_nobody(&["sh", "-c", &format!("echo forged > {}", door.display())]);
+        let got = sub.recv(Some(Duration::from_secs(2))).unwrap();
+        assert!(
+            got.is_none(),
+            "nobody published {:?} on secure/door (write: {:?})",
+            got.map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
+            out.status
+        );
+    });
+    assert_refused(start, &["fifo.publish_channels[1]"]);
     assert!(!door.exists());
     // ...and with a mode that keeps others out, nobody's write goes nowhere
     // while the hub's own user still publishes through it.
@@ -407,6 +429,8 @@ fn a_publish_fifo_others_may_write_on_a_forbidden_channel_is_refused() {
 #[test]
 fn a_reload_whose_rules_the_running_publish_fifos_bypass_is_refused() {
     let hub = Hub::start_with("[fifo]\npublish_channels = [\"secure/door\"]\n");
+    // A round trip: the event loop (and its SIGHUP handler) is running.
+    hub.client().stats().unwrap();
     std::fs::write(
         &hub.config,
         format!("{FORBIDDEN}\n[dbus]\nenabled = false\n"),
