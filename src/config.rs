@@ -135,6 +135,10 @@ pub struct FifoConfig {
     pub publish_channels: Vec<String>,
     /// Mode of the publish FIFOs (who may publish by writing to them).
     pub publish_mode: u32,
+    /// Group of the publish FIFOs (name or number); empty: the hub's own
+    /// (effective) group. Its members may write when publish_mode has
+    /// group-write bits.
+    pub publish_group: String,
 }
 
 impl Default for FifoConfig {
@@ -142,7 +146,27 @@ impl Default for FifoConfig {
         FifoConfig {
             publish_channels: Vec::new(),
             publish_mode: 0o622,
+            publish_group: String::new(),
         }
+    }
+}
+
+impl FifoConfig {
+    /// The gid the publish FIFOs get: `publish_group` resolved, or the
+    /// calling process's effective gid when it is empty.
+    pub fn group_gid(&self) -> Result<u32, String> {
+        let g = self.publish_group.as_str();
+        if g.is_empty() {
+            return Ok(nix::unistd::getegid().as_raw());
+        }
+        if let Ok(n) = g.parse::<u32>() {
+            return Ok(n);
+        }
+        nix::unistd::Group::from_name(g)
+            .ok()
+            .flatten()
+            .map(|gr| gr.gid.as_raw())
+            .ok_or_else(|| format!("'{g}': no such group"))
     }
 }
 
@@ -705,8 +729,8 @@ pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "o
 /// carries no credentials), so the set of users its mode lets write must
 /// all be allowed to publish on its channel: with other-write bits every
 /// user (the rule must grant "*"), with group-write bits every member of
-/// the FIFO's group, the hub's effective group (the rule must grant "*" or
-/// that group). The owner is the hub's own uid. Also used on reload, with
+/// the FIFO's group, `publish_group` or else the hub's effective group (the
+/// rule must grant "*" or that group). The owner is the hub's own uid. Also used on reload, with
 /// the publish FIFOs the running hub has open and the new `[access]`.
 pub fn check_publish_fifo_access(
     fifo: &FifoConfig,
@@ -717,7 +741,14 @@ pub fn check_publish_fifo_access(
     let Ok(policy) = Policy::from_config(access) else {
         return Ok(());
     };
-    let gid = nix::unistd::getegid().as_raw();
+    let gid = fifo
+        .group_gid()
+        .map_err(|m| ("fifo.publish_group".to_string(), m))?;
+    let group = if fifo.publish_group.is_empty() {
+        format!("group gid {gid} (the hub's group: fifo.publish_group is empty)")
+    } else {
+        format!("group gid {gid} (fifo.publish_group)")
+    };
     let mode = fifo.publish_mode;
     for (i, ch) in fifo.publish_channels.iter().enumerate() {
         let governing = || match policy.rule_for(ch) {
@@ -748,7 +779,7 @@ pub fn check_publish_fifo_access(
         }
         if mode & 0o020 != 0 && !policy.allows_all_of(ch, &Principal::Gid(gid), Op::Publish) {
             return refuse(
-                format!("group gid {gid} (the hub's group)"),
+                group.clone(),
                 format!("use publish_mode = 0o600, or let \"gid:{gid}\" publish there"),
             );
         }
@@ -1056,5 +1087,30 @@ mod tests {
         );
         // Only the hub's user: always fine.
         parse(cfg("deny", "[]", "0o600")).unwrap();
+        // A named group: the rule must grant that group.
+        let with_group = |publish: &str| {
+            let t = cfg("allow", publish, "0o620").replace(
+                "publish_mode = 0o620\n",
+                &format!("publish_mode = 0o620\npublish_group = \"{}\"\n", gid + 7),
+            );
+            parse(t)
+        };
+        let e = with_group(&format!("[\"gid:{gid}\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("gid {}", gid + 7)) && e.contains("fifo.publish_group"),
+            "{e}"
+        );
+        with_group(&format!("[\"gid:{}\"]", gid + 7)).unwrap();
+        let e = parse(
+            "[fifo]\npublish_group = \"no-such-group-x\"\npublish_channels = [\"a\"]\n".into(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("fifo.publish_group") && e.contains("line 2") && e.contains("no such group"),
+            "{e}"
+        );
     }
 }

@@ -424,6 +424,34 @@ fn a_publish_fifo_others_may_write_on_a_forbidden_channel_is_refused() {
         .is_none());
 }
 
+/// Group-write bits serve exactly the group the rules allow: the FIFO
+/// gets `publish_group`, whose member `nobody` publishes through it. (Lines
+/// are published with the hub's credentials, so the rule names root too.)
+#[test]
+fn a_group_writable_publish_fifo_serves_the_group_the_rules_allow() {
+    let hub = Hub::start_with(
+        r#"
+[fifo]
+publish_channels = ["team/news"]
+publish_mode = 0o620
+publish_group = "nogroup"
+[[access.rule]]
+pattern = "team/#"
+publish = ["user:root", "group:nogroup"]
+subscribe = ["*"]
+"#,
+    );
+    std::fs::set_permissions(hub.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut sub = hub.subscriber(TransportKind::Socket, "team/news");
+    let fifo = hub.dir.path().join("pub/team/news");
+    let m = std::fs::metadata(&fifo).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 65534, 0o620));
+    let out = as_nobody(&["sh", "-c", &format!("echo hello > {}", fifo.display())]);
+    assert!(out.status.success(), "{out:?}");
+    let m = sub.recv(Some(Duration::from_secs(10))).unwrap().unwrap();
+    assert_eq!(m.payload, b"hello");
+}
+
 /// On SIGHUP a new `[access]` that the running publish FIFOs would bypass
 /// is refused, keeping the running configuration.
 #[test]

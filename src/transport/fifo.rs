@@ -204,7 +204,7 @@ pub fn accept(up: &str, down: &str) -> Result<StreamLink, SetupError> {
 }
 
 /// Create the publish FIFO for `channel` at `<runtime>/pub/<channel>`
-/// (levels become directories), mode `mode`, group the hub's. Channel names
+/// (levels become directories), mode `mode`, group `gid`. Channel names
 /// have no `.`, `..` or empty levels, so the path cannot leave `pub/`; each
 /// level is a directory the hub owns, made and opened relative to the one
 /// above without following symlinks, and the mode is set on the open FIFO.
@@ -212,6 +212,7 @@ pub fn publish_fifo(
     runtime_dir: &Path,
     channel: &str,
     mode: u32,
+    gid: u32,
 ) -> Result<(OwnedFd, PlacedFifo), DirError> {
     let invalid = |m: String| DirError::Io {
         path: runtime_dir.join(PUB_DIR).join(channel),
@@ -240,9 +241,9 @@ pub fn publish_fifo(
         dir: dir.path().to_path_buf(),
         name: leaf.to_string(),
     };
-    // The group is the hub's, whatever the directory: the access check of
-    // `[fifo] publish_mode` (config.rs) counts on it.
-    nix::unistd::fchown(fd.as_raw_fd(), None, Some(nix::unistd::getegid())).map_err(io)?;
+    // The group is `[fifo] publish_group` (or the hub's), whatever the
+    // directory: the access check of `publish_mode` (config.rs) counts on it.
+    nix::unistd::fchown(fd.as_raw_fd(), None, Some(gid.into())).map_err(io)?;
     // On the descriptor, after mkfifo: the umask must not narrow the mode.
     nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode)).map_err(io)?;
     Ok((fd, placed))

@@ -92,9 +92,17 @@ impl EventLoop {
         if cfg.publish_channels.is_empty() {
             return;
         }
+        // Validated at load: a group that cannot be resolved never gets here.
+        let gid = cfg
+            .group_gid()
+            .unwrap_or_else(|_| nix::unistd::getegid().as_raw());
         for ch in &cfg.publish_channels {
-            match crate::transport::fifo::publish_fifo(&self.opts.runtime_dir, ch, cfg.publish_mode)
-            {
+            match crate::transport::fifo::publish_fifo(
+                &self.opts.runtime_dir,
+                ch,
+                cfg.publish_mode,
+                gid,
+            ) {
                 Ok((fd, placed)) => {
                     let path = placed.path();
                     let max = self.hub.config().hub.max_message_size as usize;
