@@ -217,9 +217,10 @@ impl SafeDir {
         Ok(d)
     }
 
-    /// The subdirectory `name` (one path component), created mode 0755 if
-    /// missing and `create`; `None` if missing and not `create`. It must be
-    /// a real directory owned by the hub's uid that nobody else may write.
+    /// The subdirectory `name` (one path component), created if missing and
+    /// `create` (and then made mode 0755); `None` if missing and not
+    /// `create`. It must be a real directory owned by the hub's uid that
+    /// nobody else may write.
     pub fn subdir(&self, name: &str, create: bool) -> Result<Option<SafeDir>, DirError> {
         use std::os::fd::AsRawFd;
         let path = self.path.join(name);
@@ -257,7 +258,7 @@ impl SafeDir {
         let mode = d.check_own()?;
         // Clients must reach their FIFOs below it; the umask may have
         // narrowed mkdirat's mode. fchmod acts on the verified directory.
-        if mode & 0o777 != 0o755 {
+        if create && mode & 0o777 != 0o755 {
             nix::sys::stat::fchmod(
                 d.fd.as_raw_fd(),
                 nix::sys::stat::Mode::from_bits_truncate(0o755),

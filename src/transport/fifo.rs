@@ -259,3 +259,38 @@ pub fn remove_publish_dir(dir: &Path) {
         let _ = std::fs::remove_dir(dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client never uses a FIFO someone else owns: whoever made it could
+    /// read or forge its traffic.
+    #[test]
+    fn the_client_refuses_fifos_it_does_not_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = dir.path().join("1.up");
+        let down = dir.path().join("1.down");
+        for p in [&up, &down] {
+            nix::unistd::mkfifo(p.as_path(), Mode::from_bits_truncate(0o666)).unwrap();
+        }
+        // Hold a reader on `up` so the client's O_WRONLY open succeeds.
+        let _r = nix::fcntl::open(
+            up.as_path(),
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let other = if me == 65534 { 65533 } else { 65534 };
+        // Like the other multi-user tests, this one runs as root.
+        let chown = |p: &Path, uid: u32| nix::unistd::chown(p, Some(uid.into()), None).unwrap();
+        chown(&down, other);
+        let e = accept(up.to_str().unwrap(), down.to_str().unwrap())
+            .err()
+            .expect("a foreign FIFO was accepted");
+        assert!(e.to_string().contains("not a FIFO owned by uid"), "{e}");
+        chown(&down, me);
+        accept(up.to_str().unwrap(), down.to_str().unwrap()).unwrap();
+    }
+}
