@@ -27,6 +27,33 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// A [`Value`](Self::Value) error located in the file: the line of the
+    /// key, or of the table holding it where the key is not written.
+    #[error("invalid config {path}, line {line}: {key}: {message}")]
+    ValueAt {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Give a [`Value`](Self::Value) error the line of its key in `text`.
+    fn located(self, text: &str) -> ConfigError {
+        match self {
+            ConfigError::Value { path, key, message } => match key_line(text, &key) {
+                Some(line) => ConfigError::ValueAt {
+                    path,
+                    line,
+                    key,
+                    message,
+                },
+                None => ConfigError::Value { path, key, message },
+            },
+            e => e,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -108,6 +135,10 @@ pub struct FifoConfig {
     pub publish_channels: Vec<String>,
     /// Mode of the publish FIFOs (who may publish by writing to them).
     pub publish_mode: u32,
+    /// Group of the publish FIFOs (name or number); empty: the hub's own
+    /// (effective) group. Its members may write when publish_mode has
+    /// group-write bits.
+    pub publish_group: String,
 }
 
 impl Default for FifoConfig {
@@ -115,7 +146,27 @@ impl Default for FifoConfig {
         FifoConfig {
             publish_channels: Vec::new(),
             publish_mode: 0o622,
+            publish_group: String::new(),
         }
+    }
+}
+
+impl FifoConfig {
+    /// The gid the publish FIFOs get: `publish_group` resolved, or the
+    /// calling process's effective gid when it is empty.
+    pub fn group_gid(&self) -> Result<u32, String> {
+        let g = self.publish_group.as_str();
+        if g.is_empty() {
+            return Ok(nix::unistd::getegid().as_raw());
+        }
+        if let Ok(n) = g.parse::<u32>() {
+            return Ok(n);
+        }
+        nix::unistd::Group::from_name(g)
+            .ok()
+            .flatten()
+            .map(|gr| gr.gid.as_raw())
+            .ok_or_else(|| format!("'{g}': no such group"))
     }
 }
 
@@ -494,7 +545,7 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        cfg.validate(path)?;
+        cfg.validate(path).map_err(|e| e.located(text))?;
         Ok(cfg)
     }
 
@@ -596,12 +647,6 @@ impl Config {
                 "must be between 4096 and 1073741824".into(),
             ));
         }
-        if self.fifo.publish_mode > 0o777 {
-            return Err(bad(
-                "fifo.publish_mode",
-                "must be a file mode such as 0o622".into(),
-            ));
-        }
         for (i, sp) in self.spawn.iter().enumerate() {
             if sp.command.is_empty() || sp.command[0].is_empty() {
                 return Err(bad(
@@ -629,6 +674,57 @@ impl Config {
             .mqtt
             .validate()
             .map_err(|(key, message)| bad(&key, message))?;
+        self.validate_semantics()
+            .map_err(|(key, message)| bad(&key, message))?;
+        check_publish_fifo_access(&self.fifo, &self.access)
+            .map_err(|(key, message)| bad(&key, message))?;
+        Ok(())
+    }
+
+    /// Values that parse but would not do what they say: a log level that
+    /// logs nothing, a block timeout of zero, a publish FIFO mode that lets
+    /// others read (and so steal) what is written to it.
+    fn validate_semantics(&self) -> Result<(), (String, String)> {
+        if !LOG_LEVELS.contains(&self.log.level.to_ascii_lowercase().as_str()) {
+            return Err((
+                "log.level".into(),
+                format!(
+                    "'{}' is not a log level; use one of {} (IPCHUB_LOG takes any tracing filter)",
+                    self.log.level,
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+        if self.hub.block_timeout_ms == 0 {
+            return Err((
+                "hub.block_timeout_ms".into(),
+                "must be at least 1 (0 would disconnect any subscriber the moment it is behind)"
+                    .into(),
+            ));
+        }
+        let mode = self.fifo.publish_mode;
+        let key = || "fifo.publish_mode".to_string();
+        if mode > 0o7777 {
+            return Err((key(), "must be a file mode such as 0o622".into()));
+        }
+        if mode & 0o7000 != 0 {
+            return Err((
+                key(),
+                format!("{mode:#o} has setuid, setgid or sticky bits (0o7000), which mean nothing on a FIFO; use write bits only, e.g. 0o622"),
+            ));
+        }
+        if mode & 0o044 != 0 {
+            return Err((
+                key(),
+                format!("{mode:#o} lets group or others read the publish FIFOs: a reader would take messages before the hub does; use write bits only, e.g. 0o622"),
+            ));
+        }
+        if mode & 0o111 != 0 {
+            return Err((
+                key(),
+                format!("{mode:#o} has execute bits, which mean nothing on a FIFO; use e.g. 0o622"),
+            ));
+        }
         Ok(())
     }
 
@@ -640,6 +736,128 @@ impl Config {
             .find(|(p, _)| p.matches(channel))
             .map_or(self.queue.overflow, |(_, o)| o)
     }
+}
+
+/// The values `log.level` accepts.
+pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Refuse publish FIFOs that would let someone publish where `[access]`
+/// forbids it. Whoever writes to a FIFO is unknown to the hub (a FIFO
+/// carries no credentials), so the set of users its mode lets write must
+/// all be allowed to publish on its channel: with other-write bits every
+/// user (the rule must grant "*"), with group-write bits every member of
+/// the FIFO's group, `publish_group` or else the hub's effective group (the
+/// rule must grant "*" or that group). The owner is the hub's own uid. Also used on reload, with
+/// the publish FIFOs the running hub has open and the new `[access]`.
+pub fn check_publish_fifo_access(
+    fifo: &FifoConfig,
+    access: &AccessConfig,
+) -> Result<(), (String, String)> {
+    use crate::hub::access::{Op, Policy, Principal};
+    // An invalid [access] is reported by the caller's own check.
+    let Ok(policy) = Policy::from_config(access) else {
+        return Ok(());
+    };
+    let gid = fifo
+        .group_gid()
+        .map_err(|m| ("fifo.publish_group".to_string(), m))?;
+    let group = if fifo.publish_group.is_empty() {
+        format!("group gid {gid} (the hub's group: fifo.publish_group is empty)")
+    } else {
+        format!("group gid {gid} (fifo.publish_group)")
+    };
+    let mode = fifo.publish_mode;
+    for (i, ch) in fifo.publish_channels.iter().enumerate() {
+        let governing = || match policy.rule_for(ch) {
+            Some(r) => format!("access.rule[{r}] (pattern '{}')", access.rule[r].pattern),
+            None => format!(
+                "[access] default = \"{}\"",
+                if access.default == AccessDefault::Allow {
+                    "allow"
+                } else {
+                    "deny"
+                }
+            ),
+        };
+        let refuse = |who: String, fix: String| {
+            Err((
+                format!("fifo.publish_channels[{i}]"),
+                format!(
+                    "publish_mode {mode:#o} lets {who} write the publish FIFO of '{ch}', but {} does not let all of them publish there (a FIFO's writer has no credentials the hub could check); {fix}",
+                    governing()
+                ),
+            ))
+        };
+        if mode & 0o002 != 0 && !policy.allows_all_of(ch, &Principal::Anyone, Op::Publish) {
+            return refuse(
+                "every local user".into(),
+                "use publish_mode = 0o600 (the hub's user only) or 0o620, or let \"*\" publish there".into(),
+            );
+        }
+        if mode & 0o020 != 0 && !policy.allows_all_of(ch, &Principal::Gid(gid), Op::Publish) {
+            return refuse(
+                group.clone(),
+                format!("use publish_mode = 0o600, or let \"gid:{gid}\" publish there"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The 1-based line of `key` ("queue.max_bytes", "access.rule[1].publish",
+/// "fifo.publish_channels[0]") in `text`; where the key is not written (its
+/// default applies), the line of the nearest table or array holding it.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    use toml_edit::{Item, Value};
+    /// Where the walk is: a table (standard, inline or the root) or a value.
+    enum At<'a> {
+        Table(&'a dyn toml_edit::TableLike),
+        Item(&'a Item),
+        Value(&'a Value),
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut at = At::Item(doc.as_item());
+    let mut found: Option<std::ops::Range<usize>> = None;
+    'walk: for part in key.split('.') {
+        let (name, mut rest) = part.split_once('[').unwrap_or((part, ""));
+        let table = match at {
+            At::Table(t) => Some(t),
+            At::Item(i) => i.as_table_like(),
+            At::Value(v) => v.as_inline_table().map(|t| t as &dyn toml_edit::TableLike),
+        };
+        let Some((k, v)) = table.and_then(|t| t.get_key_value(name)) else {
+            break;
+        };
+        found = k.span().or_else(|| v.span()).or(found);
+        at = At::Item(v);
+        while let Some((idx, after)) = rest.split_once(']') {
+            let Ok(i) = idx.parse::<usize>() else {
+                break 'walk;
+            };
+            at = match at {
+                At::Item(Item::ArrayOfTables(a)) => match a.get(i) {
+                    Some(t) => {
+                        found = t.span().or(found);
+                        At::Table(t)
+                    }
+                    None => break 'walk,
+                },
+                At::Item(Item::Value(Value::Array(a))) | At::Value(Value::Array(a)) => {
+                    match a.get(i) {
+                        Some(v) => {
+                            found = v.span().or(found);
+                            At::Value(v)
+                        }
+                        None => break 'walk,
+                    }
+                }
+                _ => break 'walk,
+            };
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    let start = found?.start.min(text.len());
+    Some(text[..start].matches('\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -772,5 +990,144 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.overflow_for("logs/app"), Overflow::DropOldest);
         assert_eq!(cfg.overflow_for("weather"), Overflow::Block);
+    }
+
+    #[test]
+    fn semantic_errors_name_the_line_of_their_key() {
+        let parse = |t: &str| {
+            Config::parse(t, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        for (text, key, line) in [
+            ("\n[queue]\n\nmax_messages = 0\n", "queue.max_messages", 4),
+            ("[hub]\nblock_timeout_ms = 0\n", "hub.block_timeout_ms", 2),
+            (
+                "[[access.rule]]\npattern = \"a\"\n\n[[access.rule]]\npattern = \"a\"\npublish = [\n  \"*\",\n  \"user:no-such-user-x\",\n]\n",
+                "access.rule[1].publish",
+                6,
+            ),
+            (
+                "[bridge.mqtt]\n[[bridge.mqtt.export]]\npattern = \"a\"\n[[bridge.mqtt.export]]\npattern = \"b\"\nqos = 7\n",
+                "bridge.mqtt.export[1].qos",
+                6,
+            ),
+            ("fifo = { publish_channels = [\"a\", \"b/\"] }\n", "fifo.publish_channels[1]", 1),
+            // Not written: the line of the table that holds it.
+            (
+                "[queue]\nmax_bytes = 2000000\nmax_bytes_per_uid = 1000000\n",
+                "queue.max_bytes_per_uid",
+                3,
+            ),
+        ] {
+            let e = parse(text);
+            assert!(e.contains(key) && e.contains(&format!("line {line}:")), "{text:?}: {e}");
+        }
+        assert_eq!(
+            key_line("[queue]\nmax_bytes = 1\n", "queue.max_messages"),
+            Some(1)
+        );
+        assert_eq!(key_line("", "queue.max_messages"), None);
+    }
+
+    #[test]
+    fn log_levels_are_checked_and_listed() {
+        let e = Config::parse("[log]\nlevel = \"loud\"\n", Path::new("x.toml")).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("log.level") && e.contains("line 2"), "{e}");
+        for l in LOG_LEVELS {
+            assert!(e.contains(l), "{e}");
+            Config::parse(&format!("[log]\nlevel = \"{l}\"\n"), Path::new("x.toml")).unwrap();
+        }
+        Config::parse("[log]\nlevel = \"DEBUG\"\n", Path::new("x.toml")).unwrap();
+    }
+
+    #[test]
+    fn publish_mode_keeps_to_write_bits() {
+        let parse = |m: &str| {
+            Config::parse(
+                &format!("[fifo]\npublish_mode = {m}\n"),
+                Path::new("x.toml"),
+            )
+        };
+        for (m, why) in [
+            ("0o666", "read"),
+            ("0o642", "read"),
+            ("0o4622", "setuid"),
+            ("0o1622", "sticky"),
+            ("0o722", "execute"),
+            ("0o17777", "file mode"),
+        ] {
+            let e = parse(m).unwrap_err().to_string();
+            assert!(
+                e.contains("fifo.publish_mode") && e.contains(why),
+                "{m}: {e}"
+            );
+        }
+        for m in ["0o622", "0o620", "0o600", "0o200"] {
+            parse(m).unwrap();
+        }
+    }
+
+    #[test]
+    fn publish_fifos_must_not_bypass_access_rules() {
+        let gid = nix::unistd::getegid().as_raw();
+        let cfg = |default: &str, publish: &str, mode: &str| {
+            format!(
+                "[fifo]\npublish_channels = [\"open\", \"s/door\"]\npublish_mode = {mode}\n\
+                 [access]\ndefault = \"{default}\"\n[[access.rule]]\npattern = \"s/#\"\npublish = {publish}\n"
+            )
+        };
+        let parse = |t: String| Config::parse(&t, Path::new("x.toml"));
+        // Everyone may write: the rule must let everyone publish.
+        let e = parse(cfg("allow", "[\"uid:0\"]", "0o622"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fifo.publish_channels[1]")
+                && e.contains("line 2")
+                && e.contains("access.rule[0]"),
+            "{e}"
+        );
+        parse(cfg("allow", "[\"*\"]", "0o622")).unwrap();
+        // The group may write: the rule must grant that group (or everyone).
+        let e = parse(cfg("allow", &format!("[\"uid:{}\"]", gid + 1), "0o620")).unwrap_err();
+        assert!(e.to_string().contains(&format!("gid {gid}")), "{e}");
+        parse(cfg("allow", &format!("[\"gid:{gid}\"]",), "0o620")).unwrap();
+        // A default of deny governs "open": no write bits for others there.
+        let e = parse(cfg("deny", "[\"*\"]", "0o622"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fifo.publish_channels[0]") && e.contains("default"),
+            "{e}"
+        );
+        // Only the hub's user: always fine.
+        parse(cfg("deny", "[]", "0o600")).unwrap();
+        // A named group: the rule must grant that group.
+        let with_group = |publish: &str| {
+            let t = cfg("allow", publish, "0o620").replace(
+                "publish_mode = 0o620\n",
+                &format!("publish_mode = 0o620\npublish_group = \"{}\"\n", gid + 7),
+            );
+            parse(t)
+        };
+        let e = with_group(&format!("[\"gid:{gid}\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("gid {}", gid + 7)) && e.contains("fifo.publish_group"),
+            "{e}"
+        );
+        with_group(&format!("[\"gid:{}\"]", gid + 7)).unwrap();
+        let e = parse(
+            "[fifo]\npublish_group = \"no-such-group-x\"\npublish_channels = [\"a\"]\n".into(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("fifo.publish_group") && e.contains("line 2") && e.contains("no such group"),
+            "{e}"
+        );
     }
 }

@@ -355,7 +355,19 @@ impl EventLoop {
 
     fn reload(&mut self) -> Result<(), String> {
         systemd::reloading();
-        let res = match Config::load(self.opts.config_path.as_deref()) {
+        // The publish FIFOs stay those opened at start; the new [access]
+        // must not be one they would bypass.
+        let loaded = Config::load(self.opts.config_path.as_deref()).and_then(|cfg| {
+            match crate::config::check_publish_fifo_access(&self.opts.config.fifo, &cfg.access) {
+                Ok(()) => Ok(cfg),
+                Err((key, message)) => Err(crate::config::ConfigError::Value {
+                    path: self.opts.config_path.clone().unwrap_or_default(),
+                    key: format!("{key} (running since start)"),
+                    message,
+                }),
+            }
+        });
+        let res = match loaded {
             Ok(cfg) => {
                 self.hub.reload(cfg);
                 self.recheck_ring_access();

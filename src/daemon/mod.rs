@@ -65,15 +65,25 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         }
         None => {
             let path = crate::paths::socket_path(args.socket.as_deref());
+            // Nothing is bound in a directory others could tamper with.
+            let runtime = crate::paths::SafeDir::runtime(&crate::paths::runtime_dir_for(&path))
+                .context("checking the runtime directory")?;
+            crate::transport::fifo::check_dirs(&runtime)
+                .context("checking the runtime directory")?;
             let l = listener::bind(&path)?;
             tracing::info!(socket = %path.display(), "listening");
             (l, Some(path.clone()), path)
         }
     };
-    let runtime_dir = crate::paths::runtime_dir_for(&socket_path);
-    // Leftovers of a hub killed with -9: its FIFOs and message queues.
-    crate::transport::fifo::prepare_dir(&runtime_dir)
-        .with_context(|| format!("preparing {}/fifo", runtime_dir.display()))?;
+    // The runtime directory, the directories above it and the hub's own
+    // subdirectories are verified (refused, naming the path, if others could
+    // tamper with them); then leftovers of a hub killed with -9 go: its FIFOs
+    // and message queues.
+    let runtime = crate::paths::SafeDir::runtime(&crate::paths::runtime_dir_for(&socket_path))
+        .context("checking the runtime directory")?;
+    crate::transport::fifo::prepare_dir(&runtime).context("checking the runtime directory")?;
+    let runtime_dir = runtime.path().to_path_buf();
+    drop(runtime);
     let reaped = crate::transport::mqueue::reap_stale();
     if reaped > 0 {
         tracing::info!(

@@ -165,6 +165,22 @@ impl Policy {
         self.allows_with(self.rule_for(channel), who, op)
     }
 
+    /// Whether every member of `who` may do `op` on `channel`: `Anyone`
+    /// needs a rule granting "*", `Gid(g)` one granting "*" or `gid:g`
+    /// (a grant to some of the members does not cover all of them).
+    pub fn allows_all_of(&self, channel: &str, who: &Principal, op: Op) -> bool {
+        match self.rule_for(channel).and_then(|i| self.rules.get(i)) {
+            None => self.default_allow,
+            Some(r) => {
+                let list = match op {
+                    Op::Publish => &r.publish,
+                    Op::Subscribe => &r.subscribe,
+                };
+                list.iter().any(|p| *p == Principal::Anyone || p == who)
+            }
+        }
+    }
+
     /// Whether the policy restricts anything at all (fast path when not).
     pub fn is_open(&self) -> bool {
         self.rules.is_empty() && self.default_allow

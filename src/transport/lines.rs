@@ -9,7 +9,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
 
 use super::stream::read_stream;
 use super::{Link, ReadOutcome};
@@ -30,8 +29,9 @@ pub struct LineLink {
     seq: u64,
     /// Lines refused because they exceeded the hub's message size.
     pub refused: u64,
-    /// Files to remove when the link goes (a publish FIFO).
-    remove_on_drop: Option<PathBuf>,
+    /// Dropped with the link: e.g. a publish FIFO's [`super::fifo::PlacedFifo`],
+    /// which removes the FIFO.
+    remove_on_drop: Option<Box<dyn Send>>,
     name: String,
 }
 
@@ -60,8 +60,10 @@ impl LineLink {
         }
     }
 
-    pub fn remove_on_drop(mut self, path: &Path) -> LineLink {
-        self.remove_on_drop = Some(path.to_path_buf());
+    /// Keep `guard` until the link is dropped (a publish FIFO's
+    /// [`super::fifo::PlacedFifo`] removes the FIFO then).
+    pub fn remove_on_drop(mut self, guard: impl Send + 'static) -> LineLink {
+        self.remove_on_drop = Some(Box::new(guard));
         self
     }
 
@@ -69,14 +71,6 @@ impl LineLink {
         let Some(ch) = &self.channel else { return };
         self.seq += 1;
         wire::encode(inbuf, FrameType::Publish, 0, 0, ch, line, 0, self.seq);
-    }
-}
-
-impl Drop for LineLink {
-    fn drop(&mut self) {
-        if let Some(p) = &self.remove_on_drop {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 

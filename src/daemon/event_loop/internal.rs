@@ -93,10 +93,19 @@ impl EventLoop {
         if cfg.publish_channels.is_empty() {
             return;
         }
-        let dir = self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR);
+        // Validated at load: a group that cannot be resolved never gets here.
+        let gid = cfg
+            .group_gid()
+            .unwrap_or_else(|_| nix::unistd::getegid().as_raw());
         for ch in &cfg.publish_channels {
-            match crate::transport::fifo::publish_fifo(&dir, ch, cfg.publish_mode) {
-                Ok((fd, path)) => {
+            match crate::transport::fifo::publish_fifo(
+                &self.opts.runtime_dir,
+                ch,
+                cfg.publish_mode,
+                gid,
+            ) {
+                Ok((fd, placed)) => {
+                    let path = placed.path();
                     let max = self.hub.config().hub.max_message_size as usize;
                     let link = crate::transport::lines::LineLink::new(
                         Some(fd),
@@ -105,7 +114,7 @@ impl EventLoop {
                         max,
                         &path.display().to_string(),
                     )
-                    .remove_on_drop(&path);
+                    .remove_on_drop(placed);
                     let name = format!("publish FIFO {}", path.display());
                     if self
                         .add_internal(
