@@ -177,7 +177,10 @@ fn unread_replies_count_against_the_uids_queue_bytes() {
     // max_bytes_per_uid plus, per client, one reply and one read chunk,
     // plus 4 MiB for the allocator's slack.
     let bound = (2 << 20) + 24 * (64 << 10) + 24 * (64 << 10) + (4 << 20);
-    assert!(grown < bound, "the hub grew by {grown} bytes (bound {bound})");
+    assert!(
+        grown < bound,
+        "the hub grew by {grown} bytes (bound {bound})"
+    );
     bystander_works(&hub, TransportKind::Socket);
 }
 
@@ -187,7 +190,12 @@ fn a_uid_hoarding_message_queues_cannot_exhaust_anyone_elses() {
     let hub = open_hub("");
     let a = Attacker::start(&hub, 65534, "mq-hoard", 16, "-");
     assert!(
-        hub.client().stats().unwrap().clients.iter().all(|c| c.uid != 65534),
+        hub.client()
+            .stats()
+            .unwrap()
+            .clients
+            .iter()
+            .all(|c| c.uid != 65534),
         "no client of the attacker is connected"
     );
     for _ in 0..3 {

@@ -58,6 +58,7 @@ impl EventLoop {
                 data: Some(link),
                 data_in: Vec::new(),
                 greeted: true,
+                hello_fds: Vec::new(),
                 paused: false,
                 transport,
                 closing: None,
