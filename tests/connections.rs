@@ -212,3 +212,63 @@ fn squatted_queue_names_refuse_no_client() {
         bystander_works(&hub, TransportKind::Mqueue);
     }
 }
+
+/// docs/SECURITY.md §8: the most the hub holds for one uid's clients, as a
+/// formula of the limits (the part of it for connections, handshakes,
+/// read buffers and answer/message queues).
+fn uid_memory_bound(
+    max_clients: usize,
+    max_clients_per_uid: usize,
+    max_message_size: usize,
+    max_bytes_per_uid: usize,
+    largest_answer: usize,
+) -> usize {
+    // Bookkeeping per connection (client record, peer, poll registration).
+    const C: usize = 16 << 10;
+    const CHUNK: usize = 64 << 10;
+    let n = max_clients_per_uid.min(max_clients.div_ceil(2));
+    let f = max_message_size + 24 + 255;
+    let a = largest_answer.max(f);
+    n * (C + 4 * (f + CHUNK)) + 2 * (max_bytes_per_uid + n * a)
+}
+
+#[test]
+fn one_uid_at_every_connection_limit_stays_under_the_memory_bound() {
+    let hub = open_hub(
+        "[hub]\nmax_clients = 64\nmax_clients_per_uid = 32\nmax_message_size = 65536\n\
+         handshake_timeout_ms = 60000\nblock_timeout_ms = 60000\n\
+         [queue]\nmax_bytes = 262144\nmax_bytes_per_uid = 1048576\n",
+    );
+    let mut probe = hub.raw();
+    probe.send_frame(FrameType::Ping, 0, "", b"", 1);
+    assert_eq!(probe.read_frame().unwrap().0, FrameType::Pong);
+    let before = rss(&hub);
+    // Uid 65534 takes its whole share (32 of 64) as: HELLOs within
+    // max_hello_size never completed, PUBLISH frames of max_message_size
+    // never completed, and STATS_REQUEST floods never read; it also holds
+    // message queues of clients long gone.
+    let mq = Attacker::start(&hub, 65534, "mq-hoard", 4, "-");
+    let hello = Attacker::start(&hub, 65534, "partial-hello", 8, "4096");
+    assert_eq!(hello.report["errors"], 0, "{}", hello.report);
+    let frames = Attacker::start(&hub, 65534, "partial-frame", 8, "65536");
+    let flood = Attacker::start(&hub, 65534, "flood-stats", 16, "3");
+    let connected = hub
+        .client()
+        .stats()
+        .unwrap()
+        .clients
+        .iter()
+        .filter(|c| c.uid == 65534)
+        .count();
+    let grown = rss(&hub).saturating_sub(before);
+    // Stats list at most 64 clients: far below one largest frame.
+    let bound = uid_memory_bound(64, 32, 65536, 1 << 20, 64 * 512);
+    eprintln!("uid 65534: {connected} connections; the hub grew by {grown} bytes, bound {bound}");
+    assert!(
+        grown < bound,
+        "the hub grew by {grown} bytes, over the bound {bound}"
+    );
+    bystander_works(&hub, TransportKind::Socket);
+    bystander_works(&hub, TransportKind::Mqueue);
+    drop((mq, hello, frames, flood));
+}

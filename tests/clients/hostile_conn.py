@@ -10,6 +10,8 @@ Modes:
   idle           connect and send nothing (never HELLO)
   partial-hello  send a HELLO header announcing ARG payload bytes, then as
                  much of that payload as the hub takes (never completes it)
+  partial-frame  HELLO, then a PUBLISH announcing ARG payload bytes, all
+                 but the last of which are sent
   flood-stats    HELLO, then STATS_REQUEST frames as fast as the hub takes
                  them for ARG seconds, never reading an answer
   mq-hoard       HELLO transport=mqueue, keep the hub's message queues open
@@ -30,7 +32,7 @@ import sys
 import time
 
 HEADER = struct.Struct("<2sBBBBHIIQ")
-HELLO, WELCOME, ERROR, STATS_REQUEST = 1, 2, 8, 11
+HELLO, WELCOME, PUBLISH, ERROR, STATS_REQUEST = 1, 2, 5, 8, 11
 
 
 def frame(ftype, payload=b"", seq=0, plen=None):
@@ -146,14 +148,35 @@ def main():
             except OSError:
                 pass
             held.append(s)
-        errors = []
-        for s in held:
-            s.setblocking(True)
-            a = read_answer(s, 5)
-            if a and a[0] == ERROR:
-                errors.append(a[1])
+        # Answers within 5 s in all (a HELLO within the limit gets none).
+        errors, waiting, end = [], list(held), time.time() + 5
+        while waiting and time.time() < end:
+            ready, _, _ = select.select(waiting, [], [], max(0, end - time.time()))
+            for s in ready:
+                waiting.remove(s)
+                s.setblocking(True)
+                a = read_answer(s, 5)
+                if a and a[0] == ERROR:
+                    errors.append(a[1])
         report["errors"] = len(errors)
         report["first_error"] = errors[0] if errors else ""
+    elif mode == "partial-frame":
+        size = int(arg)
+        for _ in range(n):
+            s = connect(path)
+            hello(s, "socket")
+            a = read_answer(s, 10)
+            assert a and a[0] == WELCOME, a
+            s.setblocking(False)
+            data = HEADER.pack(b"IH", 1, PUBLISH, 0, 0, 1, size, 0, 1) + b"c" + b"x" * (size - 1)
+            sent = 0
+            try:
+                while sent < len(data):
+                    sent += s.send(data[sent:sent + 65536])
+            except OSError:
+                pass
+            held.append(s)
+        report["held"] = len(held)
     elif mode == "flood-stats":
         for _ in range(n):
             s = connect(path)
