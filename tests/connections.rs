@@ -272,3 +272,57 @@ fn one_uid_at_every_connection_limit_stays_under_the_memory_bound() {
     bystander_works(&hub, TransportKind::Mqueue);
     drop((mq, hello, frames, flood));
 }
+
+#[test]
+fn handed_over_queues_are_checked_and_each_refusal_says_why() {
+    use std::os::fd::{AsRawFd, RawFd};
+    let hub = Hub::start();
+    let attempt = |transport: &str, fds: &[RawFd]| -> String {
+        let mut r = Raw::connect(&hub.socket);
+        let mut hello = Vec::new();
+        ipchub::wire::encode(
+            &mut hello,
+            FrameType::Hello,
+            0,
+            0,
+            "",
+            format!("version=1\ntransport={transport}\n").as_bytes(),
+            0,
+            0,
+        );
+        let iov = [std::io::IoSlice::new(&hello)];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(fds)];
+        nix::sys::socket::sendmsg::<()>(
+            r.sock.as_raw_fd(),
+            &iov,
+            if fds.is_empty() { &[] } else { &cmsg },
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        match r.read_frame() {
+            Some(f) if f.0 == FrameType::Welcome => "welcome".to_string(),
+            Some(f) => ipchub::wire::frame::parse_error_payload(&f.3).1,
+            None => "closed".to_string(),
+        }
+    };
+    let (pr, pw) = nix::unistd::pipe().unwrap();
+    let q = ipchub::transport::mqueue::create_pair(4096).unwrap();
+    let [up, down] = q.handover_fds();
+    for (transport, fds, expect) in [
+        ("mqueue", vec![], "send your two message queues"),
+        (
+            "mqueue",
+            vec![pr.as_raw_fd(), pw.as_raw_fd()],
+            "not a POSIX message queue",
+        ),
+        ("mqueue", vec![up, up], "the same message queue"),
+        ("mqueue", vec![up, down, up], "more than 2 descriptors"),
+        ("socket", vec![up, down], "only mqueue takes them"),
+    ] {
+        let text = attempt(transport, &fds);
+        assert!(text.contains(expect), "{transport} {fds:?}: {text}");
+    }
+    // The same queues, handed over properly, work.
+    assert_eq!(attempt("mqueue", &[up, down]), "welcome");
+}

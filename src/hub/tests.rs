@@ -430,3 +430,35 @@ fn clients_per_uid_are_limited() {
         "other users unaffected"
     );
 }
+
+#[test]
+fn a_uid_may_hold_no_more_slots_than_remain_free() {
+    let mut cfg = Config::default();
+    cfg.hub.max_clients = 10;
+    cfg.hub.max_clients_per_uid = 10;
+    let mut hub = hub_with(cfg);
+    let as_uid = |uid| Identity {
+        pid: 1,
+        uid,
+        gid: uid,
+    };
+    let mut taken = 0;
+    while hub.admit(as_uid(42)).is_ok() {
+        taken += 1;
+    }
+    assert_eq!(taken, 5, "one uid alone gets half");
+    let e = hub.admit(as_uid(42)).unwrap_err().to_string();
+    assert!(
+        e.contains("share of hub.max_clients") && e.contains("uid 42"),
+        "{e}"
+    );
+    let mut second = 0;
+    while hub.admit(as_uid(43)).is_ok() {
+        second += 1;
+    }
+    assert_eq!(second, 3, "a second uid gets a share of what is left");
+    assert!(
+        hub.admit(as_uid(0)).is_ok(),
+        "a uid holding nothing still connects"
+    );
+}

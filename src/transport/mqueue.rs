@@ -301,9 +301,11 @@ pub fn adopt(peer: &Peer<'_>, fds: Vec<OwnedFd>) -> Result<Offer, SetupError> {
             v.len()
         ))
     })?;
+    let up = adopt_one(up, "the up queue", libc::O_RDONLY)?;
+    let down = adopt_one(down, "the down queue", libc::O_WRONLY)?;
     let same = match (
-        nix::sys::stat::fstat(up.as_raw_fd()),
-        nix::sys::stat::fstat(down.as_raw_fd()),
+        nix::sys::stat::fstat(up.raw()),
+        nix::sys::stat::fstat(down.raw()),
     ) {
         (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
         _ => false,
@@ -313,8 +315,6 @@ pub fn adopt(peer: &Peer<'_>, fds: Vec<OwnedFd>) -> Result<Offer, SetupError> {
             "up and down are the same message queue".into(),
         ));
     }
-    let up = adopt_one(up, "the up queue", libc::O_RDONLY)?;
-    let down = adopt_one(down, "the down queue", libc::O_WRONLY)?;
     let max_frame = peer.max_message as usize + wire::HEADER_LEN + 255;
     let max_up = max_up_msgsize(max_frame);
     if up.msgsize > max_up {
