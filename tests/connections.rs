@@ -229,7 +229,7 @@ fn uid_memory_bound(
     let n = max_clients_per_uid.min(max_clients.div_ceil(2));
     let f = max_message_size + 24 + 255;
     let a = largest_answer.max(f);
-    n * (C + 4 * (f + CHUNK)) + 2 * (max_bytes_per_uid + n * a)
+    n * C + 2 * (max_bytes_per_uid + n * CHUNK + CHUNK + f) + 2 * (max_bytes_per_uid + n * a)
 }
 
 #[test]
@@ -325,4 +325,26 @@ fn handed_over_queues_are_checked_and_each_refusal_says_why() {
     }
     // The same queues, handed over properly, work.
     assert_eq!(attempt("mqueue", &[up, down]), "welcome");
+}
+
+#[test]
+fn partial_frames_in_every_connection_are_charged_to_the_uid() {
+    // A largest PUBLISH, never finished, in each of 32 connections.
+    let hub = open_hub(
+        "[hub]\nmax_clients = 128\nmax_clients_per_uid = 64\n\
+         [queue]\nmax_bytes = 2097152\nmax_bytes_per_uid = 2097152\n",
+    );
+    let mut probe = hub.raw();
+    probe.send_frame(FrameType::Ping, 0, "", b"", 1);
+    assert_eq!(probe.read_frame().unwrap().0, FrameType::Pong);
+    let before = rss(&hub);
+    let _a = Attacker::start(&hub, 65534, "partial-frame", 32, "1048576");
+    let grown = rss(&hub).saturating_sub(before);
+    // max_bytes_per_uid, one 64 KiB chunk per connection, allocator slack.
+    let bound = (2 << 20) + 32 * (64 << 10) + (8 << 20);
+    assert!(
+        grown < bound,
+        "the hub grew by {grown} bytes (bound {bound})"
+    );
+    bystander_works(&hub, TransportKind::Socket);
 }

@@ -76,6 +76,8 @@ struct Client {
     /// Descriptors sent with HELLO (mqueue: the client's own queues),
     /// held until the handshake uses or refuses them.
     hello_fds: Vec<OwnedFd>,
+    /// Bytes of `ctrl_in` and `data_in` as last added to the uid's input.
+    input_accounted: usize,
     paused: bool,
     transport: TransportKind,
     /// Set once disconnected but still owed its last frames (an ERROR
@@ -108,6 +110,11 @@ pub struct EventLoop {
     /// Connections not greeted yet, in order of their handshake deadline
     /// (`hub.handshake_timeout_ms` after accept).
     handshakes: VecDeque<(Instant, ClientId)>,
+    /// Bytes buffered from each uid's clients (partial frames, requests not
+    /// handled yet), bounded by `queue.max_bytes_per_uid` like its output.
+    input_bytes: HashMap<u32, usize>,
+    /// Clients not read because their uid's input is at its bound.
+    starved: HashMap<u32, Vec<ClientId>>,
 }
 
 impl EventLoop {
@@ -131,6 +138,8 @@ impl EventLoop {
             accept_retry: None,
             rings: HashMap::new(),
             handshakes: VecDeque::new(),
+            input_bytes: HashMap::new(),
+            starved: HashMap::new(),
             spawner: super::spawn::Spawner::new(
                 &opts.config.spawn,
                 opts.config.hub.max_message_size as usize,
@@ -476,6 +485,7 @@ impl EventLoop {
                 data_in: Vec::new(),
                 greeted: false,
                 hello_fds: Vec::new(),
+                input_accounted: 0,
                 paused: false,
                 transport: TransportKind::Socket,
                 closing: None,
@@ -499,6 +509,36 @@ impl EventLoop {
                 // (edge-triggered readiness will not report it again).
                 self.pending.push(id);
                 return;
+            }
+        }
+    }
+
+    /// Bring the uid's input bytes up to date with a client's buffers; when
+    /// they fall below the bound, clients starved for it are read again.
+    pub(super) fn sync_input(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let now = if c.ctrl.is_some() {
+            c.ctrl_in.len() + c.data_in.len()
+        } else {
+            0 // the hub's own endpoints are not a user's
+        };
+        if now == c.input_accounted {
+            return;
+        }
+        let uid = c.ident.uid;
+        let total = self.input_bytes.entry(uid).or_insert(0);
+        *total = (*total + now).saturating_sub(c.input_accounted);
+        let shrank = now < c.input_accounted;
+        c.input_accounted = now;
+        let below = *total < self.hub.config().queue.max_bytes_per_uid;
+        if *total == 0 {
+            self.input_bytes.remove(&uid);
+        }
+        if shrank && below {
+            if let Some(waiting) = self.starved.remove(&uid) {
+                self.pending.extend(waiting);
             }
         }
     }
@@ -559,6 +599,29 @@ impl EventLoop {
         }
         let max = self.hub.config().hub.max_message_size;
         let max_hello = self.hub.config().hub.max_hello_size;
+        // A client in the middle of a frame is not read further while its
+        // uid's clients together buffer max_bytes_per_uid: a uid cannot
+        // park a largest partial frame in every connection. A stream with
+        // an empty buffer may still read one chunk (at most READ_CHUNK), so
+        // small frames flow; a message transport may not (one message may
+        // be a largest frame).
+        let uid = c.ident.uid;
+        let held = match role {
+            ROLE_CTRL => !c.ctrl_in.is_empty(),
+            _ => !c.data_in.is_empty() || c.data.as_ref().is_some_and(|l| l.max_frame().is_some()),
+        };
+        if c.greeted
+            && c.ctrl.is_some()
+            && held
+            && self.input_bytes.get(&uid).copied().unwrap_or(0)
+                >= self.hub.config().queue.max_bytes_per_uid
+        {
+            let waiting = self.starved.entry(uid).or_default();
+            if !waiting.contains(&id) {
+                waiting.push(id);
+            }
+            return None;
+        }
         let res = match role {
             ROLE_CTRL if !c.greeted => match &c.ctrl {
                 Some(fd) => handshake::read_hello(fd, &mut c.ctrl_in, &mut c.hello_fds, max_hello),
@@ -590,6 +653,7 @@ impl EventLoop {
             }
         };
         let step = self.process(id, role, max);
+        self.sync_input(id);
         match step {
             Step::Close => None,
             _ if outcome.eof && role == ROLE_CTRL && self.clients[&id].data.is_some() => {

@@ -59,6 +59,7 @@ impl EventLoop {
                 data_in: Vec::new(),
                 greeted: true,
                 hello_fds: Vec::new(),
+                input_accounted: 0,
                 paused: false,
                 transport,
                 closing: None,
