@@ -462,3 +462,29 @@ fn a_uid_may_hold_no_more_slots_than_remain_free() {
         "a uid holding nothing still connects"
     );
 }
+
+#[test]
+fn unread_answers_count_against_the_uid_and_pause_the_asker() {
+    let mut cfg = Config::default();
+    cfg.queue.max_bytes_per_uid = 4096;
+    let mut hub = hub_with(cfg);
+    let (a, b) = (hub.admit(ident()).unwrap(), hub.admit(ident()).unwrap());
+    let ping = frame(FrameType::Ping, 0, "", b"", 1);
+    // Client a never reads its PONGs: once its uid holds 4096 bytes, it is
+    // paused although its own queue is far below queue.max_bytes.
+    let mut n = 0;
+    while send(&mut hub, a, &ping) == Step::Continue {
+        n += 1;
+        assert!(n < 1000, "never paused");
+    }
+    assert_eq!(n, 4096usize.div_ceil(crate::wire::HEADER_LEN));
+    // Its uid's other client, with nothing queued, still gets one answer,
+    // then waits for it to be read, like a.
+    assert_eq!(send(&mut hub, b, &ping), Step::Continue);
+    assert_eq!(send(&mut hub, b, &ping), Step::Pause);
+    // A reads its answers: it goes on.
+    drain(&mut hub, a);
+    let mut resumed = Vec::new();
+    hub.take_resumed(&mut resumed);
+    assert!(resumed.contains(&a), "{resumed:?}");
+}
