@@ -341,7 +341,7 @@ fn partial_frames_in_every_connection_are_charged_to_the_uid() {
     probe.send_frame(FrameType::Ping, 0, "", b"", 1);
     assert_eq!(probe.read_frame().unwrap().0, FrameType::Pong);
     let before = rss(&hub);
-    let _a = Attacker::start(&hub, 65534, "partial-frame", 32, "1048576");
+    let a = Attacker::start(&hub, 65534, "partial-frame", 32, "1048576");
     let grown = rss(&hub).saturating_sub(before);
     // max_bytes_per_uid, one 64 KiB chunk per connection, allocator slack.
     let bound = (2 << 20) + 32 * (64 << 10) + (8 << 20);
@@ -350,4 +350,11 @@ fn partial_frames_in_every_connection_are_charged_to_the_uid() {
         "the hub grew by {grown} bytes (bound {bound})"
     );
     bystander_works(&hub, TransportKind::Socket);
+    // Connections the hub stopped reading still go when their client does.
+    drop(a);
+    let mut root = hub.client();
+    common::wait_for(
+        || root.stats().unwrap().clients.iter().all(|c| c.uid != 65534),
+        "the attacker's connections to close",
+    );
 }

@@ -612,10 +612,21 @@ impl EventLoop {
         };
         if c.greeted
             && c.ctrl.is_some()
+            && !c.ctrl_gone
             && held
             && self.input_bytes.get(&uid).copied().unwrap_or(0)
                 >= self.hub.config().queue.max_bytes_per_uid
         {
+            // Not read, but a client that went away must not stay: its
+            // slot would be held for good (its unfinished frame is lost).
+            if role == ROLE_CTRL && c.ctrl.as_ref().is_some_and(peer_hung_up) {
+                let reason = format!(
+                    "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
+                    c.ctrl_in.len()
+                );
+                self.close(id, &reason);
+                return None;
+            }
             let waiting = self.starved.entry(uid).or_default();
             if !waiting.contains(&id) {
                 waiting.push(id);
@@ -934,6 +945,19 @@ impl EventLoop {
             Err(e) => self.close(id, &format!("write error: {e}")),
         }
     }
+}
+
+/// Has the other end of this socket closed (whatever is still unread)?
+fn peer_hung_up(fd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd for the whole call; timeout 0
+    // never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Flush to the control connection (socket transport); a client without one
