@@ -90,6 +90,11 @@ pub struct HubConfig {
     pub max_subscriptions_per_client: usize,
     /// Under `block`, how long a subscriber may hold publishers back before it is disconnected.
     pub block_timeout_ms: u64,
+    /// How long a new connection may take to send its HELLO before it is closed.
+    pub handshake_timeout_ms: u64,
+    /// Largest HELLO payload, in bytes: all the hub buffers for a connection
+    /// before it is greeted.
+    pub max_hello_size: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -513,6 +518,8 @@ impl Default for HubConfig {
             max_channels: 65536,
             max_subscriptions_per_client: 1024,
             block_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            max_hello_size: 4096,
         }
     }
 }
@@ -590,6 +597,18 @@ impl Config {
             return Err(bad(
                 "hub.max_subscriptions_per_client",
                 "must be at least 1".into(),
+            ));
+        }
+        if !(100..=600_000).contains(&h.handshake_timeout_ms) {
+            return Err(bad(
+                "hub.handshake_timeout_ms",
+                "must be between 100 and 600000".into(),
+            ));
+        }
+        if !(256..=65536).contains(&h.max_hello_size) {
+            return Err(bad(
+                "hub.max_hello_size",
+                "must be between 256 and 65536".into(),
             ));
         }
         if self.queue.max_messages == 0 {

@@ -109,6 +109,24 @@ pub(super) fn recv_frame(
     }
 }
 
+/// Send HELLO with descriptors attached (SCM_RIGHTS), all in one message.
+pub(super) fn send_with_fds(
+    sock: &UnixStream,
+    bytes: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> Result<(), ClientError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [std::io::IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(|e| ClientError::Io(e.into()))?;
+    if n != bytes.len() {
+        // The rest carries no descriptors: plain writes are fine.
+        std::io::Write::write_all(&mut &*sock, &bytes[n..])?;
+    }
+    Ok(())
+}
+
 /// Build the client's data path from the WELCOME. Returns the control socket
 /// to keep watching (None when it is itself the data path) and the link.
 pub(super) fn client_link(
@@ -116,6 +134,7 @@ pub(super) fn client_link(
     sock: OwnedFd,
     welcome: &[(String, String)],
     fds: Vec<OwnedFd>,
+    queues: Option<transport::mqueue::MqueueLink>,
 ) -> Result<(Option<OwnedFd>, Box<dyn Link>), ClientError> {
     let get = |k: &str| {
         welcome
@@ -135,9 +154,11 @@ pub(super) fn client_link(
         TransportKind::Fifo => {
             Box::new(transport::fifo::accept(get("fifo_up")?, get("fifo_down")?).map_err(setup)?)
         }
-        TransportKind::Mqueue => {
-            Box::new(transport::mqueue::accept(get("mq_up")?, get("mq_down")?).map_err(setup)?)
-        }
+        // Our own queues, handed over with HELLO.
+        TransportKind::Mqueue => Box::new(
+            queues
+                .ok_or_else(|| ClientError::Protocol("mqueue client without its queues".into()))?,
+        ),
         TransportKind::Shm => Box::new(transport::shm::accept(fds).map_err(setup)?),
     };
     Ok((Some(sock), link))

@@ -195,7 +195,19 @@ impl Client {
             0,
             0,
         );
-        io::Write::write_all(&mut &sock, &hello)?;
+        // mqueue: the client makes its own queues (charged to its own uid)
+        // and hands them over with HELLO; see transport::mqueue.
+        let queues = match opts.transport {
+            TransportKind::Mqueue => Some(
+                crate::transport::mqueue::create_pair(crate::transport::mqueue::DEFAULT_MAX_FRAME)
+                    .map_err(|e| ClientError::Protocol(format!("mqueue data path: {e}")))?,
+            ),
+            _ => None,
+        };
+        match &queues {
+            Some(q) => link::send_with_fds(&sock, &hello, &q.handover_fds())?,
+            None => io::Write::write_all(&mut &sock, &hello)?,
+        }
         let (welcome, fds) = link::recv_welcome(&sock)?;
         let kv = parse_kv(&welcome);
         let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
@@ -210,7 +222,7 @@ impl Client {
         let rings_offered = get("channel_rings") == Some("1");
         sock.set_nonblocking(true)?;
         let sock = OwnedFd::from(sock);
-        let (ctrl, link) = link::client_link(opts.transport, sock, &kv, fds)?;
+        let (ctrl, link) = link::client_link(opts.transport, sock, &kv, fds, queues)?;
         Ok(Client {
             ctrl,
             link,

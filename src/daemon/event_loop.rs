@@ -7,7 +7,7 @@
 //! we stop reading early (budget spent, or paused by back-pressure) goes on
 //! the `pending` list and is serviced again without waiting for the kernel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener as StdListener;
@@ -39,6 +39,10 @@ const ROLE_DATA_IN: usize = 1;
 const ROLE_DATA_OUT: usize = 2;
 /// Bytes read from one client per turn before others get theirs.
 const READ_BUDGET: usize = 512 * 1024;
+/// Bytes read from one client before its complete frames are handled: what
+/// a client can have buffered in the hub beyond one partial frame, so a
+/// paused client holds at most this much of unhandled requests.
+const READ_CHUNK: usize = 64 * 1024;
 /// How soon to retry accepting after the process ran out of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How often the STATUS= line for systemd is refreshed (when it changed).
@@ -70,6 +74,11 @@ struct Client {
     data: Option<Box<dyn Link>>,
     data_in: Vec<u8>,
     greeted: bool,
+    /// Descriptors sent with HELLO (mqueue: the client's own queues),
+    /// held until the handshake uses or refuses them.
+    hello_fds: Vec<OwnedFd>,
+    /// Bytes of `ctrl_in` and `data_in` as last added to the uid's input.
+    input_accounted: usize,
     paused: bool,
     transport: TransportKind,
     /// Set once disconnected but still owed its last frames (an ERROR
@@ -99,6 +108,14 @@ pub struct EventLoop {
     accept_retry: Option<Instant>,
     /// Channels with a broadcast ring (shm clients read and write it directly).
     rings: HashMap<String, rings::ChannelRing>,
+    /// Connections not greeted yet, in order of their handshake deadline
+    /// (`hub.handshake_timeout_ms` after accept).
+    handshakes: VecDeque<(Instant, ClientId)>,
+    /// Bytes buffered from each uid's clients (partial frames, requests not
+    /// handled yet), bounded by `queue.max_bytes_per_uid` like its output.
+    input_bytes: HashMap<u32, usize>,
+    /// Clients not read because their uid's input is at its bound.
+    starved: HashMap<u32, Vec<ClientId>>,
 }
 
 impl EventLoop {
@@ -121,6 +138,9 @@ impl EventLoop {
             fanout: EventFanout::default(),
             accept_retry: None,
             rings: HashMap::new(),
+            handshakes: VecDeque::new(),
+            input_bytes: HashMap::new(),
+            starved: HashMap::new(),
             spawner: super::spawn::Spawner::new(
                 &opts.config.spawn,
                 opts.config.hub.max_message_size as usize,
@@ -218,6 +238,7 @@ impl EventLoop {
                 self.accept_retry,
                 next_status,
                 self.next_ring_deadline(),
+                self.handshakes.front().map(|h| h.0),
             ]
             .into_iter()
             .flatten()
@@ -270,6 +291,10 @@ impl EventLoop {
             }
             if self.accept_retry.is_some_and(|d| d <= now) {
                 self.accept_all();
+            }
+            if self.handshakes.front().is_some_and(|h| h.0 <= now) {
+                self.expire_handshakes(now);
+                self.settle();
             }
             if self.next_ring_deadline().is_some_and(|d| d <= now) {
                 self.settle(); // tends the rings: stalled readers go
@@ -474,39 +499,110 @@ impl EventLoop {
                 data: None,
                 data_in: Vec::new(),
                 greeted: false,
+                hello_fds: Vec::new(),
+                input_accounted: 0,
                 paused: false,
                 transport: TransportKind::Socket,
                 closing: None,
                 ctrl_gone: false,
             },
         );
+        let timeout = Duration::from_millis(self.hub.config().hub.handshake_timeout_ms);
+        self.handshakes.push_back((Instant::now() + timeout, id));
         // Data may already be waiting; edge-triggered readiness may not tell us again.
         self.pending.push(id);
     }
 
-    /// Read and handle input from one of a client's sources.
+    /// Read and handle input from one of a client's sources: a chunk at a
+    /// time, each handled before the next is read, up to the turn's budget.
     fn service(&mut self, id: ClientId, role: usize) {
+        let mut spent = 0;
+        while let Some(n) = self.service_chunk(id, role) {
+            spent += n;
+            if spent >= READ_BUDGET {
+                // Others get their turn; this one is serviced again soon
+                // (edge-triggered readiness will not report it again).
+                self.pending.push(id);
+                return;
+            }
+        }
+    }
+
+    /// Bring the uid's input bytes up to date with a client's buffers; when
+    /// they fall below the bound, clients starved for it are read again.
+    pub(super) fn sync_input(&mut self, id: ClientId) {
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
+        let now = if c.ctrl.is_some() {
+            c.ctrl_in.len() + c.data_in.len()
+        } else {
+            0 // the hub's own endpoints are not a user's
+        };
+        if now == c.input_accounted {
+            return;
+        }
+        let uid = c.ident.uid;
+        let total = self.input_bytes.entry(uid).or_insert(0);
+        *total = (*total + now).saturating_sub(c.input_accounted);
+        let shrank = now < c.input_accounted;
+        c.input_accounted = now;
+        let below = *total < self.hub.config().queue.max_bytes_per_uid;
+        if *total == 0 {
+            self.input_bytes.remove(&uid);
+        }
+        if shrank && below {
+            if let Some(waiting) = self.starved.remove(&uid) {
+                self.pending.extend(waiting);
+            }
+        }
+    }
+
+    /// Close connections that did not send HELLO in time.
+    fn expire_handshakes(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.handshakes.front() {
+            if deadline > now {
+                return;
+            }
+            self.handshakes.pop_front();
+            let Some(c) = self.clients.get(&id) else {
+                continue;
+            };
+            if c.greeted || c.closing.is_some() {
+                continue;
+            }
+            let text = format!(
+                "no HELLO within {} ms of connecting (hub.handshake_timeout_ms)",
+                self.hub.config().hub.handshake_timeout_ms
+            );
+            self.hub
+                .send_error(id, 0, wire::ErrorCode::BadHandshake, &text);
+            self.close(id, &text);
+        }
+    }
+
+    /// Read one chunk from a client's source and handle what it completed.
+    /// Some(bytes read) when there may be more to read right away.
+    fn service_chunk(&mut self, id: ClientId, role: usize) -> Option<usize> {
+        let c = self.clients.get_mut(&id)?;
         if c.closing.is_some() {
             // Only waiting for it to read its ERROR: discard input, notice EOF.
             let mut sink = Vec::new();
             let gone = match role {
                 ROLE_CTRL => match &c.ctrl {
-                    Some(fd) => read_stream(fd, &mut sink, READ_BUDGET),
-                    None => return,
+                    Some(fd) => read_stream(fd, &mut sink, READ_CHUNK),
+                    None => return None,
                 },
                 _ => match c.data.as_mut() {
-                    Some(link) => link.read_into(&mut sink, READ_BUDGET),
-                    None => return,
+                    Some(link) => link.read_into(&mut sink, READ_CHUNK),
+                    None => return None,
                 },
             }
             .map_or(true, |o| o.eof);
             if gone {
                 self.finalize(id);
             }
-            return;
+            return None;
         }
         if c.paused {
             // Not reading it, but a ring endpoint still wakes the clients
@@ -514,19 +610,58 @@ impl EventLoop {
             if let Some(link) = c.data.as_mut() {
                 link.wake_others();
             }
-            return;
+            return None;
         }
         let max = self.hub.config().hub.max_message_size;
+        let max_hello = self.hub.config().hub.max_hello_size;
+        // A client in the middle of a frame is not read further while its
+        // uid's clients together buffer max_bytes_per_uid: a uid cannot
+        // park a largest partial frame in every connection. A stream with
+        // an empty buffer may still read one chunk (at most READ_CHUNK), so
+        // small frames flow; a message transport may not (one message may
+        // be a largest frame).
+        let uid = c.ident.uid;
+        let held = match role {
+            ROLE_CTRL => !c.ctrl_in.is_empty(),
+            _ => !c.data_in.is_empty() || c.data.as_ref().is_some_and(|l| l.max_frame().is_some()),
+        };
+        if c.greeted
+            && c.ctrl.is_some()
+            && !c.ctrl_gone
+            && held
+            && self.input_bytes.get(&uid).copied().unwrap_or(0)
+                >= self.hub.config().queue.max_bytes_per_uid
+        {
+            // Not read, but a client that went away must not stay: its
+            // slot would be held for good (its unfinished frame is lost).
+            if role == ROLE_CTRL && c.ctrl.as_ref().is_some_and(peer_hung_up) {
+                let reason = format!(
+                    "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
+                    c.ctrl_in.len()
+                );
+                self.close(id, &reason);
+                return None;
+            }
+            let waiting = self.starved.entry(uid).or_default();
+            if !waiting.contains(&id) {
+                waiting.push(id);
+            }
+            return None;
+        }
         let res = match role {
+            ROLE_CTRL if !c.greeted => match &c.ctrl {
+                Some(fd) => handshake::read_hello(fd, &mut c.ctrl_in, &mut c.hello_fds, max_hello),
+                None => return None,
+            },
             ROLE_CTRL => match &c.ctrl {
-                Some(fd) => read_stream(fd, &mut c.ctrl_in, READ_BUDGET),
-                None => return,
+                Some(fd) => read_stream(fd, &mut c.ctrl_in, READ_CHUNK),
+                None => return None,
             },
             ROLE_DATA_IN => match c.data.as_mut() {
-                Some(link) => link.read_into(&mut c.data_in, READ_BUDGET),
-                None => return,
+                Some(link) => link.read_into(&mut c.data_in, READ_CHUNK),
+                None => return None,
             },
-            _ => return,
+            _ => return None,
         };
         let outcome = match res {
             Ok(o) => o,
@@ -536,19 +671,17 @@ impl EventLoop {
                 self.hub
                     .send_error(id, 0, wire::ErrorCode::Malformed, &e.to_string());
                 self.close(id, &format!("malformed input: {e}"));
-                return;
+                return None;
             }
             Err(e) => {
                 self.close(id, &format!("read error: {e}"));
-                return;
+                return None;
             }
         };
-        if outcome.more {
-            self.pending.push(id);
-        }
         let step = self.process(id, role, max);
+        self.sync_input(id);
         match step {
-            Step::Close => {}
+            Step::Close => None,
             _ if outcome.eof && role == ROLE_CTRL && self.clients[&id].data.is_some() => {
                 // The client is gone, but what it wrote to its data path
                 // before going is still owed to the subscribers.
@@ -561,6 +694,7 @@ impl EventLoop {
                         .deregister(&mut SourceFd(&fd.as_raw_fd()));
                 }
                 self.service(id, ROLE_DATA_IN);
+                None
             }
             Step::Continue
                 if role == ROLE_DATA_IN && !outcome.more && self.clients[&id].ctrl_gone =>
@@ -576,6 +710,7 @@ impl EventLoop {
                     )
                 };
                 self.close(id, &reason);
+                None
             }
             _ if outcome.eof => {
                 let c = &self.clients[&id];
@@ -587,7 +722,7 @@ impl EventLoop {
                 if step == Step::Pause && !buf.is_empty() {
                     // Keep the client until its buffered frames are handled; the
                     // EOF is seen again once it is resumed and reads.
-                    return;
+                    return None;
                 }
                 let reason = if buf.is_empty() {
                     "disconnected".to_string()
@@ -598,8 +733,10 @@ impl EventLoop {
                     )
                 };
                 self.close(id, &reason);
+                None
             }
-            _ => {}
+            Step::Continue if outcome.more => Some(outcome.bytes),
+            _ => None,
         }
     }
 
@@ -611,6 +748,32 @@ impl EventLoop {
         if !c.greeted {
             if role != ROLE_CTRL {
                 return Step::Continue;
+            }
+            // Judge the first frame by its header, before its body is
+            // buffered: only a HELLO within hub.max_hello_size is read.
+            if let Ok(Some(h)) = wire::frame::decode_header(&c.ctrl_in, u32::MAX) {
+                let max_hello = self.hub.config().hub.max_hello_size;
+                let refusal = if h.ty != FrameType::Hello {
+                    Some((
+                        wire::ErrorCode::BadHandshake,
+                        format!("expected HELLO as the first frame, got {:?}", h.ty),
+                    ))
+                } else if h.payload_len > max_hello {
+                    Some((
+                        wire::ErrorCode::TooLarge,
+                        format!(
+                            "HELLO payload of {} bytes exceeds hub.max_hello_size ({max_hello} bytes)",
+                            h.payload_len
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                if let Some((code, text)) = refusal {
+                    self.hub.send_error(id, h.seq, code, &text);
+                    self.close(id, &text);
+                    return Step::Close;
+                }
             }
             let hello = match wire::decode(&c.ctrl_in, max) {
                 Ok(None) => return Step::Continue,
@@ -729,8 +892,9 @@ impl EventLoop {
             max_message: self.hub.config().hub.max_message_size,
             shm_ring_size: self.hub.config().shm.ring_size,
         };
+        let fds = std::mem::take(&mut c.hello_fds);
         let (offer, mut welcome) =
-            handshake::setup(&peer, &hello).map_err(|e| fail(c, e.code(), &e.to_string()))?;
+            handshake::setup(&peer, &hello, fds).map_err(|e| fail(c, e.code(), &e.to_string()))?;
         if hello.transport == TransportKind::Shm && self.hub.config().shm.channel_rings {
             // The client may ask for channel rings (OPEN_RING).
             welcome.push_str("channel_rings=1\n");
@@ -800,6 +964,19 @@ impl EventLoop {
             Err(e) => self.close(id, &format!("write error: {e}")),
         }
     }
+}
+
+/// Has the other end of this socket closed (whatever is still unread)?
+fn peer_hung_up(fd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd for the whole call; timeout 0
+    // never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Flush to the control connection (socket transport); a client without one

@@ -3,11 +3,14 @@
 
 use super::logging::{excerpt, is_hostile};
 use crate::hub::TransportKind;
-use crate::transport::{Offer, Peer, SetupError};
+use crate::transport::{Offer, Peer, ReadOutcome, SetupError};
 use crate::wire::frame::parse_kv;
-use crate::wire::{ErrorCode, VERSION};
-use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use crate::wire::{ErrorCode, HEADER_LEN, VERSION};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Most descriptors a client may send with HELLO (its two message queues).
+pub const MAX_HELLO_FDS: usize = 2;
 
 /// A parsed HELLO payload.
 #[derive(Debug, Clone)]
@@ -40,6 +43,10 @@ pub enum HandshakeError {
     Disabled(&'static str),
     #[error("HELLO: bad value for {key}: {value}")]
     BadParam { key: String, value: String },
+    #[error(
+        "HELLO for transport '{0}' carries descriptors; only mqueue takes them (its two queues)"
+    )]
+    UnexpectedFds(&'static str),
     #[error("cannot set up the {transport} data path: {source}")]
     Setup {
         transport: &'static str,
@@ -55,8 +62,13 @@ impl HandshakeError {
                 ErrorCode::UnknownTransport
             }
             HandshakeError::BadParam { .. }
+            | HandshakeError::UnexpectedFds(_)
             | HandshakeError::NameTooLong(_)
             | HandshakeError::NameNotPrintable(..) => ErrorCode::BadHandshake,
+            HandshakeError::Setup {
+                source: SetupError::Handover(_),
+                ..
+            } => ErrorCode::BadHandshake,
             HandshakeError::Setup {
                 source: SetupError::Permission(_),
                 ..
@@ -101,8 +113,16 @@ impl Hello {
     }
 }
 
-/// Build the data path the client asked for and the WELCOME text.
-pub fn setup(peer: &Peer<'_>, hello: &Hello) -> Result<(Offer, String), HandshakeError> {
+/// Build the data path the client asked for and the WELCOME text. `fds`
+/// are the descriptors the client sent with HELLO (mqueue: its queues).
+pub fn setup(
+    peer: &Peer<'_>,
+    hello: &Hello,
+    fds: Vec<OwnedFd>,
+) -> Result<(Offer, String), HandshakeError> {
+    if !fds.is_empty() && hello.transport != TransportKind::Mqueue {
+        return Err(HandshakeError::UnexpectedFds(hello.transport.name()));
+    }
     let offer = match hello.transport {
         TransportKind::Socket => Ok(Offer {
             link: None,
@@ -111,7 +131,7 @@ pub fn setup(peer: &Peer<'_>, hello: &Hello) -> Result<(Offer, String), Handshak
         }),
         TransportKind::Pipe => crate::transport::pipe::offer(peer),
         TransportKind::Fifo => crate::transport::fifo::offer(peer),
-        TransportKind::Mqueue => crate::transport::mqueue::offer(peer),
+        TransportKind::Mqueue => crate::transport::mqueue::adopt(peer, fds),
         TransportKind::Shm => crate::transport::shm::offer(peer, peer.shm_ring_size),
     }
     .map_err(|source| HandshakeError::Setup {
@@ -129,6 +149,84 @@ pub fn setup(peer: &Peer<'_>, hello: &Hello) -> Result<(Offer, String), Handshak
         welcome.push_str(&format!("{k}={v}\n"));
     }
     Ok((offer, welcome))
+}
+
+/// Read from a connection that has not been greeted yet, never past the end
+/// of its first frame: at most a header, then at most the frame the header
+/// announces if its payload is within `max_payload` (`hub.max_hello_size`).
+/// A bigger or non-HELLO header stops the reading here; the caller refuses
+/// it. So a connection holds at most one small HELLO in the hub before it
+/// is authenticated, and frames it sent after HELLO wait in the kernel.
+///
+/// Descriptors sent with the HELLO (SCM_RIGHTS) are collected into `fds`.
+/// More than [`MAX_HELLO_FDS`] is refused as `InvalidData`: the kernel
+/// closes what did not fit the control buffer, the rest are dropped here.
+pub fn read_hello(
+    sock: &OwnedFd,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+    max_payload: u32,
+) -> std::io::Result<ReadOutcome> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut out = ReadOutcome::default();
+    loop {
+        let need = if buf.len() < HEADER_LEN {
+            HEADER_LEN
+        } else {
+            match crate::wire::frame::decode_header(buf, u32::MAX) {
+                Ok(Some(h)) if h.payload_len <= max_payload => h.frame_len(),
+                // Malformed, or too big: the caller answers from the header.
+                _ => return Ok(out),
+            }
+        };
+        if buf.len() >= need {
+            return Ok(out);
+        }
+        let mut chunk = vec![0u8; need - buf.len()];
+        // One more slot than allowed, so that too many shows as too many
+        // rather than as a silently truncated list.
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_HELLO_FDS + 1]);
+        let mut iov = [IoSliceMut::new(&mut chunk)];
+        let msg = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(out),
+            Err(nix::errno::Errno::ECONNRESET) => {
+                out.eof = true;
+                return Ok(out);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let n = msg.bytes;
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
+                    // SAFETY: the kernel just installed this descriptor in
+                    // our table for this message; nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                }
+            }
+        }
+        if truncated || fds.len() > MAX_HELLO_FDS {
+            fds.clear();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("more than {MAX_HELLO_FDS} descriptors sent with HELLO"),
+            ));
+        }
+        if n == 0 {
+            out.eof = true;
+            return Ok(out);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        out.bytes += n;
+    }
 }
 
 /// Send `bytes` on the control socket with `fds` attached (SCM_RIGHTS).

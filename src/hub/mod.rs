@@ -112,6 +112,8 @@ pub enum AdmitError {
     TooManyClients(usize),
     #[error("uid {uid} has {count} clients connected (limit hub.max_clients_per_uid)")]
     TooManyForUid { uid: u32, count: usize },
+    #[error("uid {uid} has {count} clients connected and only {free} client slots are free: a uid may hold no more than remain free (its share of hub.max_clients)")]
+    OverShare { uid: u32, count: usize, free: usize },
 }
 
 #[derive(Debug, Default)]
@@ -322,6 +324,18 @@ impl Hub {
                 count,
             });
         }
+        // Fair share (as dbus-broker's quotas): a uid may take a slot only
+        // while it holds fewer than remain free. One uid alone gets at most
+        // half of max_clients, k uids together at most k/(k+1) of it, and a
+        // uid holding nothing can always connect while any slot is free.
+        let free = self.cfg.hub.max_clients - clients;
+        if count >= free {
+            return Err(AdmitError::OverShare {
+                uid: ident.uid,
+                count,
+                free,
+            });
+        }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let q = &self.cfg.queue;
@@ -427,6 +441,9 @@ impl Hub {
     pub fn send_control(&mut self, id: ClientId, ty: FrameType, seq: u64, payload: &[u8]) {
         let header = encode_header(ty, 0, 0, 0, payload.len(), 0, seq);
         self.push(id, Kind::Control, &[&header, payload]);
+        if let Some(p) = self.peers.get_mut(&id) {
+            sync_uid(&mut self.uid_bytes, p);
+        }
     }
 
     pub fn send_error(&mut self, id: ClientId, seq: u64, code: ErrorCode, text: &str) {
@@ -486,7 +503,18 @@ impl Hub {
         if p.holding.is_empty() || !p.out.below_low_watermark() {
             return;
         }
-        for h in std::mem::take(&mut p.holding) {
+        // A client paused on itself because its uid is at its bound goes on
+        // only once its own answers are out (or the uid has room again):
+        // resuming it earlier would pause it again at once, in a loop.
+        let uid_full = self.uid_bytes.get(&p.ident.uid).copied().unwrap_or(0)
+            >= self.cfg.queue.max_bytes_per_uid;
+        let keep_self = uid_full && !p.out.is_empty() && p.holding.contains(&id);
+        let mut holding = std::mem::take(&mut p.holding);
+        if keep_self {
+            holding.retain(|h| *h != id);
+            p.holding.push(id);
+        }
+        for h in holding {
             self.resume(h);
         }
     }
@@ -585,8 +613,14 @@ impl Hub {
             return Step::Close;
         };
         // A client that does not read our answers cannot make us queue more
-        // of them: stop handling its requests until it reads.
-        if peer.out.total_bytes() > self.cfg.queue.max_bytes {
+        // of them: stop handling its requests until it reads. Answers count
+        // against its own queue's bound and against its uid's, like data;
+        // a client with nothing queued may always have one answer, so the
+        // pause always ends when the client reads (or at block_timeout_ms).
+        let own = peer.out.total_bytes();
+        let uid_full = self.uid_bytes.get(&peer.ident.uid).copied().unwrap_or(0)
+            >= self.cfg.queue.max_bytes_per_uid;
+        if own > self.cfg.queue.max_bytes || (own > 0 && uid_full && !peer.internal) {
             return self.block(id, id, now);
         }
         let seq = frame.header.seq;
@@ -1004,8 +1038,10 @@ fn ring_audience(ch: &Channel) -> usize {
         .count()
 }
 
+/// Every queued byte counts, answers (ACK, ERROR, PONG, STATS_REPLY)
+/// included: what a client does not read is charged to its uid.
 fn sync_uid(uid_bytes: &mut HashMap<u32, usize>, p: &mut Peer) {
-    let now = p.out.data_bytes();
+    let now = p.out.total_bytes();
     if now != p.accounted {
         let total = uid_bytes.entry(p.ident.uid).or_insert(0);
         *total = (*total + now).saturating_sub(p.accounted);

@@ -6,13 +6,18 @@
 //! keeps the frame boundaries that message transports (mqueue, shm) and the
 //! `drop-oldest` policy need.
 //!
-//! Only data frames count against the limits. Control frames (ACK, ERROR,
-//! MISSED…) are small, answer the peer's own requests, and are bounded
-//! separately by the hub, which stops reading a peer whose answers pile up.
+//! Only data frames count against the message limits here. Control frames
+//! (ACK, ERROR, MISSED, STATS_REPLY…) answer the peer's own requests and
+//! are bounded by the hub, which counts every queued byte (`total_bytes`)
+//! against the client's and its uid's byte limits and stops reading a peer
+//! whose answers pile up.
 
 use std::collections::VecDeque;
 
 use crate::wire::{encode_header, FrameType, HEADER_LEN};
+
+/// Capacity a queue keeps however little it holds.
+const SHRINK_ABOVE: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -72,7 +77,7 @@ impl OutQueue {
     /// Below half of both limits: where blocked publishers are resumed, so they
     /// are not woken for every freed slot.
     pub fn below_low_watermark(&self) -> bool {
-        self.data_msgs <= self.max_msgs / 2 && self.data_bytes <= self.max_bytes / 2
+        self.data_msgs <= self.max_msgs / 2 && self.total_bytes() <= self.max_bytes / 2
     }
 
     pub fn is_empty(&self) -> bool {
@@ -241,6 +246,11 @@ impl OutQueue {
                 self.data_bytes -= len;
             }
             self.buf.drain(..len);
+        }
+        // Give back what a burst needed: the queue's memory follows what it
+        // holds, not the most it ever held.
+        if self.buf.capacity() > SHRINK_ABOVE && self.buf.len() < self.buf.capacity() / 4 {
+            self.buf.shrink_to((self.buf.len() * 2).max(SHRINK_ABOVE));
         }
     }
 

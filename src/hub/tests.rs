@@ -463,3 +463,61 @@ fn a_message_too_big_for_a_subscribers_transport_is_dropped_for_it_with_a_missed
     assert_eq!(ack_count(&drain(&mut hub, p), 2), 2);
     assert_eq!(drain(&mut hub, small)[0].0, FrameType::Data);
 }
+
+#[test]
+fn a_uid_may_hold_no_more_slots_than_remain_free() {
+    let mut cfg = Config::default();
+    cfg.hub.max_clients = 10;
+    cfg.hub.max_clients_per_uid = 10;
+    let mut hub = hub_with(cfg);
+    let as_uid = |uid| Identity {
+        pid: 1,
+        uid,
+        gid: uid,
+    };
+    let mut taken = 0;
+    while hub.admit(as_uid(42)).is_ok() {
+        taken += 1;
+    }
+    assert_eq!(taken, 5, "one uid alone gets half");
+    let e = hub.admit(as_uid(42)).unwrap_err().to_string();
+    assert!(
+        e.contains("share of hub.max_clients") && e.contains("uid 42"),
+        "{e}"
+    );
+    let mut second = 0;
+    while hub.admit(as_uid(43)).is_ok() {
+        second += 1;
+    }
+    assert_eq!(second, 3, "a second uid gets a share of what is left");
+    assert!(
+        hub.admit(as_uid(0)).is_ok(),
+        "a uid holding nothing still connects"
+    );
+}
+
+#[test]
+fn unread_answers_count_against_the_uid_and_pause_the_asker() {
+    let mut cfg = Config::default();
+    cfg.queue.max_bytes_per_uid = 4096;
+    let mut hub = hub_with(cfg);
+    let (a, b) = (hub.admit(ident()).unwrap(), hub.admit(ident()).unwrap());
+    let ping = frame(FrameType::Ping, 0, "", b"", 1);
+    // Client a never reads its PONGs: once its uid holds 4096 bytes, it is
+    // paused although its own queue is far below queue.max_bytes.
+    let mut n = 0;
+    while send(&mut hub, a, &ping) == Step::Continue {
+        n += 1;
+        assert!(n < 1000, "never paused");
+    }
+    assert_eq!(n, 4096usize.div_ceil(crate::wire::HEADER_LEN));
+    // Its uid's other client, with nothing queued, still gets one answer,
+    // then waits for it to be read, like a.
+    assert_eq!(send(&mut hub, b, &ping), Step::Continue);
+    assert_eq!(send(&mut hub, b, &ping), Step::Pause);
+    // A reads its answers: it goes on.
+    drain(&mut hub, a);
+    let mut resumed = Vec::new();
+    hub.take_resumed(&mut resumed);
+    assert!(resumed.contains(&a), "{resumed:?}");
+}

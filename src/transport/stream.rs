@@ -49,16 +49,13 @@ pub fn read_stream(fd: &impl AsFd, inbuf: &mut Vec<u8>, budget: usize) -> io::Re
             inbuf.reserve(CHUNK);
         }
         let spare = inbuf.spare_capacity_mut();
+        // Never more than the budget left: what a caller buffers per call
+        // is bounded by its budget, not by the buffer's capacity.
+        let want = spare.len().min(budget - out.bytes);
         // SAFETY: `spare` is writable, uninitialised memory owned by `inbuf`
-        // of exactly `spare.len()` bytes; read(2) writes at most that many
+        // of `spare.len()` ≥ `want` bytes; read(2) writes at most `want`
         // and reports how many, which are then marked initialised below.
-        let n = unsafe {
-            libc::read(
-                fd.as_fd().as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-            )
-        };
+        let n = unsafe { libc::read(fd.as_fd().as_raw_fd(), spare.as_mut_ptr().cast(), want) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {

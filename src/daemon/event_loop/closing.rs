@@ -78,6 +78,12 @@ impl EventLoop {
     /// Forget a client for good: deregister and drop its descriptors (its
     /// link's Drop removes any files or IPC objects it created).
     pub(super) fn finalize(&mut self, id: ClientId) {
+        // Its buffered input no longer counts against its uid.
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.ctrl_in = Vec::new();
+            c.data_in = Vec::new();
+        }
+        self.sync_input(id);
         let Some(c) = self.clients.remove(&id) else {
             return;
         };

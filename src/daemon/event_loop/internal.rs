@@ -59,6 +59,8 @@ impl EventLoop {
                 data: Some(link),
                 data_in: Vec::new(),
                 greeted: true,
+                hello_fds: Vec::new(),
+                input_accounted: 0,
                 paused: false,
                 transport,
                 closing: None,
