@@ -290,8 +290,19 @@ impl Raw {
         }
     }
 
+    /// Write `bytes`. A hub that refuses what it has seen so far (a HELLO
+    /// over its size limit, say) may hang up before the rest is written:
+    /// that is not an error here, what it answered is read afterwards.
     pub fn send(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).unwrap();
+        match self.sock.write_all(bytes) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => panic!("write to the hub: {e}"),
+        }
     }
 
     pub fn send_frame(
