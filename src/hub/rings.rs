@@ -78,7 +78,7 @@ impl Hub {
         }
         let creds = peer.creds.clone();
         let (uid, pid) = (peer.ident.uid, peer.ident.pid);
-        self.ensure_channel(channel)?;
+        self.ensure_channel(channel, uid)?;
         let ch = &self.channels[channel];
         if ch.overflow == Overflow::Disconnect {
             return Err((
@@ -154,6 +154,8 @@ impl Hub {
             ch.ring = None;
             ch.direct.clear();
         }
+        // Nobody may hold it any more: it can be collected.
+        self.note_idle(channel);
     }
 
     /// `client` reads `channel` from its ring (or stopped doing so).
@@ -169,7 +171,10 @@ impl Hub {
     /// Subscribers the ring peer must serve: those of the channel that do
     /// not read its ring themselves.
     pub fn ring_audience(&self, channel: &str) -> usize {
-        self.channels.get(channel).map_or(0, ring_audience)
+        self.channels.get(channel).map_or(0, |ch| {
+            let subs = self.current_subscribers(channel, ch);
+            subs.iter().filter(|s| !ch.direct.contains(s)).count()
+        })
     }
 
     /// Messages the hub's side of the channel's ring lost (overwritten
