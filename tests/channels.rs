@@ -78,7 +78,12 @@ fn attacker() {
             let mut r = raw_at(&socket);
             let mut buf = Vec::new();
             for i in 0..n {
-                buf.extend(frame(FrameType::Subscribe, 0, &format!("junk/{i}"), i as u64 + 1));
+                buf.extend(frame(
+                    FrameType::Subscribe,
+                    0,
+                    &format!("junk/{i}"),
+                    i as u64 + 1,
+                ));
             }
             r.send(&buf);
             let (acks, err) = answers(&mut r, n);
@@ -90,7 +95,12 @@ fn attacker() {
             let mut r = raw_at(&socket);
             let mut buf = Vec::new();
             for i in 0..n {
-                buf.extend(frame(FrameType::Publish, 0, &format!("dead/{i}"), i as u64 + 1));
+                buf.extend(frame(
+                    FrameType::Publish,
+                    0,
+                    &format!("dead/{i}"),
+                    i as u64 + 1,
+                ));
             }
             buf.extend(frame(FrameType::Ping, 0, "", 0));
             r.send(&buf);
@@ -164,7 +174,11 @@ fn report(out: &mut BufReader<ChildStdout>, hub: &Hub) -> String {
     loop {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "the attacker failed; hub log:\n{}", hub.log());
+        assert!(
+            !line.is_empty(),
+            "the attacker failed; hub log:\n{}",
+            hub.log()
+        );
         // Skip what the test harness itself prints.
         if let Some(r) = line.trim().strip_prefix("REPORT ") {
             return r.to_string();
@@ -210,7 +224,9 @@ fn one_uid_cannot_take_every_channel() {
     // The attacker tries to hold more channels than the hub has.
     let (child, mut out) = attack(&hub, "hold", 300);
     let line = report(&mut out, &hub);
-    let acks: usize = line["acks=".len()..line.find(' ').unwrap()].parse().unwrap();
+    let acks: usize = line["acks=".len()..line.find(' ').unwrap()]
+        .parse()
+        .unwrap();
     assert!(acks <= 128, "one uid took {acks} of 256 channels: {line}");
     assert!(
         line.contains(&format!("uid {NOBODY} holds"))
@@ -222,7 +238,13 @@ fn one_uid_cannot_take_every_channel() {
     // A bystander still makes channels: by publishing, and by holding
     // a hundred of its own.
     let mut me = hub.raw();
-    me.send_frame(FrameType::Publish, ACK_REQUESTED, "bystander/news", b"hi", 1);
+    me.send_frame(
+        FrameType::Publish,
+        ACK_REQUESTED,
+        "bystander/news",
+        b"hi",
+        1,
+    );
     let f = me.read_frame().unwrap();
     assert_eq!(f.0, FrameType::Ack, "{:?}", error_text(&[f.clone()]));
     // (It may take half of what the attacker leaves free, 64.)
@@ -246,7 +268,10 @@ fn one_uid_cannot_take_every_channel() {
     assert_eq!(acks, 60, "{err:?}");
     let stats = hub.client().stats().unwrap();
     assert!(stats.channel_count <= 256, "{}", stats.channel_count);
-    assert!(!stats.channels.iter().any(|c| c.name.starts_with("junk/") && c.subscribers > 0));
+    assert!(!stats
+        .channels
+        .iter()
+        .any(|c| c.name.starts_with("junk/") && c.subscribers > 0));
 }
 
 #[test]
@@ -257,7 +282,11 @@ fn invented_channel_names_are_collected_not_kept() {
     assert_eq!(me.read_frame().unwrap().0, FrameType::Ack);
     // 10,000 channel names nobody holds, from one uid.
     let (child, mut out) = attack(&hub, "invent", 10_000);
-    assert_eq!(report(&mut out, &hub), "refused=0", "publishing never fails");
+    assert_eq!(
+        report(&mut out, &hub),
+        "refused=0",
+        "publishing never fails"
+    );
     let stats = hub.client().stats().unwrap();
     // The attacker's uid is charged at most hub.max_channels_per_uid
     // (4096): older names were collected to make room for newer ones.
@@ -284,15 +313,20 @@ fn invented_channel_names_are_collected_not_kept() {
 #[test]
 fn wildcard_flood_does_not_freeze_routing_for_a_bystander() {
     let hub = open_hub("");
+    let me = hub.raw();
     let (child, mut out) = attack(&hub, "wildcards", 3000);
     let line = report(&mut out, &hub);
     assert_eq!(report(&mut out, &hub), "published");
     // The 3000 publishes to new channels are on their way: a bystander
     // pings, subscribes, publishes and receives, each promptly.
-    let me = hub.raw();
     let (me, got) = promptly(me, frame(FrameType::Ping, 0, "", 7), 1, "PING");
     assert_eq!(got[0].0, FrameType::Pong);
-    let (me, got) = promptly(me, frame(FrameType::Subscribe, 0, "news/+", 8), 1, "SUBSCRIBE");
+    let (me, got) = promptly(
+        me,
+        frame(FrameType::Subscribe, 0, "news/+", 8),
+        1,
+        "SUBSCRIBE",
+    );
     assert_eq!(got[0].0, FrameType::Ack, "{:?}", error_text(&got));
     let (_me, got) = promptly(
         me,
@@ -300,8 +334,16 @@ fn wildcard_flood_does_not_freeze_routing_for_a_bystander() {
         2,
         "PUBLISH",
     );
-    assert!(got.iter().any(|f| f.0 == FrameType::Data && f.2 == "news/today"), "{got:?}");
-    assert!(got.iter().any(|f| f.0 == FrameType::Ack && f.3 == 1u32.to_le_bytes()), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|f| f.0 == FrameType::Data && f.2 == "news/today"),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|f| f.0 == FrameType::Ack && f.3 == 1u32.to_le_bytes()),
+        "{got:?}"
+    );
     // One uid holds at most hub.max_subscriptions_per_uid patterns,
     // however many clients it opens.
     assert!(line.starts_with("acks=16384 "), "{line}");
