@@ -259,6 +259,18 @@ fn one_uid_cannot_take_every_channel() {
     // When the attacker leaves, what it held is collected as room is
     // needed: the bystander can now hold more than the 64 it could.
     stop(child);
+    let mut probe = hub.client();
+    common::wait_for(
+        || {
+            !probe
+                .stats()
+                .unwrap()
+                .clients
+                .iter()
+                .any(|c| c.uid == NOBODY)
+        },
+        "the attacker's connection closed",
+    );
     let mut buf = Vec::new();
     for i in 50..110 {
         buf.extend(frame(FrameType::Subscribe, 0, &format!("mine/{i}"), i + 2));
