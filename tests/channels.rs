@@ -246,7 +246,12 @@ fn one_uid_cannot_take_every_channel() {
         1,
     );
     let f = me.read_frame().unwrap();
-    assert_eq!(f.0, FrameType::Ack, "{:?}", error_text(&[f.clone()]));
+    assert_eq!(
+        f.0,
+        FrameType::Ack,
+        "{:?}",
+        error_text(std::slice::from_ref(&f))
+    );
     // (It may take half of what the attacker leaves free, 64.)
     let mut buf = Vec::new();
     for i in 0..50 {

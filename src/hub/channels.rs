@@ -229,7 +229,7 @@ impl Hub {
             let mine = self.uid_channels.get(&uid).copied().unwrap_or(0);
             let total = self.channels.len();
             // Rounded up, so a hub with room for one channel has room for one.
-            let share = (max.saturating_sub(total - mine) + 1) / 2;
+            let share = max.saturating_sub(total - mine).div_ceil(2);
             let over_cap = mine >= max_uid;
             let over_share = mine >= share;
             if !over_cap && !over_share && total < max {
