@@ -367,16 +367,23 @@ impl Hub {
 
     /// The oldest channel nobody holds (charged to `uid`, if given).
     /// Candidates that gained a ring since are dropped on the way (they are
-    /// noted again when the ring goes).
+    /// noted again when the ring goes); one with an OPEN_RING the event
+    /// loop has yet to carry out is passed over, so its ring never finds
+    /// the channel gone.
     fn oldest_idle(&mut self, uid: Option<u32>) -> Option<Box<str>> {
         loop {
+            let pending = &self.ring_requests;
+            let wanted = |n: &Box<str>| !pending.iter().any(|r| r.channel == **n);
             let (owner, t, name) = match uid {
                 Some(u) => {
-                    let ((o, t), n) = self.idle_by_uid.range((u, 0)..=(u, u64::MAX)).next()?;
+                    let ((o, t), n) = self
+                        .idle_by_uid
+                        .range((u, 0)..=(u, u64::MAX))
+                        .find(|(_, n)| wanted(n))?;
                     (*o, *t, n.clone())
                 }
                 None => {
-                    let (t, n) = self.idle.first_key_value()?;
+                    let (t, n) = self.idle.iter().find(|(_, n)| wanted(n))?;
                     (self.channels.get(n).map_or(0, |c| c.owner), *t, n.clone())
                 }
             };

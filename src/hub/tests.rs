@@ -550,3 +550,27 @@ fn subscriptions_per_uid_are_limited_over_all_its_clients() {
     assert_eq!(ack_count(&got, 6), 2);
     assert_eq!(drain(&mut hub, a2).len(), 1);
 }
+
+#[test]
+fn a_channel_about_to_get_its_ring_is_never_collected() {
+    let mut cfg = Config::default();
+    cfg.shm.channel_rings = true;
+    cfg.hub.max_channels_per_uid = 1;
+    let mut hub = hub_with(cfg);
+    let a = hub.admit(of_uid(1)).unwrap();
+    hub.set_transport(a, TransportKind::Shm, "shm");
+    send(
+        &mut hub,
+        a,
+        &frame(FrameType::OpenRing, 0, "r", &[RING_READ | RING_WRITE], 1),
+    );
+    // Before the event loop makes the ring, the same uid needs room.
+    publish(&mut hub, a, "p", b"", 2);
+    let e = error_of(&mut hub, a);
+    assert!(e.contains("hub.max_channels_per_uid"), "{e}");
+    let mut reqs = Vec::new();
+    hub.take_ring_requests(&mut reqs);
+    assert_eq!(reqs[0].result, Ok(()));
+    let names: Vec<String> = hub.stats().channels.into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["r"]);
+}
