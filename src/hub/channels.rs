@@ -373,7 +373,7 @@ impl Hub {
     fn oldest_idle(&mut self, uid: Option<u32>) -> Option<Box<str>> {
         loop {
             let pending = &self.ring_requests;
-            let wanted = |n: &Box<str>| !pending.iter().any(|r| r.channel == **n);
+            let wanted = |n: &str| !pending.iter().any(|r| r.channel == n);
             let (owner, t, name) = match uid {
                 Some(u) => {
                     let ((o, t), n) = self
