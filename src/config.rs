@@ -88,6 +88,11 @@ pub struct HubConfig {
     pub max_channels: usize,
     /// Most subscriptions one client may hold.
     pub max_subscriptions_per_client: usize,
+    /// Most channels one uid may hold (subscribed to exactly, or created and
+    /// not yet collected); it may also take at most half the free ones.
+    pub max_channels_per_uid: usize,
+    /// Most subscriptions all the clients of one uid may hold together.
+    pub max_subscriptions_per_uid: usize,
     /// Under `block`, how long a subscriber may hold publishers back before it is disconnected.
     pub block_timeout_ms: u64,
     /// How long a new connection may take to send its HELLO before it is closed.
@@ -517,6 +522,8 @@ impl Default for HubConfig {
             max_clients_per_uid: 256,
             max_channels: 65536,
             max_subscriptions_per_client: 1024,
+            max_channels_per_uid: 4096,
+            max_subscriptions_per_uid: 16384,
             block_timeout_ms: 10_000,
             handshake_timeout_ms: 5_000,
             max_hello_size: 4096,
@@ -609,6 +616,15 @@ impl Config {
             return Err(bad(
                 "hub.max_hello_size",
                 "must be between 256 and 65536".into(),
+            ));
+        }
+        if h.max_channels_per_uid == 0 {
+            return Err(bad("hub.max_channels_per_uid", "must be at least 1".into()));
+        }
+        if h.max_subscriptions_per_uid == 0 {
+            return Err(bad(
+                "hub.max_subscriptions_per_uid",
+                "must be at least 1".into(),
             ));
         }
         if self.queue.max_messages == 0 {

@@ -15,13 +15,15 @@
 //!   queued past a limit and nothing is lost.
 
 pub mod access;
+mod channels;
 pub mod control;
 pub mod loglimit;
 pub mod queue;
 pub mod rings;
 pub mod stats;
+mod trie;
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{BTreeMap, HashMap as StdHashMap};
 
 /// The hub's maps: looked up per message, so a fast seeded hasher.
 type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
@@ -36,6 +38,7 @@ use loglimit::{LogKind, LogLimiter};
 use queue::{Kind, OutQueue};
 pub use rings::{RingRequest, RING_READ, RING_WRITE};
 pub use stats::{ChannelStats, ClientStats, HubStats, Totals, Viewer};
+use trie::SubTrie;
 
 /// A client's id, unique for the life of the hub (never reused).
 pub type ClientId = u32;
@@ -156,8 +159,20 @@ struct Peer {
 
 struct Channel {
     /// Clients with at least one matching subscription that the access
-    /// policy lets read this channel, each once.
+    /// policy lets read this channel, each once, as of generation `gen` of
+    /// the subscriptions (see `Hub::refresh`).
     subscribers: Vec<ClientId>,
+    /// The `Hub::sub_gen` `subscribers` was computed at.
+    gen: u64,
+    /// Who holds this channel, so that it is not collected: uids with
+    /// clients subscribed to its exact name, and how many such clients.
+    /// Each of these uids is charged for it (hub.max_channels_per_uid).
+    holds: Vec<(u32, u32)>,
+    /// The uid charged for it while `holds` is empty: its creator, or the
+    /// last uid that held it.
+    owner: u32,
+    /// Set while it is a candidate for collection (see `Hub::idle`).
+    idle_at: Option<u64>,
     overflow: Overflow,
     /// The access rule governing this channel (None: the default).
     rule: Option<usize>,
@@ -182,6 +197,20 @@ pub struct Hub {
     uid_bytes: HashMap<u32, usize>,
     peers: HashMap<ClientId, Peer>,
     channels: HashMap<Box<str>, Channel>,
+    /// Every client's patterns, indexed by level.
+    subs: SubTrie,
+    /// Bumped whenever subscriptions change in a way that may concern many
+    /// channels: a channel's `subscribers` is recomputed when next used.
+    sub_gen: u64,
+    /// Patterns held by each uid's clients together (hub.max_subscriptions_per_uid).
+    uid_subs: HashMap<u32, usize>,
+    /// Channels charged to each uid (hub.max_channels_per_uid).
+    uid_channels: HashMap<u32, usize>,
+    /// Channels nobody holds, oldest first: collected when room is needed.
+    idle: BTreeMap<u64, Box<str>>,
+    /// The same, by the uid charged for them.
+    idle_by_uid: BTreeMap<(u32, u64), Box<str>>,
+    idle_tick: u64,
     next_id: ClientId,
     totals: Totals,
     dirty: Vec<ClientId>,
@@ -209,6 +238,13 @@ impl Hub {
             cfg,
             peers: HashMap::default(),
             channels: HashMap::default(),
+            subs: SubTrie::default(),
+            sub_gen: 0,
+            uid_subs: HashMap::default(),
+            uid_channels: HashMap::default(),
+            idle: BTreeMap::new(),
+            idle_by_uid: BTreeMap::new(),
+            idle_tick: 0,
             next_id: 1,
             totals: Totals::default(),
             dirty: Vec::new(),
@@ -282,18 +318,9 @@ impl Hub {
         for (name, ch) in self.channels.iter_mut() {
             ch.overflow = cfg.overflow_for(name);
             ch.rule = self.policy.rule_for(name);
-            // Access may have changed: recompute who reads this channel.
-            let policy = &self.policy;
-            let mut subs: Vec<ClientId> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.patterns.iter().any(|pat| pat.matches(name)))
-                .filter(|(_, p)| policy.allows_with(ch.rule, &p.creds, Op::Subscribe))
-                .map(|(id, _)| *id)
-                .collect();
-            subs.sort_unstable();
-            ch.subscribers = subs;
         }
+        // Access may have changed: every channel recomputes who reads it.
+        self.subscriptions_changed();
         self.cfg = cfg;
     }
 
@@ -424,9 +451,7 @@ impl Hub {
         if peer.greeted {
             self.record(HubEvent::ClientDisconnected { id });
         }
-        for pat in &peer.patterns {
-            self.for_matching_channels(pat, |_, ch| ch.subscribers.retain(|s| *s != id));
-        }
+        self.drop_subscriptions(id, peer.ident.uid, std::mem::take(&mut peer.patterns));
         if let Some((on, _)) = peer.blocked {
             if let Some(holder) = self.peers.get_mut(&on) {
                 holder.holding.retain(|h| *h != id);
@@ -592,14 +617,9 @@ impl Hub {
         peer.counters.dropped += lost;
         let patterns = std::mem::take(&mut peer.patterns);
         let holding = std::mem::take(&mut peer.holding);
+        let uid = peer.ident.uid;
         self.totals.dropped += lost;
-        for pat in &patterns {
-            self.for_matching_channels(pat, |_, ch| {
-                if ch.subscribers.contains(&id) {
-                    ch.subscribers.retain(|s| *s != id);
-                }
-            });
-        }
+        self.drop_subscriptions(id, uid, patterns);
         for h in holding {
             self.resume(h);
         }
@@ -686,130 +706,6 @@ impl Hub {
         Step::Pause
     }
 
-    fn subscribe(&mut self, id: ClientId, text: &str) -> Result<(), (ErrorCode, String)> {
-        let pat = Pattern::parse(text).map_err(|e| (ErrorCode::BadChannel, e.to_string()))?;
-        let max = self.cfg.hub.max_subscriptions_per_client;
-        let peer = self.peers.get_mut(&id).expect("caller checked");
-        if peer.patterns.contains(&pat) {
-            return Ok(());
-        }
-        if peer.patterns.len() >= max {
-            return Err((
-                ErrorCode::LimitReached,
-                format!("{max} subscriptions already (limit hub.max_subscriptions_per_client)"),
-            ));
-        }
-        if pat.is_exact() && !self.policy.allows(pat.as_str(), &peer.creds, Op::Subscribe) {
-            let text = format!(
-                "uid {} may not subscribe to '{}' (access policy)",
-                peer.creds.uid, pat
-            );
-            if self
-                .log_limit
-                .allow(peer.ident.uid, LogKind::Denied, Instant::now())
-            {
-                tracing::warn!(client = id, client_pid = peer.ident.pid, client_uid = peer.ident.uid, channel = %pat, "subscribe denied");
-            }
-            return Err((ErrorCode::NotPermitted, text));
-        }
-        peer.patterns.push(pat.clone());
-        let creds = peer.creds.clone();
-        if pat.is_exact() && !self.channels.contains_key(pat.as_str()) {
-            // Create the channel now so it shows in statistics before traffic.
-            if let Err(e) = self.ensure_channel(pat.as_str()) {
-                self.peers.get_mut(&id).unwrap().patterns.pop();
-                return Err(e);
-            }
-        }
-        let policy = &self.policy;
-        for_matching(&mut self.channels, &pat, |_, ch| {
-            if !ch.subscribers.contains(&id) && policy.allows_with(ch.rule, &creds, Op::Subscribe) {
-                ch.subscribers.push(id);
-            }
-        });
-        Ok(())
-    }
-
-    fn unsubscribe(&mut self, id: ClientId, text: &str) -> Result<(), (ErrorCode, String)> {
-        let peer = self.peers.get_mut(&id).expect("caller checked");
-        let Some(pos) = peer.patterns.iter().position(|p| p.as_str() == text) else {
-            return Err((
-                ErrorCode::NotSubscribed,
-                format!("not subscribed to '{text}'"),
-            ));
-        };
-        let pat = peer.patterns.remove(pos);
-        let rest = peer.patterns.clone();
-        self.for_matching_channels(&pat, |ch_name, ch| {
-            if !rest.iter().any(|p| p.matches(ch_name)) {
-                ch.subscribers.retain(|s| *s != id);
-            }
-        });
-        Ok(())
-    }
-
-    fn for_matching_channels(&mut self, pat: &Pattern, f: impl FnMut(&str, &mut Channel)) {
-        for_matching(&mut self.channels, pat, f);
-    }
-
-    /// Look up or create a channel, evicting an idle one at the limit.
-    fn ensure_channel(&mut self, name: &str) -> Result<(), (ErrorCode, String)> {
-        if self.channels.contains_key(name) {
-            return Ok(());
-        }
-        if self.channels.len() >= self.cfg.hub.max_channels {
-            let idle = self
-                .channels
-                .iter()
-                // A channel with a ring has readers the list does not show.
-                .find(|(_, c)| c.subscribers.is_empty() && c.ring.is_none())
-                .map(|(n, _)| n.clone());
-            match idle {
-                Some(n) => {
-                    self.channels.remove(&n);
-                    self.record(HubEvent::ChannelRemoved(n.to_string()));
-                }
-                None => {
-                    return Err((
-                        ErrorCode::LimitReached,
-                        format!(
-                            "{} channels in use (limit hub.max_channels)",
-                            self.channels.len()
-                        ),
-                    ))
-                }
-            }
-        }
-        let rule = self.policy.rule_for(name);
-        let policy = &self.policy;
-        let mut subscribers: Vec<ClientId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.patterns.iter().any(|pat| pat.matches(name)))
-            .filter(|(_, p)| policy.allows_with(rule, &p.creds, Op::Subscribe))
-            .map(|(id, _)| *id)
-            .collect();
-        subscribers.sort_unstable();
-        self.channels.insert(
-            name.into(),
-            Channel {
-                subscribers,
-                overflow: self.cfg.overflow_for(name),
-                rule,
-                published: 0,
-                delivered: 0,
-                bytes: 0,
-                dropped: 0,
-                ring: None,
-                direct: Vec::new(),
-                published_direct: 0,
-                direct_seen: 0,
-            },
-        );
-        self.record(HubEvent::ChannelCreated(name.to_string()));
-        Ok(())
-    }
-
     fn publish(&mut self, id: ClientId, frame: &Frame<'_>, now: Instant) -> Step {
         let seq = frame.header.seq;
         // A known channel was validated when it was created: the common case
@@ -819,7 +715,8 @@ impl Hub {
                 self.send_error(id, seq, ErrorCode::BadChannel, &e.to_string());
                 return Step::Continue;
             }
-            if let Err((code, text)) = self.ensure_channel(frame.channel) {
+            let uid = self.peers[&id].ident.uid;
+            if let Err((code, text)) = self.ensure_channel(frame.channel, uid) {
                 self.send_error(id, seq, code, &text);
                 return Step::Continue;
             }
@@ -845,6 +742,7 @@ impl Hub {
                 return Step::Continue;
             }
         }
+        self.refresh(frame.channel);
         let ch = self.channels.get_mut(frame.channel).expect("just ensured");
         let len = frame.header.frame_len();
         // A channel with a ring: what others publish goes into the ring (its
@@ -1011,25 +909,6 @@ fn policy_of(cfg: &Config) -> Policy {
     })
 }
 
-fn for_matching(
-    channels: &mut HashMap<Box<str>, Channel>,
-    pat: &Pattern,
-    mut f: impl FnMut(&str, &mut Channel),
-) {
-    if pat.is_exact() {
-        if let Some(ch) = channels.get_mut(pat.as_str()) {
-            f(pat.as_str(), ch);
-        }
-    } else {
-        for (name, ch) in channels.iter_mut() {
-            if pat.matches(name) {
-                f(name, ch);
-            }
-        }
-    }
-}
-
-/// Bring `uid_bytes` up to date with a client's queue.
 /// Subscribers of a ring channel the ring peer serves (not direct readers).
 fn ring_audience(ch: &Channel) -> usize {
     ch.subscribers

@@ -47,11 +47,10 @@ impl Hub {
                 name: name.to_string(),
                 // Direct readers of the channel's ring count too (a client
                 // may be both, through a wildcard: counted once).
-                subscribers: c.subscribers.len()
-                    + c.direct
-                        .iter()
-                        .filter(|d| !c.subscribers.contains(d))
-                        .count(),
+                subscribers: {
+                    let subs = self.current_subscribers(name, c);
+                    subs.len() + c.direct.iter().filter(|d| !subs.contains(d)).count()
+                },
                 overflow: c.overflow.as_str().to_string(),
                 published: c.published + c.published_direct,
                 delivered: c.delivered,

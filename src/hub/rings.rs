@@ -80,7 +80,7 @@ impl Hub {
         }
         let creds = peer.creds.clone();
         let (uid, pid) = (peer.ident.uid, peer.ident.pid);
-        self.ensure_channel(channel)?;
+        self.ensure_channel(channel, uid)?;
         let ch = &self.channels[channel];
         if ch.overflow == Overflow::Disconnect {
             return Err((
@@ -160,6 +160,8 @@ impl Hub {
             // A new ring counts from zero again.
             ch.direct_seen = 0;
         }
+        // Nobody may hold it any more: it can be collected.
+        self.note_idle(channel);
     }
 
     /// `client` reads `channel` from its ring (or stopped doing so).
@@ -175,7 +177,10 @@ impl Hub {
     /// Subscribers the ring peer must serve: those of the channel that do
     /// not read its ring themselves.
     pub fn ring_audience(&self, channel: &str) -> usize {
-        self.channels.get(channel).map_or(0, ring_audience)
+        self.channels.get(channel).map_or(0, |ch| {
+            let subs = self.current_subscribers(channel, ch);
+            subs.iter().filter(|s| !ch.direct.contains(s)).count()
+        })
     }
 
     /// Messages the hub's side of the channel's ring lost (overwritten

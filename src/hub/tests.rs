@@ -521,3 +521,147 @@ fn unread_answers_count_against_the_uid_and_pause_the_asker() {
     hub.take_resumed(&mut resumed);
     assert!(resumed.contains(&a), "{resumed:?}");
 }
+
+fn of_uid(uid: u32) -> Identity {
+    Identity {
+        pid: 1,
+        uid,
+        gid: uid,
+    }
+}
+
+fn error_of(hub: &mut Hub, id: ClientId) -> String {
+    let e = drain(hub, id);
+    assert_eq!(e[0].0, FrameType::Error, "{e:?}");
+    crate::wire::frame::parse_error_payload(&e[0].3).1
+}
+
+#[test]
+fn a_channel_is_charged_to_whoever_holds_it() {
+    let mut hub = hub_with(Config::default());
+    let a = hub.admit(of_uid(1)).unwrap();
+    let b = hub.admit(of_uid(2)).unwrap();
+    publish(&mut hub, a, "x", b"", 1);
+    assert_eq!((hub.channels_of_uid(1), hub.channels_of_uid(2)), (1, 0));
+    // uid 2 holds it now: the charge moves, so uid 1 cannot be pinned at
+    // its limit by channels others keep alive.
+    sub(&mut hub, b, "x");
+    assert_eq!((hub.channels_of_uid(1), hub.channels_of_uid(2)), (0, 1));
+    sub(&mut hub, a, "x");
+    assert_eq!((hub.channels_of_uid(1), hub.channels_of_uid(2)), (1, 1));
+    send(&mut hub, b, &frame(FrameType::Unsubscribe, 0, "x", b"", 2));
+    assert_eq!((hub.channels_of_uid(1), hub.channels_of_uid(2)), (1, 0));
+    // The last holder keeps the charge of the idle channel until collected.
+    hub.remove(a);
+    assert_eq!((hub.channels_of_uid(1), hub.channel_count()), (1, 1));
+    // A wildcard holds nothing and costs its owner no channel.
+    sub(&mut hub, b, "#");
+    publish(&mut hub, b, "y", b"", 3);
+    assert_eq!(hub.channels_of_uid(2), 1, "created, not held");
+}
+
+#[test]
+fn at_its_channel_limit_a_uid_recycles_its_own_idle_channels_first() {
+    let mut cfg = Config::default();
+    cfg.hub.max_channels_per_uid = 3;
+    let mut hub = hub_with(cfg);
+    let a = hub.admit(of_uid(1)).unwrap();
+    let other = hub.admit(of_uid(2)).unwrap();
+    publish(&mut hub, other, "theirs", b"", 1);
+    sub(&mut hub, a, "h1");
+    sub(&mut hub, a, "h2");
+    for (i, name) in ["p1", "p2", "p3"].into_iter().enumerate() {
+        publish(&mut hub, a, name, b"", 2 + i as u64);
+        drain(&mut hub, a);
+    }
+    // p1 and p2 were collected to make room; the other uid's idle one stays.
+    let names: Vec<String> = hub.stats().channels.into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["h1", "h2", "p3", "theirs"]);
+    sub(&mut hub, a, "h3"); // collects p3
+    send(&mut hub, a, &frame(FrameType::Subscribe, 0, "h4", b"", 9));
+    let e = error_of(&mut hub, a);
+    assert!(
+        e.contains("uid 1 holds 3 channels") && e.contains("hub.max_channels_per_uid"),
+        "{e}"
+    );
+    // Holding another uid's channel counts too.
+    send(
+        &mut hub,
+        a,
+        &frame(FrameType::Subscribe, 0, "theirs", b"", 10),
+    );
+    assert!(error_of(&mut hub, a).contains("hub.max_channels_per_uid"));
+    // Collected channels took their counters; the totals kept them.
+    assert_eq!(hub.totals().messages_in, 4);
+}
+
+#[test]
+fn one_uid_takes_at_most_half_of_what_others_leave_free() {
+    let mut cfg = Config::default();
+    cfg.hub.max_channels = 8;
+    let mut hub = hub_with(cfg);
+    let a = hub.admit(of_uid(1)).unwrap();
+    let b = hub.admit(of_uid(2)).unwrap();
+    for i in 0..4 {
+        sub(&mut hub, a, &format!("a{i}"));
+    }
+    send(&mut hub, a, &frame(FrameType::Subscribe, 0, "a4", b"", 9));
+    let e = error_of(&mut hub, a);
+    assert!(e.contains("hub.max_channels") && e.contains("half"), "{e}");
+    // uid 2 still finds room.
+    sub(&mut hub, b, "b0");
+    sub(&mut hub, b, "b1");
+}
+
+#[test]
+fn subscriptions_per_uid_are_limited_over_all_its_clients() {
+    let mut cfg = Config::default();
+    cfg.hub.max_subscriptions_per_uid = 3;
+    let mut hub = hub_with(cfg);
+    let a1 = hub.admit(of_uid(1)).unwrap();
+    let a2 = hub.admit(of_uid(1)).unwrap();
+    let b = hub.admit(of_uid(2)).unwrap();
+    sub(&mut hub, a1, "x/+");
+    sub(&mut hub, a1, "y/#");
+    sub(&mut hub, a2, "z");
+    send(&mut hub, a2, &frame(FrameType::Subscribe, 0, "w/+", b"", 5));
+    let e = error_of(&mut hub, a2);
+    assert!(
+        e.contains("uid 1 holds 3 subscriptions") && e.contains("hub.max_subscriptions_per_uid"),
+        "{e}"
+    );
+    sub(&mut hub, b, "w/+");
+    // Leaving gives the patterns back.
+    hub.remove(a1);
+    sub(&mut hub, a2, "w/+");
+    // A wildcard subscriber that left no longer receives (lists are
+    // recomputed from the index).
+    publish(&mut hub, b, "w/1", b"", 6);
+    let got = drain(&mut hub, b);
+    assert_eq!(ack_count(&got, 6), 2);
+    assert_eq!(drain(&mut hub, a2).len(), 1);
+}
+
+#[test]
+fn a_channel_about_to_get_its_ring_is_never_collected() {
+    let mut cfg = Config::default();
+    cfg.shm.channel_rings = true;
+    cfg.hub.max_channels_per_uid = 1;
+    let mut hub = hub_with(cfg);
+    let a = hub.admit(of_uid(1)).unwrap();
+    hub.set_transport(a, TransportKind::Shm, "shm");
+    send(
+        &mut hub,
+        a,
+        &frame(FrameType::OpenRing, 0, "r", &[RING_READ | RING_WRITE], 1),
+    );
+    // Before the event loop makes the ring, the same uid needs room.
+    publish(&mut hub, a, "p", b"", 2);
+    let e = error_of(&mut hub, a);
+    assert!(e.contains("hub.max_channels_per_uid"), "{e}");
+    let mut reqs = Vec::new();
+    hub.take_ring_requests(&mut reqs);
+    assert_eq!(reqs[0].result, Ok(()));
+    let names: Vec<String> = hub.stats().channels.into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["r"]);
+}
