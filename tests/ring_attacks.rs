@@ -159,7 +159,7 @@ fn rotating_values_in_the_lock_do_not_wedge_the_channel() {
         while !stop2.load(Ordering::Relaxed) {
             assert!(attacker.poke_ring_for_test("b8/r", LOCK, v));
             started2.store(true, Ordering::Relaxed);
-            v = v % 7 + 1;
+            v = v.wrapping_add(1).max(1); // never the same twice, never free
         }
         attacker
     });
@@ -271,19 +271,27 @@ fn cleared_wait_marks_do_not_leave_a_reader_asleep() {
         attacker
     });
     let reader = std::thread::spawn(move || {
-        let m = next_message(&mut sub, Duration::from_secs(5));
-        (sub, m)
+        // Waiting longer than the test allows: a timeout would wake the
+        // reader itself and hide the lost wake-up.
+        let m = next_message(&mut sub, Duration::from_secs(8));
+        (sub, m, Instant::now())
     });
     std::thread::sleep(Duration::from_millis(300)); // the reader sleeps
+    let published = Instant::now();
     honest.publish("b11/a", b"wake up").unwrap();
     honest.flush().unwrap();
-    let (_sub, m) = reader.join().unwrap();
+    let (_sub, m, at) = reader.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     drop(clearer.join().unwrap());
     assert_eq!(
         m.map(|m| m.payload).as_deref(),
         Some(&b"wake up"[..]),
         "the reader slept through the message"
+    );
+    let late = at - published;
+    assert!(
+        late < Duration::from_secs(3),
+        "the reader heard of the message only after {late:?}"
     );
     nobody_blamed(&hub);
 }
