@@ -539,3 +539,60 @@ fn a_foreign_frame_seen_only_by_a_direct_reader_retires_the_ring() {
     still_receives(&mut p, &mut sub, "b12/d");
     nobody_blamed(&hub);
 }
+
+/// B10/B11: an innocent reader's cursor rewritten (as any participant can)
+/// to hold the writers back does not get that reader disconnected as slow:
+/// it takes its wake-ups, so the hub cannot pin the stall on it and
+/// retires the ring instead.
+#[test]
+fn a_forged_cursor_does_not_get_an_innocent_reader_disconnected() {
+    let hub = Hub::start_with(CFG);
+    let mut sub = hub.subscriber(Shm, "b10/c");
+    let mut honest = hub.client_via(Shm);
+    honest.publish("b10/c", b"one").unwrap();
+    assert_eq!(sub.recv(WAIT).unwrap().unwrap().payload, b"one");
+    let mut attacker = hub.client_via(Shm);
+    attacker.publish("b10/c", b"hi").unwrap();
+    assert_eq!(sub.recv(WAIT).unwrap().unwrap().payload, b"hi");
+    let sub_slot = (1..64)
+        .find(|s| {
+            attacker.peek_ring_for_test("b10/c", slot(*s) + TOKEN) == Some(u64::from(sub.id()))
+        })
+        .expect("the reader's slot");
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let (stop2, started2) = (stop.clone(), started.clone());
+    let forger = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            attacker.poke_ring_for_test("b10/c", slot(sub_slot) + READ_POS, 0);
+            started2.store(true, Ordering::Relaxed);
+        }
+        attacker
+    });
+    wait_for(|| started.load(Ordering::Relaxed), "the attack");
+    let reader = std::thread::spawn(move || {
+        let mut last = None;
+        while let Some(m) = next_message(&mut sub, Duration::from_secs(5)) {
+            last = Some(m.payload);
+            if last.as_deref() == Some(b"last") {
+                break;
+            }
+        }
+        (sub, last)
+    });
+    let _honest = finishes("the honest publisher", move || {
+        for i in 0..300u32 {
+            honest
+                .publish("b10/c", &[i.to_le_bytes().as_slice(), &[7; 100]].concat())
+                .unwrap();
+        }
+        honest.publish("b10/c", b"last").unwrap();
+        honest.flush().unwrap();
+        honest
+    });
+    let (_sub, last) = reader.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    drop(forger.join().unwrap());
+    assert_eq!(last.as_deref(), Some(&b"last"[..]));
+    nobody_blamed(&hub);
+}

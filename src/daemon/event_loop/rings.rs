@@ -508,8 +508,17 @@ impl EventLoop {
                 tracing::debug!(client = req.client, channel = %req.channel, "channel ring refused: {text}");
                 return Err((ErrorCode::RingUnavailable, text));
             }
-            self.make_ring(&req.channel, req.overflow)
-                .map_err(|e| internal(&e))?;
+            // Rings are a shortcut: if the hub cannot make one (no memory,
+            // no descriptor, no client slot for its endpoint), it relays.
+            self.make_ring(&req.channel, req.overflow).map_err(|e| {
+                (
+                    ErrorCode::RingUnavailable,
+                    format!(
+                        "cannot set up the channel ring ({e}): the hub relays '{}'",
+                        req.channel
+                    ),
+                )
+            })?;
         }
         let r = self.rings.get_mut(&req.channel).expect("made above");
         let mut fresh = false;
