@@ -98,6 +98,8 @@ pub struct EventLoop {
     accept_retry: Option<Instant>,
     /// Channels with a broadcast ring (shm clients read and write it directly).
     rings: HashMap<String, rings::ChannelRing>,
+    /// What each client and uid holds in channel rings (their quotas).
+    ring_use: rings::RingUse,
 }
 
 impl EventLoop {
@@ -120,6 +122,7 @@ impl EventLoop {
             fanout: EventFanout::default(),
             accept_retry: None,
             rings: HashMap::new(),
+            ring_use: rings::RingUse::default(),
             spawner: super::spawn::Spawner::new(
                 &opts.config.spawn,
                 opts.config.hub.max_message_size as usize,

@@ -59,6 +59,23 @@ pub struct RingShared {
     pub hub_cursor: Option<u64>,
 }
 
+impl RingShared {
+    /// `id` writes the ring (`left` None), or stopped writing it when
+    /// `write_pos` was `left`. Departed writers are kept for the hub's
+    /// reader to get past their records, but at most a few rings' worth,
+    /// oldest forgotten first (their records then retire the ring when read).
+    pub fn set_writer(&mut self, id: u32, left: Option<u64>) {
+        self.writers.retain(|(c, _)| *c != id);
+        self.writers.push((id, left));
+        while self.writers.len() > 4 * crate::shm::bring::MAX_SLOTS {
+            match self.writers.iter().position(|(_, l)| l.is_some()) {
+                Some(i) => self.writers.remove(i),
+                None => break,
+            };
+        }
+    }
+}
+
 /// Self-rescheduled wake-up scans in a row before the hub waits for its timer.
 const MAX_UNSETTLED: u32 = 8;
 /// Batches one `read_into` reads at most (each moves the cursor), so a

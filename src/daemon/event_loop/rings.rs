@@ -37,6 +37,12 @@ pub(super) struct ChannelRing {
     shared: Arc<Mutex<RingShared>>,
     /// Which client holds each slot, with its roles (slot 0 is the hub's).
     slots: Vec<Option<(ClientId, u8)>>,
+    /// The uid of the client in each slot (meaningful where `slots` is Some).
+    slot_uid: Vec<u32>,
+    /// Where the search for a free slot starts: slots are reused as late
+    /// as possible, so a departed client still storing into its old slot
+    /// is unlikely to meet a new owner.
+    next_slot: usize,
     /// Bytes of shared memory the ring is: charged to the uid of every
     /// participant (`shm.max_ring_bytes_per_uid`).
     bytes: usize,
@@ -65,6 +71,17 @@ impl Watch {
             cursors: vec![(NOT_READING, false); MAX_SLOTS],
         }
     }
+}
+
+/// What clients and uids hold in channel rings, kept as they join and
+/// leave so that a quota check costs a lookup, not a scan of every ring.
+#[derive(Default)]
+pub(super) struct RingUse {
+    /// Per client: rings it holds a slot in, and its eventfd (one
+    /// descriptor shared by all of them).
+    clients: HashMap<ClientId, (usize, Arc<Notifier>)>,
+    /// Per uid: rings its clients hold (a ring counted once), and their bytes.
+    uids: HashMap<u32, (usize, usize)>,
 }
 
 /// What a look at a ring calls for.
@@ -124,6 +141,36 @@ enum Drain {
     Paused,
 }
 
+impl RingUse {
+    /// `client` (of `uid`) left `r` (its slot already cleared).
+    fn release(&mut self, client: ClientId, uid: u32, r: &ChannelRing) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.0 = c.0.saturating_sub(1);
+            if c.0 == 0 {
+                self.clients.remove(&client);
+            }
+        }
+        if !r.has_uid(uid) {
+            if let Some(u) = self.uids.get_mut(&uid) {
+                u.0 = u.0.saturating_sub(1);
+                u.1 = u.1.saturating_sub(r.bytes);
+                if u.0 == 0 {
+                    self.uids.remove(&uid);
+                }
+            }
+        }
+    }
+
+    /// `r` is gone: everyone in it is released.
+    fn release_all(&mut self, r: &mut ChannelRing) {
+        for slot in 0..MAX_SLOTS {
+            if let Some((c, _)) = r.slots[slot].take() {
+                self.release(c, r.slot_uid[slot], r);
+            }
+        }
+    }
+}
+
 impl ChannelRing {
     fn participants(&self) -> usize {
         self.slots.iter().flatten().count()
@@ -131,6 +178,13 @@ impl ChannelRing {
 
     fn has(&self, client: ClientId) -> bool {
         self.slots.iter().flatten().any(|(c, _)| *c == client)
+    }
+
+    fn has_uid(&self, uid: u32) -> bool {
+        self.slots
+            .iter()
+            .zip(&self.slot_uid)
+            .any(|(s, u)| s.is_some() && *u == uid)
     }
 
     /// Look at the ring as PROTOCOL.md §6.2 says a correct participant
@@ -476,13 +530,11 @@ impl EventLoop {
             self.check_ring_quota(req.client, uid, &req.channel)?;
         }
         // One descriptor per client for all its rings.
-        let shared_waker = self.rings.values().find_map(|r| {
-            let slot = r
-                .slots
-                .iter()
-                .position(|s| s.is_some_and(|(c, _)| c == req.client))?;
-            r.shared.lock().ok()?.wakers[slot].clone()
-        });
+        let shared_waker = self
+            .ring_use
+            .clients
+            .get(&req.client)
+            .map(|(_, w)| w.clone());
         let waker = match shared_waker {
             Some(w) => w,
             None => {
@@ -499,7 +551,9 @@ impl EventLoop {
             }
         };
         if !self.rings.contains_key(&req.channel) {
-            if FDS_PER_RING * (self.rings.len() + 1) + self.ring_clients() + 1 > ring_fd_budget() {
+            if FDS_PER_RING * (self.rings.len() + 1) + self.ring_use.clients.len() + 1
+                > ring_fd_budget()
+            {
                 let text = format!(
                     "the hub's descriptors for channel rings are spent ({} rings; a quarter of its RLIMIT_NOFILE): the hub relays '{}'",
                     self.rings.len(),
@@ -530,12 +584,9 @@ impl EventLoop {
             Some(s) => s,
             None => {
                 fresh = true;
-                r.slots
-                    .iter()
-                    .enumerate()
-                    .skip(HUB_SLOT + 1)
-                    .find(|(_, s)| s.is_none())
-                    .map(|(i, _)| i)
+                (0..MAX_SLOTS)
+                    .map(|i| (r.next_slot + i) % MAX_SLOTS)
+                    .find(|i| *i != HUB_SLOT && r.slots[*i].is_none())
                     .ok_or((
                         ErrorCode::LimitReached,
                         format!(
@@ -549,6 +600,21 @@ impl EventLoop {
         let was_reading = r.slots[slot].is_some_and(|(_, roles)| roles & RING_READ != 0);
         let was_writing = r.slots[slot].is_some_and(|(_, roles)| roles & RING_WRITE != 0);
         let reading = req.roles & RING_READ != 0;
+        if fresh {
+            r.next_slot = slot + 1;
+            // Charged from now on (see `check_ring_quota`).
+            if !r.has_uid(uid) {
+                let u = self.ring_use.uids.entry(uid).or_default();
+                u.0 += 1;
+                u.1 += r.bytes;
+            }
+            self.ring_use
+                .clients
+                .entry(req.client)
+                .or_insert_with(|| (0, waker.clone()))
+                .0 += 1;
+            r.slot_uid[slot] = uid;
+        }
         r.slots[slot] = Some((req.client, req.roles));
         // (Re)attach only when the slot is new or starts or stops reading: a
         // reader's cursor must never jump (what lies between is unread).
@@ -559,13 +625,12 @@ impl EventLoop {
             s.wakers[slot] = Some(waker);
             let id = req.client;
             let w = r.mgmt.write_pos();
-            s.writers.retain(|(c, _)| *c != id);
             // A writer that stops writing may have left records the hub
             // has yet to read: its id stays a valid origin until then.
             if req.roles & RING_WRITE != 0 {
-                s.writers.push((id, None));
+                s.set_writer(id, None);
             } else if was_writing {
-                s.writers.push((id, Some(w)));
+                s.set_writer(id, Some(w));
             }
         }
         let fds = if fresh {
@@ -582,18 +647,6 @@ impl EventLoop {
         Ok((slot as u32, fds))
     }
 
-    /// Distinct clients holding a slot in some ring (one descriptor each).
-    fn ring_clients(&self) -> usize {
-        let mut ids: Vec<ClientId> = self
-            .rings
-            .values()
-            .flat_map(|r| r.slots.iter().flatten().map(|(c, _)| *c))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.len()
-    }
-
     /// May `client` (of `uid`) join one more ring, `channel`'s? Past a
     /// quota the hub relays the channel instead (RING_UNAVAILABLE naming
     /// the key): rings are a shortcut, never the only way.
@@ -604,24 +657,9 @@ impl EventLoop {
         channel: &str,
     ) -> Result<(), (ErrorCode, String)> {
         let shm = &self.hub.config().shm;
-        let mine = self.rings.values().filter(|r| r.has(client)).count();
-        let uid_of = |c: &ClientId| self.clients.get(c).map(|c| c.ident.uid);
-        let (uid_rings, uid_bytes) = self
-            .rings
-            .values()
-            .filter(|r| {
-                r.slots
-                    .iter()
-                    .flatten()
-                    .any(|(c, _)| uid_of(c) == Some(uid))
-            })
-            .fold((0usize, 0usize), |(n, b), r| (n + 1, b + r.bytes));
-        let uid_has_it = self.rings.get(channel).is_some_and(|r| {
-            r.slots
-                .iter()
-                .flatten()
-                .any(|(c, _)| uid_of(c) == Some(uid))
-        });
+        let mine = self.ring_use.clients.get(&client).map_or(0, |c| c.0);
+        let (uid_rings, uid_bytes) = self.ring_use.uids.get(&uid).copied().unwrap_or_default();
+        let uid_has_it = self.rings.get(channel).is_some_and(|r| r.has_uid(uid));
         let size = self
             .rings
             .get(channel)
@@ -701,6 +739,8 @@ impl EventLoop {
                 peer,
                 shared,
                 slots: (0..MAX_SLOTS).map(|_| None).collect(),
+                slot_uid: vec![0; MAX_SLOTS],
+                next_slot: HUB_SLOT + 1,
                 bytes,
                 watch: Watch::new(
                     Instant::now(),
@@ -722,6 +762,9 @@ impl EventLoop {
     /// Free every slot `client` holds (in `only` channel, or all), breaking
     /// the ring lock if it died holding it; rings left empty are torn down.
     pub(super) fn free_slots(&mut self, client: ClientId, only: Option<&str>) {
+        if !self.ring_use.clients.contains_key(&client) {
+            return; // in no ring: nothing to free (and no mapping to hold a lock with)
+        }
         let mut retry = Vec::new();
         for (channel, r) in self.rings.iter_mut() {
             if only.is_some_and(|o| o != channel) {
@@ -733,14 +776,14 @@ impl EventLoop {
                 }
                 let wrote = r.slots[slot].is_some_and(|(_, roles)| roles & RING_WRITE != 0);
                 r.slots[slot] = None;
+                self.ring_use.release(client, r.slot_uid[slot], r);
                 r.mgmt.detach(slot);
                 let w = r.mgmt.write_pos();
                 if let Ok(mut s) = r.shared.lock() {
                     s.wakers[slot] = None;
                     if wrote {
                         // What it wrote may still be unread by the hub.
-                        s.writers.retain(|(c, _)| *c != client);
-                        s.writers.push((client, Some(w)));
+                        s.set_writer(client, Some(w));
                     }
                 }
                 self.hub.set_direct_reader(channel, client, false);
@@ -842,26 +885,29 @@ impl EventLoop {
     /// its readers become ordinary subscribers of the channel, so they lose
     /// at most what was in the ring; writers get a fresh ring when they ask.
     fn retire_ring(&mut self, channel: &str, reason: &str) {
-        let Some(r) = self.rings.remove(channel) else {
+        let Some(mut r) = self.rings.remove(channel) else {
             return;
         };
+        let members: Vec<(ClientId, u8)> = r.slots.iter().flatten().copied().collect();
+        self.ring_use.release_all(&mut r);
         warn!(channel = %channel, "channel ring retired: {reason}");
         r.mgmt.mark_retired();
         self.hub.detach_ring(channel);
         self.hub.remove(r.peer);
         self.finalize(r.peer);
-        for (c, roles) in r.slots.iter().flatten() {
+        for (c, roles) in members {
             if roles & RING_READ != 0 {
-                self.hub.ring_reader_relayed(*c, channel);
+                self.hub.ring_reader_relayed(c, channel);
             }
-            self.hub.send_ring_retired(*c, channel);
+            self.hub.send_ring_retired(c, channel);
         }
     }
 
     fn tear_down_ring(&mut self, channel: &str) {
-        let Some(r) = self.rings.remove(channel) else {
+        let Some(mut r) = self.rings.remove(channel) else {
             return;
         };
+        self.ring_use.release_all(&mut r);
         self.hub.detach_ring(channel);
         // Part of the hub, not a client: no "client disconnected" for it.
         self.hub.remove(r.peer);
