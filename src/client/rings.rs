@@ -382,8 +382,9 @@ impl Client {
                 .try_push(token, &[&header, channel.as_bytes(), payload])
             {
                 Err(RingError::Corrupt(_)) => {
-                    // Another participant broke it; tell the hub, which
-                    // looks at the ring and retires it.
+                    // Retired, or another participant broke it: tell the
+                    // hub, which retires it (if it has not yet).
+                    r.ring.report_corrupt();
                     r.hub.notify()?;
                     self.rings.list[i].broken = true;
                     return Ok(false);
