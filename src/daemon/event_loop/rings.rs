@@ -472,12 +472,12 @@ impl EventLoop {
     }
 
     /// After a reload: a ring whose participants include one the new access
-    /// rules refuse is retired. Its participants are disconnected (with the
-    /// reason) and the ring goes once they are: a descriptor already handed
-    /// out cannot be taken back, so only a fresh ring shuts the refused one
-    /// out. Everyone else reconnects and gets the new ring.
+    /// rules refuse is retired (a descriptor already handed out cannot be
+    /// taken back, so only a fresh ring shuts the refused one out). The
+    /// refused are disconnected with the reason; everyone else moves on as
+    /// after any retirement (readers relayed, writers to a fresh ring).
     pub(super) fn recheck_ring_access(&mut self) {
-        let mut out = Vec::new();
+        let mut retire = Vec::new();
         for (channel, r) in &self.rings {
             let refused: Vec<ClientId> = r
                 .slots
@@ -486,21 +486,21 @@ impl EventLoop {
                 .filter(|(c, _)| !self.hub.may_use_ring(*c, channel))
                 .map(|(c, _)| *c)
                 .collect();
-            if refused.is_empty() {
-                continue;
-            }
-            warn!(channel = %channel, ?refused, "access to a channel ring revoked by reload; retiring the ring");
-            for (c, _) in r.slots.iter().flatten() {
-                let text = if refused.contains(c) {
-                    format!("access to channel '{channel}' revoked by a configuration reload")
-                } else {
-                    format!("channel '{channel}' ring retired after a configuration reload (another participant's access was revoked); reconnect")
-                };
-                out.push((*c, text));
+            if !refused.is_empty() {
+                retire.push((channel.clone(), refused));
             }
         }
-        for (c, text) in out {
-            self.hub.doom(c, ErrorCode::NotPermitted, text);
+        for (channel, refused) in retire {
+            for c in &refused {
+                let text =
+                    format!("access to channel '{channel}' revoked by a configuration reload");
+                self.hub.doom(*c, ErrorCode::NotPermitted, text);
+            }
+            let reason = format!(
+                "access of {} participant(s) ({refused:?}) revoked by a configuration reload",
+                refused.len()
+            );
+            self.retire_ring(&channel, &reason);
         }
     }
 
