@@ -231,6 +231,14 @@ pub struct ShmConfig {
     /// Bytes of each channel's broadcast ring, a power of two that holds two
     /// largest frames (rounded up).
     pub channel_ring_size: usize,
+    /// Channel rings one client may hold at once; past it the hub relays.
+    pub max_rings_per_client: usize,
+    /// Channel rings the clients of one uid may hold at once (a ring shared
+    /// by several of them counts once).
+    pub max_rings_per_uid: usize,
+    /// Bytes of shared memory in the channel rings the clients of one uid
+    /// hold (each ring counted whole, header included).
+    pub max_ring_bytes_per_uid: usize,
 }
 
 impl Default for ShmConfig {
@@ -239,6 +247,9 @@ impl Default for ShmConfig {
             ring_size: crate::transport::shm::DEFAULT_RING_SIZE,
             channel_rings: true,
             channel_ring_size: crate::transport::shm::DEFAULT_RING_SIZE,
+            max_rings_per_client: 64,
+            max_rings_per_uid: 128,
+            max_ring_bytes_per_uid: 256 << 20,
         }
     }
 }
@@ -680,6 +691,23 @@ impl Config {
             return Err(bad(
                 "shm.channel_ring_size",
                 "must be between 4096 and 1073741824".into(),
+            ));
+        }
+        for (key, v) in [
+            ("shm.max_rings_per_client", self.shm.max_rings_per_client),
+            ("shm.max_rings_per_uid", self.shm.max_rings_per_uid),
+        ] {
+            if v == 0 {
+                return Err(bad(
+                    key,
+                    "must be at least 1 (shm.channel_rings = false turns rings off)".into(),
+                ));
+            }
+        }
+        if self.shm.max_ring_bytes_per_uid < self.shm.channel_ring_size {
+            return Err(bad(
+                "shm.max_ring_bytes_per_uid",
+                "must be at least shm.channel_ring_size".into(),
             ));
         }
         for (i, sp) in self.spawn.iter().enumerate() {

@@ -434,9 +434,11 @@ fn a_reload_that_revokes_access_retires_the_ring() {
     };
     assert!(why.contains("revoked"), "{why}");
     wait_for(
-        || hub.log().contains("channel ring removed"),
-        "the retired ring is removed",
+        || hub.log().contains("channel ring retired"),
+        "the ring is retired",
     );
+    // (The publisher was refused too: a ring needs both read and write.)
+    drop(p);
     // The refused reader cannot come back; the publisher can.
     let err = hub.client_via(Shm).subscribe("sec/a").unwrap_err();
     assert!(err.to_string().contains("may not subscribe"), "{err}");
@@ -445,8 +447,9 @@ fn a_reload_that_revokes_access_retires_the_ring() {
 }
 
 /// A participant that writes garbage into a ring harms that channel's ring
-/// and nothing else: the hub detects it, retires the ring, tells its
-/// participants why, and the channel carries on for everyone else.
+/// and nothing else: the hub detects it and retires the ring (it cannot
+/// tell who wrote the garbage, so nobody is disconnected), and the channel
+/// carries on for everyone.
 #[test]
 fn garbage_in_a_ring_retires_it_and_the_channel_carries_on() {
     let hub = Hub::start();
@@ -460,17 +463,6 @@ fn garbage_in_a_ring_retires_it_and_the_channel_carries_on() {
     wait_for(
         || hub.log().contains("channel ring retired"),
         "the hub retires the corrupt ring",
-    );
-    let why = loop {
-        match rogue.next_event(WAIT) {
-            Ok(Some(Event::Error { text, .. })) => break text,
-            Err(e) => break e.to_string(),
-            Ok(other) => assert!(other.is_some(), "no word from the hub"),
-        }
-    };
-    assert!(
-        why.contains("ring retired") || why.contains("closed"),
-        "{why}"
     );
     // The channel works again (a fresh ring), and nobody else noticed.
     let mut p = hub.client_via(Shm);
@@ -498,9 +490,12 @@ fn garbage_in_a_ring_retires_it_and_the_channel_carries_on() {
 }
 
 /// A participant that keeps the ring's write lock (stopped, or hostile)
-/// is disconnected after the block timeout, and the other publishers go on.
+/// stalls the channel for the block timeout at most: the lock word is
+/// anyone's to write, so the hub blames nobody and retires the ring; the
+/// publishers go on (through the hub, then a fresh ring) and the reader
+/// still gets everything, what the old ring held first.
 #[test]
-fn a_writer_that_keeps_the_ring_lock_is_disconnected_after_the_timeout() {
+fn a_writer_that_keeps_the_ring_lock_stalls_the_channel_for_the_timeout_at_most() {
     let hub = Hub::start_with("[hub]\nblock_timeout_ms = 300\n");
     let mut sub = hub.subscriber(Shm, "stall/a");
     let mut rogue = hub.client_via(Shm);
@@ -510,6 +505,7 @@ fn a_writer_that_keeps_the_ring_lock_is_disconnected_after_the_timeout() {
     assert!(rogue.hold_ring_lock_for_test("stall/a"));
     let handle = std::thread::spawn(move || {
         p.publish("stall/a", b"third").unwrap();
+        p.flush().unwrap();
         p
     });
     let _p = handle.join().unwrap();
@@ -517,9 +513,13 @@ fn a_writer_that_keeps_the_ring_lock_is_disconnected_after_the_timeout() {
         assert_eq!(sub.recv(WAIT).unwrap().unwrap().payload, want);
     }
     wait_for(
-        || hub.log().contains("write lock for more than 300 ms"),
-        "the lock holder is disconnected with a reason",
+        || {
+            hub.log()
+                .contains("write lock was held for more than 300 ms")
+        },
+        "the ring is retired with a reason",
     );
+    assert!(!hub.log().contains("SLOW_CONSUMER"));
     drop(rogue);
 }
 

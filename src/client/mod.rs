@@ -594,7 +594,6 @@ impl Client {
     /// Read whatever is there and decode it into events.
     fn read_available(&mut self) -> Result<(), ClientError> {
         let outcome = self.link.read_into(&mut self.inbuf, usize::MAX)?;
-        self.read_rings()?;
         let mut off = 0;
         loop {
             match wire::decode(&self.inbuf[off..], u32::MAX) {
@@ -634,6 +633,13 @@ impl Client {
                             }
                         },
                         FrameType::Pong => Event::Pong(seq),
+                        FrameType::Ring if f.payload == [0xff, 0xff, 0xff, 0xff, 0] && seq == 0 => {
+                            // The hub retired this channel's ring: what it
+                            // still held for us goes before what follows.
+                            let rest = self.rings.retire(f.channel);
+                            rings::ring_frames_to_events(&rest, &mut self.events);
+                            continue;
+                        }
                         FrameType::Bye => {
                             self.closed = Some(String::from_utf8_lossy(f.payload).into_owned());
                             continue;
@@ -651,6 +657,10 @@ impl Client {
             }
         }
         self.inbuf.drain(..off);
+        // The rings after the hub's frames: a notice that a ring was
+        // retired comes with what it still held, ahead of what the hub
+        // relays from then on.
+        self.read_rings()?;
         if outcome.eof && self.closed.is_none() {
             self.closed = Some("connection lost".into());
         }

@@ -8,7 +8,7 @@
 //! buffer as the hub's frames; a gap (drop-oldest overwrote records we had
 //! not read) becomes a MISSED frame in its place.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use super::{link, Client, ClientError, Event, PublishOptions};
@@ -34,6 +34,12 @@ pub(super) struct ClientRing {
     slot: usize,
     roles: u8,
     cursor: Option<Cursor>,
+    /// We found it corrupt: read it no more, write through the hub, and
+    /// wait for the hub to retire it.
+    broken: bool,
+    /// The hub retired it (an unsolicited RING): forgotten at the next
+    /// safe point (`sweep`).
+    retired: bool,
 }
 
 #[derive(Default)]
@@ -47,6 +53,8 @@ pub(super) struct Rings {
     refused: HashSet<String>,
     /// Index of the ring found last.
     last: std::cell::Cell<usize>,
+    /// Reused buffer for what the rings yield.
+    scratch: Vec<u8>,
 }
 
 fn ring_io(e: RingError) -> ClientError {
@@ -68,10 +76,17 @@ impl Rings {
     fn find(&self, channel: &str) -> Option<usize> {
         // A publisher usually sticks to one channel: try the last one first.
         let last = self.last.get();
-        if self.list.get(last).is_some_and(|r| r.channel == channel) {
+        if self
+            .list
+            .get(last)
+            .is_some_and(|r| r.channel == channel && !r.retired)
+        {
             return Some(last);
         }
-        let i = self.list.iter().position(|r| r.channel == channel)?;
+        let i = self
+            .list
+            .iter()
+            .position(|r| r.channel == channel && !r.retired)?;
         self.last.set(i);
         Some(i)
     }
@@ -80,7 +95,52 @@ impl Rings {
     /// (the channel name was validated when it was opened).
     pub(super) fn writer_for(&self, channel: &str) -> bool {
         self.find(channel)
-            .is_some_and(|i| self.list[i].roles & RING_WRITE != 0)
+            .is_some_and(|i| self.list[i].roles & RING_WRITE != 0 && !self.list[i].broken)
+    }
+
+    /// The hub retired `channel`'s ring (PROTOCOL.md §6.2): stop using it.
+    /// If we read it, what it still holds for us comes first (returned, as
+    /// frames), then the hub relays the channel to us as to any subscriber;
+    /// a publish asks for a fresh ring.
+    pub(super) fn retire(&mut self, channel: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in self
+            .list
+            .iter_mut()
+            .filter(|r| r.channel == channel && !r.retired)
+        {
+            r.retired = true;
+            let Some(mut cur) = r.cursor.take() else {
+                continue;
+            };
+            // Bounded: nobody correct writes a retired ring any more.
+            for _ in 0..16 {
+                if !r.ring.has_data(&cur) {
+                    break;
+                }
+                let mut bad = false;
+                let res = r
+                    .ring
+                    .read_batch(&mut cur, &mut out, READ_BUDGET, |buf, ev| {
+                        bad |= !ring_event(buf, ev, channel)
+                    });
+                if res.is_err() || bad {
+                    if res.is_err() {
+                        missed_frame(&mut out, 1);
+                    }
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Forget retired rings (only where no index into `list` is held).
+    fn sweep(&mut self) {
+        if self.list.iter().any(|r| r.retired) {
+            self.list.retain(|r| !r.retired);
+            self.last.set(0);
+        }
     }
 }
 
@@ -111,6 +171,46 @@ impl Client {
             .is_some()
     }
 
+    /// Read a word of `channel`'s ring header or slots (byte offset as in
+    /// PROTOCOL.md §6.2): for tests that play a hostile participant.
+    #[doc(hidden)]
+    pub fn peek_ring_for_test(&self, channel: &str, off: usize) -> Option<u64> {
+        self.rings
+            .find(channel)
+            .map(|i| self.rings.list[i].ring.peek(off))
+    }
+
+    /// Write a word of `channel`'s ring header or slots, as any participant
+    /// can: for tests of what the hub and the other participants survive.
+    #[doc(hidden)]
+    pub fn poke_ring_for_test(&self, channel: &str, off: usize, v: u64) -> bool {
+        self.rings
+            .find(channel)
+            .map(|i| self.rings.list[i].ring.poke(off, v))
+            .is_some()
+    }
+
+    /// Write `record` into `channel`'s ring as one record, whatever it
+    /// holds, as a hostile writer could: for tests of the readers' checks.
+    #[doc(hidden)]
+    pub fn write_ring_record_for_test(&self, channel: &str, record: &[u8]) -> bool {
+        let Some(i) = self.rings.find(channel) else {
+            return false;
+        };
+        let r = &self.rings.list[i];
+        for _ in 0..100_000 {
+            match r.ring.try_push(u64::from(self.id), &[record]) {
+                Ok(Push::Written { .. }) => {
+                    let _ = r.hub.notify();
+                    return true;
+                }
+                Ok(Push::Busy | Push::Full) => std::thread::yield_now(),
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     fn ring_candidate(&self, channel: &str) -> bool {
         self.transport == crate::hub::TransportKind::Shm
             && self.rings.enabled
@@ -120,6 +220,7 @@ impl Client {
     /// Ask the hub for `roles` on `channel`'s ring. Ok(false): the hub relays
     /// this channel; use SUBSCRIBE/PUBLISH.
     fn open_ring(&mut self, channel: &str, roles: u8) -> Result<bool, ClientError> {
+        self.rings.sweep();
         // Everything queued goes first: the hub must have routed our earlier
         // publishes on this channel before we write to its ring.
         self.flush()?;
@@ -173,6 +274,8 @@ impl Client {
                     slot,
                     roles: 0,
                     cursor: None,
+                    broken: false,
+                    retired: false,
                 });
                 self.rings.list.len() - 1
             }
@@ -198,6 +301,7 @@ impl Client {
         if !self.ring_candidate(channel) {
             return Ok(false);
         }
+        self.rings.sweep();
         let roles = self
             .rings
             .find(channel)
@@ -210,6 +314,7 @@ impl Client {
 
     /// Ok(true) when `channel` was read through its ring and no longer is.
     pub(super) fn ring_unsubscribe(&mut self, channel: &str) -> Result<bool, ClientError> {
+        self.rings.sweep();
         let Some(i) = self.rings.find(channel) else {
             return Ok(false);
         };
@@ -230,7 +335,10 @@ impl Client {
         opts: PublishOptions,
         seq: u64,
     ) -> Result<bool, ClientError> {
+        self.rings.sweep();
         let i = match self.rings.find(channel) {
+            // Broken: the hub writes for us until it retires the ring.
+            Some(i) if self.rings.list[i].broken => return Ok(false),
             Some(i) if self.rings.list[i].roles & RING_WRITE != 0 => i,
             _ if !self.ring_candidate(channel) => return Ok(false),
             found => {
@@ -264,11 +372,26 @@ impl Client {
         let mut spins = 0u32;
         loop {
             let r = &self.rings.list[i];
-            match r
+            if r.retired || r.broken {
+                // Retired (or found corrupt) while we waited: the hub
+                // takes this message.
+                return Ok(false);
+            }
+            let pushed = match r
                 .ring
                 .try_push(token, &[&header, channel.as_bytes(), payload])
-                .map_err(ring_io)?
             {
+                Err(RingError::Corrupt(_)) => {
+                    // Retired, or another participant broke it: tell the
+                    // hub, which retires it (if it has not yet).
+                    r.ring.report_corrupt();
+                    r.hub.notify()?;
+                    self.rings.list[i].broken = true;
+                    return Ok(false);
+                }
+                other => other.map_err(ring_io)?,
+            };
+            match pushed {
                 Push::Written { wake_hub, .. } => {
                     if wake_hub {
                         r.hub.notify()?;
@@ -308,6 +431,9 @@ impl Client {
                             break;
                         }
                     }
+                    if self.rings.list[i].retired || self.rings.list[i].broken {
+                        continue;
+                    }
                     // Reset our eventfd before arming the wait, so the
                     // hub's wake-up that follows is kept.
                     if !self.link.prepare_sleep()? {
@@ -332,27 +458,45 @@ impl Client {
         Ok(true)
     }
 
-    /// Copy what the rings hold into the input buffer, as frames.
+    /// Turn what the rings hold into events.
     pub(super) fn read_rings(&mut self) -> Result<(), ClientError> {
+        let mut buf = std::mem::take(&mut self.rings.scratch);
+        let res = self.read_rings_into(&mut buf);
+        ring_frames_to_events(&buf, &mut self.events);
+        buf.clear();
+        self.rings.scratch = buf;
+        res
+    }
+
+    /// Copy what the rings hold into `out`, as DATA and MISSED frames.
+    fn read_rings_into(&mut self, out: &mut Vec<u8>) -> Result<(), ClientError> {
         for r in &mut self.rings.list {
             let Some(cur) = r.cursor.as_mut() else {
                 continue;
             };
             let channel = &r.channel;
-            let b = r
-                .ring
-                .read_batch(cur, &mut self.inbuf, READ_BUDGET, |buf, ev| match ev {
-                    ReadEvent::Gap(n) => missed_frame(buf, n),
-                    ReadEvent::Record { start } => {
-                        if !record_ok(&buf[start..], channel) {
-                            // A participant wrote garbage: say one is lost.
-                            buf.truncate(start);
-                            missed_frame(buf, 1);
-                        }
-                    }
-                })
-                .map_err(ring_io)?;
-            if b.wake_hub {
+            let mut bad = false;
+            let res = r.ring.read_batch(cur, out, READ_BUDGET, |buf, ev| {
+                bad |= !ring_event(buf, ev, channel)
+            });
+            let b = match res {
+                Err(RingError::Corrupt(_)) => None,
+                other => Some(other.map_err(ring_io)?),
+            };
+            if bad || b.is_none() {
+                // A participant wrote what no correct writer writes: say
+                // something was lost, stop reading, and report it to the
+                // hub, which retires the ring and relays the channel to us.
+                if b.is_none() {
+                    missed_frame(out, 1);
+                }
+                r.cursor = None;
+                r.broken = true;
+                r.ring.report_corrupt();
+                r.hub.notify()?;
+                continue;
+            }
+            if b.is_some_and(|b| b.wake_hub) {
                 r.hub.notify()?;
             }
         }
@@ -386,6 +530,50 @@ impl Client {
                 .as_ref()
                 .is_none_or(|cur| r.ring.prepare_wait_data(cur))
         })
+    }
+}
+
+/// Handle one event of a ring read into `buf`: a gap becomes a MISSED
+/// frame; a record that is not one DATA frame on `channel` is replaced by
+/// MISSED(1). False for such a record.
+fn ring_event(buf: &mut Vec<u8>, ev: ReadEvent, channel: &str) -> bool {
+    match ev {
+        ReadEvent::Gap(n) => {
+            missed_frame(buf, n);
+            true
+        }
+        ReadEvent::Record { start, .. } => {
+            if record_ok(&buf[start..], channel) {
+                return true;
+            }
+            buf.truncate(start);
+            missed_frame(buf, 1);
+            false
+        }
+    }
+}
+
+/// DATA and MISSED frames (what rings yield) as events.
+pub(super) fn ring_frames_to_events(mut buf: &[u8], events: &mut VecDeque<Event>) {
+    while let Ok(Some((f, used))) = wire::decode(buf, u32::MAX) {
+        match f.header.ty {
+            FrameType::Data => events.push_back(Event::Message(super::Message {
+                channel: f.channel.to_string(),
+                payload: f.payload.to_vec(),
+                seq: f.header.seq,
+                origin: f.header.origin,
+                priority: f.header.priority,
+            })),
+            FrameType::Missed => {
+                let n = f
+                    .payload
+                    .get(..8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+                events.push_back(Event::Missed(n));
+            }
+            _ => {}
+        }
+        buf = &buf[used..];
     }
 }
 

@@ -116,6 +116,8 @@ pub struct EventLoop {
     input_bytes: HashMap<u32, usize>,
     /// Clients not read because their uid's input is at its bound.
     starved: HashMap<u32, Vec<ClientId>>,
+    /// What each client and uid holds in channel rings (their quotas).
+    ring_use: rings::RingUse,
 }
 
 impl EventLoop {
@@ -141,6 +143,7 @@ impl EventLoop {
             handshakes: VecDeque::new(),
             input_bytes: HashMap::new(),
             starved: HashMap::new(),
+            ring_use: rings::RingUse::default(),
             spawner: super::spawn::Spawner::new(
                 &opts.config.spawn,
                 opts.config.hub.max_message_size as usize,

@@ -133,6 +133,33 @@ impl Hub {
             && self.policy.allows_with(ch.rule, &p.creds, Op::Publish)
     }
 
+    /// `channel`'s ring was retired while `client` read it: it becomes an
+    /// ordinary subscriber, so the hub relays the channel to it from now on.
+    pub fn ring_reader_relayed(&mut self, client: ClientId, channel: &str) {
+        if self.peers.contains_key(&client) {
+            if let Err((_, why)) = self.subscribe(client, channel) {
+                tracing::warn!(
+                    client,
+                    channel,
+                    "reader of a retired ring not subscribed: {why}"
+                );
+            }
+        }
+    }
+
+    /// Tell `client` that its ring for `channel` is gone: an unsolicited
+    /// RING (seq 0) with slot 2^32-1 and roles 0, on its data path.
+    pub fn send_ring_retired(&mut self, client: ClientId, channel: &str) {
+        let mut payload = u32::MAX.to_le_bytes().to_vec();
+        payload.push(0);
+        let header = encode_header(FrameType::Ring, 0, 0, channel.len(), payload.len(), 0, 0);
+        self.push(
+            client,
+            Kind::Control,
+            &[&header, channel.as_bytes(), &payload],
+        );
+    }
+
     /// OPEN_RING requests handled since the last call.
     pub fn take_ring_requests(&mut self, into: &mut Vec<RingRequest>) {
         into.append(&mut self.ring_requests);

@@ -89,6 +89,8 @@ const LINE: usize = 128;
 const HEADER_SIZE: usize = 4096;
 const DATA_OFF: usize = HEADER_SIZE + MAX_SLOTS * LINE;
 const _: () = assert!(DATA_OFF.is_multiple_of(4096));
+/// Bytes of a ring's memfd before its data area (header and slots).
+pub const HEADER_BYTES: usize = DATA_OFF;
 const REC_HDR: usize = 16;
 const REC_ALIGN: usize = 8;
 const MARK_DATA: u32 = u32::from_le_bytes(*b"BREC");
@@ -111,8 +113,10 @@ enum Field {
     WakeHub = 2 * LINE as isize,
     WakeSpace = 3 * LINE as isize,
     HubSubs = 4 * LINE as isize,
+    /// Nonzero: a participant found a record no correct writer writes.
+    Corrupt = 5 * LINE as isize,
 }
-const _: () = assert!(4 * LINE + 8 <= HEADER_SIZE);
+const _: () = assert!(5 * LINE + 8 <= HEADER_SIZE);
 
 #[derive(Clone, Copy)]
 enum SlotField {
@@ -162,8 +166,9 @@ pub enum ReadEvent {
     /// This many records were overwritten before we read them.
     Gap(u64),
     /// A record was appended to the output at this offset (the callback may
-    /// check it and truncate it away).
-    Record { start: usize },
+    /// check it and truncate it away), with the ring sequence number its
+    /// header claims.
+    Record { start: usize, seq: u64 },
 }
 
 /// A reader's private state; the shared cursor is a copy of `pos`.
@@ -173,6 +178,13 @@ pub struct Cursor {
     pos: u64,
     /// Sequence number expected next (None until the first record).
     next_seq: Option<u64>,
+}
+
+impl Cursor {
+    /// The position this reader reads next.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
 }
 
 /// One mapping of a broadcast ring.
@@ -482,6 +494,70 @@ impl BRing {
         self.hdr(Field::WritePos).store(w + 8, Ordering::Release);
     }
 
+    /// Reads the shared word at byte offset `off` of the header or slot
+    /// pages (as laid out in PROTOCOL.md §6.2): for tests that play a
+    /// hostile participant.
+    #[doc(hidden)]
+    pub fn peek(&self, off: usize) -> u64 {
+        self.word(off).load(Ordering::Acquire)
+    }
+
+    /// Writes `v` at byte offset `off` of the header or slot pages, as any
+    /// participant can: for tests of what the hub and the others survive.
+    #[doc(hidden)]
+    pub fn poke(&self, off: usize, v: u64) {
+        self.word(off).store(v, Ordering::Release);
+    }
+
+    /// The header fields only the hub writes are as it made them. A
+    /// participant can overwrite them (or punch a hole in the memfd, which
+    /// reads back as zeros): the ring is then no longer trustworthy.
+    pub fn header_intact(&self) -> bool {
+        let p = match self.policy {
+            Policy::Block => 0,
+            Policy::DropOldest => 1,
+        };
+        self.hdr(Field::Magic).load(Ordering::Relaxed) == MAGIC
+            && self.hdr(Field::Version).load(Ordering::Relaxed) == VERSION
+            && self.hdr(Field::Capacity).load(Ordering::Relaxed) == self.cap as u64
+            && self.hdr(Field::Policy).load(Ordering::Relaxed) == p
+    }
+
+    /// A reader found a record no correct writer writes: ask the hub to
+    /// retire the ring (after this, write the hub's eventfd).
+    pub fn report_corrupt(&self) {
+        self.hdr(Field::Corrupt).store(1, Ordering::Release);
+    }
+
+    /// Some participant reported the ring corrupt.
+    pub fn reported_corrupt(&self) -> bool {
+        self.hdr(Field::Corrupt).load(Ordering::Acquire) != 0
+    }
+
+    /// The hub retires the ring: writers that try it from now on are told
+    /// it is gone ([`RingError::Corrupt`]).
+    pub fn mark_retired(&self) {
+        self.hdr(Field::Magic).store(0, Ordering::Release);
+    }
+
+    /// `tail <= write_pos <= tail + capacity`, both 8-aligned, as every
+    /// correct writer leaves them (loaded in an order that concurrent
+    /// correct writers cannot make look wrong: both only grow).
+    pub fn positions_sane(&self) -> bool {
+        let w1 = self.hdr(Field::WritePos).load(Ordering::Acquire);
+        let t = self.hdr(Field::Tail).load(Ordering::Acquire);
+        let w2 = self.hdr(Field::WritePos).load(Ordering::Acquire);
+        (w1 | t | w2).is_multiple_of(8) && t <= w2 && w1.saturating_sub(t) <= self.cap as u64
+    }
+
+    /// A slot's token and cursor as they are in shared memory (untrusted).
+    pub fn slot_state(&self, slot: usize) -> (u64, u64) {
+        (
+            self.slot(slot, SlotField::Token).load(Ordering::Acquire),
+            self.slot(slot, SlotField::ReadPos).load(Ordering::Acquire),
+        )
+    }
+
     /// Who holds the write lock (0: nobody).
     pub fn lock_holder(&self) -> u64 {
         self.hdr(Field::Lock).load(Ordering::Relaxed)
@@ -607,6 +683,11 @@ impl BRing {
         let max = self.max_record();
         if len > max {
             return Err(RingError::TooLarge { len, max });
+        }
+        // The hub clears the magic of a ring it retires: writers must stop
+        // (readers hear of it from the hub).
+        if self.hdr(Field::Magic).load(Ordering::Relaxed) != MAGIC {
+            return corrupt("channel ring retired (or its header overwritten)");
         }
         let lock = self.hdr(Field::Lock);
         if lock
@@ -809,12 +890,12 @@ impl BRing {
                     b.missed += seq - exp;
                     let start = out.len();
                     out.extend_from_slice(&rec);
-                    on(out, ReadEvent::Record { start });
+                    on(out, ReadEvent::Record { start, seq });
                 } else {
-                    on(out, ReadEvent::Record { start });
+                    on(out, ReadEvent::Record { start, seq });
                 }
             } else {
-                on(out, ReadEvent::Record { start });
+                on(out, ReadEvent::Record { start, seq });
             }
             cur.next_seq = Some(seq + 1);
             cur.pos += total as u64;

@@ -293,3 +293,36 @@ fn many_writers_many_readers_lose_nothing() {
     }
     assert_eq!(hub.published(), u64::from(PER) * u64::from(WRITERS));
 }
+
+/// What the hub checks of a ring (SECURITY.md §4): the header it wrote,
+/// positions a correct writer leaves, a reader's corruption report; and a
+/// ring it retired refuses writers.
+#[test]
+fn the_hubs_checks_see_what_a_participant_overwrote() {
+    let (hub, other) = pair(4096, Policy::Block);
+    assert!(hub.header_intact() && hub.positions_sane() && !hub.reported_corrupt());
+    hub.attach(1, 7, false);
+    assert!(matches!(
+        other.try_push(7, &[&rec(1, 0, 8)]).unwrap(),
+        Push::Written { seq: 0, .. }
+    ));
+    assert!(hub.positions_sane());
+    // A participant rewrites the tail past write_pos, then the capacity.
+    let tail = other.peek(136);
+    other.poke(136, other.write_pos() + 8);
+    assert!(!hub.positions_sane());
+    other.poke(136, tail);
+    other.poke(16, 8192);
+    assert!(!hub.header_intact());
+    other.poke(16, 4096);
+    assert!(hub.header_intact());
+    other.report_corrupt();
+    assert!(hub.reported_corrupt());
+    // Retired: writers are told, whatever they try.
+    hub.mark_retired();
+    assert!(matches!(
+        other.try_push(7, &[&rec(1, 1, 8)]),
+        Err(RingError::Corrupt(_))
+    ));
+    assert_eq!(hub.slot_state(1), (7, NOT_READING));
+}
