@@ -356,6 +356,8 @@ impl EventLoop {
         systemd::reloading();
         let res = match Config::load(self.opts.config_path.as_deref()) {
             Ok(cfg) => {
+                // The bridges' supervisor restarts those whose settings changed.
+                crate::bridge::reload(&cfg);
                 self.hub.reload(cfg);
                 self.recheck_ring_access();
                 info!("configuration reloaded");
