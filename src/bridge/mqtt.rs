@@ -44,8 +44,11 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, Packet, PubAckReason, PubRecReason, Publish, SubscribeReasonCode,
 };
+use rumqttc::v5::mqttbytes::Error as MqttError;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{Client as MqttClient, Connection, ConnectionError, Event, MqttOptions};
+use rumqttc::v5::{
+    Client as MqttClient, Connection, ConnectionError, Event, MqttOptions, StateError,
+};
 use rumqttc::Outgoing;
 
 use rumqttc::v5::mqttbytes::v5::LastWill;
@@ -590,15 +593,28 @@ impl MqttSide {
             spool.set_connected(false)
         };
         self.shared.subscribed.store(false, Ordering::Relaxed);
-        let text = match &self.tls {
-            Some((_, host)) => super::tls::describe(&e, host),
-            None => e.to_string(),
+        // Under TLS 1.3 the broker's verdict on our certificate arrives
+        // after the handshake, as an I/O error on the first read, which
+        // rumqttc wraps without a `source()`: dig it out.
+        let tls_late = match &e {
+            ConnectionError::MqttState(StateError::Deserialization(MqttError::Io(io)))
+            | ConnectionError::MqttState(StateError::Io(io)) => Some(io),
+            _ => None,
+        }
+        .filter(|io| {
+            io.get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        });
+        let text = match (&self.tls, tls_late) {
+            (Some((_, host)), Some(io)) => super::tls::describe(io, host),
+            (Some((_, host)), None) => super::tls::describe(&e, host),
+            (None, _) => e.to_string(),
         };
         self.set_last_error(&text);
         self.shared.up.store(false, Ordering::Relaxed);
         let url = &self.shared.url;
         let component = &self.shared.component;
-        let is_tls = matches!(e, ConnectionError::Tls(_));
+        let is_tls = matches!(e, ConnectionError::Tls(_)) || tls_late.is_some();
         if self.connected {
             self.connected = false;
             self.publish_state();
