@@ -809,6 +809,12 @@ fn export_and_import_over_mqtts_with_a_client_certificate() {
     ));
     let mut ctl = hub.client();
     wait_named_ready(&mut ctl, "tls");
+    // Generated 0600: no warning about the key.
+    assert!(
+        !hub.log().contains("key_file) is readable"),
+        "{}",
+        hub.log()
+    );
     let mut local = hub.subscriber(Socket, "in/#");
 
     hub.client().publish_confirmed("s/temp", b"21").unwrap();
@@ -1072,4 +1078,67 @@ fn a_persistent_session_keeps_qos1_imports_while_the_bridge_is_away() {
         (m.channel.as_str(), m.payload.as_slice()),
         ("q/while-away", &b"kept"[..])
     );
+}
+
+#[test]
+fn secrets_readable_by_everyone_are_warned_about_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = Broker::start();
+    let pki = Pki::new();
+    let hub = Hub::start_with("");
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let cfg = |keep_alive: u32| {
+        format!(
+            "{}username = \"u\"\npassword = \"p\"\nkeep_alive_secs = {keep_alive}\n",
+            named_bridge("s", &broker.url(), "")
+        )
+    };
+    let warning = "holds the MQTT password and every local user can read it";
+    let mut ctl = hub.client();
+    mode(&hub.config, 0o600);
+    reload(&hub, &cfg(30));
+    wait_named_ready(&mut ctl, "s");
+    assert!(!hub.log().contains(warning), "{}", hub.log());
+
+    mode(&hub.config, 0o644);
+    reload(&hub, &cfg(31));
+    let named = format!("file={}", hub.config.display());
+    wait_until(
+        Duration::from_secs(10),
+        "the warning naming the file",
+        || {
+            hub.log()
+                .lines()
+                .any(|l| l.contains(warning) && l.contains(&named))
+        },
+    );
+
+    // A world-readable private key is named too.
+    let key = pki.dir.path().join("client.key");
+    mode(&key, 0o644);
+    let tls_port = free_port();
+    let _tls = tls_broker(&pki.listener(tls_port, "server", false));
+    mode(&hub.config, 0o600);
+    reload(
+        &hub,
+        &named_bridge(
+            "k",
+            &format!("mqtts://127.0.0.1:{tls_port}"),
+            &format!(
+                "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                pki.path("ca.pem"),
+                pki.path("client.pem"),
+                key.display()
+            ),
+        ),
+    );
+    let named = format!("file={}", key.display());
+    wait_until(Duration::from_secs(10), "the key warning", || {
+        hub.log()
+            .lines()
+            .any(|l| l.contains("key_file) is readable") && l.contains(&named))
+    });
+    wait_named_ready(&mut ctl, "k");
 }
