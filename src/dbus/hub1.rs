@@ -187,6 +187,22 @@ impl Hub1 {
         self.stats.totals.dropped
     }
 
+    /// State reported by components, by name (e.g. `bridge.mqtt.<name>`:
+    /// state, messages_in, messages_out, spooled, dropped, last_error, ...),
+    /// as in `ipchubctl stats`. Sampled like the counters, never signalled
+    /// (it changes with every message a bridge carries): read it when needed.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn components(
+        &self,
+    ) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
+        // zvariant converts HashMaps, not BTreeMaps.
+        self.stats
+            .components
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_iter().collect()))
+            .collect()
+    }
+
     /// Every channel the hub knows: (name, object path of its org.ipchub.Channel1 object).
     /// Object paths escape each level: letters and digits stay, any other byte becomes _xx (hex).
     #[zbus(out_args("channels"))]
