@@ -12,7 +12,15 @@
 //! - what waits to go out is bounded in messages and bytes; every drop is
 //!   counted in its status and logged (at most once per second);
 //! - it reconnects to either side with exponential backoff and restores its
-//!   subscriptions on every connection.
+//!   subscriptions on every connection;
+//! - it can be stopped ([`Stop`]) wherever its threads sleep, and then says
+//!   goodbye to both sides and removes its status (an empty `SetStatus`):
+//!   a reload restarts exactly the bridges whose settings changed;
+//! - it publishes its state on its own channel
+//!   (`ipchub/bridge/<name>/state`), never counted as an import or a loop.
+//!
+//! Several MQTT bridges run side by side (`[[bridge.mqtt]]`), each with its
+//! own threads, spool and backoff, so one broker never delays another.
 
 pub mod hub_side;
 pub mod mqtt;
