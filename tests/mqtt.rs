@@ -1142,3 +1142,31 @@ fn secrets_readable_by_everyone_are_warned_about_naming_the_file() {
     });
     wait_named_ready(&mut ctl, "k");
 }
+
+#[test]
+fn a_retained_broker_value_is_imported_and_counted_as_retained() {
+    let broker = Broker::start();
+    // Retained before the bridge subscribes: the broker sends it on SUBSCRIBE.
+    let st = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-t", "r/lamp", "-m", "on", "-q", "1", "-r"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let hub = Hub::start_with(&bridge_config(
+        &broker.url(),
+        "[[bridge.mqtt.import]]\nfilter = \"r/#\"\n",
+    ));
+    let mut ctl = hub.client();
+    // Until #17 gives channels retained values, it arrives as an ordinary
+    // message: counted so operators can see retained traffic.
+    wait_until(Duration::from_secs(15), "the retained import", || {
+        let st = status(&mut ctl);
+        num(&st, "received_retained") == 1 && num(&st, "imported") == 1
+    });
+    broker.publish("r/other", "live", 1);
+    wait_until(Duration::from_secs(10), "the live import", || {
+        let st = status(&mut ctl);
+        num(&st, "received") == 2 && num(&st, "received_retained") == 1
+    });
+}
