@@ -130,4 +130,5 @@ for row in direct-plain direct-tls bridge-plain bridge-tls; do
     esac
     printf '%-44s %s\n' "$label" "${results[*]}"
 done
+sleep 1.5 # statuses are reported once a second
 "$BIN/ipchubctl" --socket "$sock" stats | grep -E 'COMPONENT|dropped=' | sed 's/^/  /' | cut -c1-200
