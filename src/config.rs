@@ -343,23 +343,139 @@ impl Default for DbusConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BridgeConfig {
-    pub mqtt: MqttBridgeConfig,
+    pub mqtt: MqttBridges,
 }
 
-/// `[bridge.mqtt]`: channels to and from an MQTT broker. Read at start only.
+/// `[bridge.mqtt]` (one broker, the original form) or `[[bridge.mqtt]]`
+/// blocks (several brokers, each with a `name`). Both forms stay valid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttBridges {
+    pub list: Vec<MqttBridgeConfig>,
+    /// Written as the single `[bridge.mqtt]` table.
+    pub table_form: bool,
+}
+
+impl Default for MqttBridges {
+    fn default() -> Self {
+        MqttBridges {
+            list: vec![MqttBridgeConfig::default()],
+            table_form: true,
+        }
+    }
+}
+
+impl MqttBridges {
+    /// The bridges that run.
+    pub fn enabled(&self) -> impl Iterator<Item = &MqttBridgeConfig> {
+        self.list.iter().filter(|b| b.enabled)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, b) in self.list.iter().enumerate() {
+            let prefix = if self.table_form {
+                "bridge.mqtt".to_string()
+            } else {
+                format!("bridge.mqtt[{i}]")
+            };
+            b.validate(&prefix, !self.table_form)?;
+            if !seen.insert(b.bridge_name()) {
+                return Err((
+                    format!("{prefix}.name"),
+                    format!("'{}' names two bridges", b.bridge_name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for MqttBridges {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.list.as_slice() {
+            [one] if self.table_form => one.serialize(s),
+            list => list.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttBridges {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = MqttBridges;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a [bridge.mqtt] table or [[bridge.mqtt]] blocks")
+            }
+            // Streaming into the inner types keeps toml's key and line in errors.
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<MqttBridges, A::Error> {
+                let one =
+                    MqttBridgeConfig::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(MqttBridges {
+                    list: vec![one],
+                    table_form: true,
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                s: A,
+            ) -> Result<MqttBridges, A::Error> {
+                let list = Vec::<MqttBridgeConfig>::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(s),
+                )?;
+                Ok(MqttBridges {
+                    list,
+                    table_form: false,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One MQTT bridge: channels to and from one broker. Changes apply on
+/// reload by restarting only the bridges whose settings changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttBridgeConfig {
+    /// Required in `[[bridge.mqtt]]` blocks (letters, digits, `_ - .`);
+    /// names the bridge in statistics (`bridge.mqtt.<name>`) and its state
+    /// channel. Empty in the `[bridge.mqtt]` table: `bridge.mqtt`, state on
+    /// `ipchub/bridge/mqtt/state`.
+    pub name: String,
     pub enabled: bool,
-    /// `mqtt://host:port`; `mqtts://` (TLS) is refused until it is supported.
+    /// `mqtt://host:port` (cleartext, default port 1883) or
+    /// `mqtts://host:port` (TLS 1.2+, default port 8883).
     pub url: String,
-    /// Empty: `ipchubd-<host name>`.
+    /// Empty: `ipchubd-<host name>` (plus `-<name>` for a named bridge).
     pub client_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// PEM CA certificates the broker's certificate must chain to (mqtts://);
+    /// unset: the system trust store (/etc/ssl/certs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and its private key (mqtts://), for
+    /// brokers that authenticate clients by certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     pub keep_alive_secs: u64,
+    /// false: a persistent session; the broker keeps the bridge's
+    /// subscriptions and queues its QoS 1/2 messages while it is away, for
+    /// `session_expiry_secs`.
+    pub clean_start: bool,
+    pub session_expiry_secs: u32,
+    /// Broker topic for the bridge's state: `connected` (retained) when it
+    /// connects, `disconnected` as its will when the broker loses it.
+    /// Empty: none.
+    pub state_topic: String,
     /// First delay before reconnecting (to the broker or the hub); doubles up to the max.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
@@ -403,12 +519,19 @@ fn default_mqtt_qos() -> u8 {
 impl Default for MqttBridgeConfig {
     fn default() -> Self {
         MqttBridgeConfig {
+            name: String::new(),
             enabled: false,
             url: "mqtt://127.0.0.1:1883".into(),
             client_id: String::new(),
             username: None,
             password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             keep_alive_secs: 30,
+            clean_start: true,
+            session_expiry_secs: 3600,
+            state_topic: String::new(),
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
             spool_max_messages: 10_000,
@@ -420,19 +543,30 @@ impl Default for MqttBridgeConfig {
 }
 
 impl MqttBridgeConfig {
-    /// Host and port from `url`.
-    pub fn broker_address(&self) -> Result<(String, u16), String> {
+    /// The name in channels and logs: `name`, or `mqtt` when unnamed.
+    pub fn bridge_name(&self) -> &str {
+        if self.name.is_empty() {
+            "mqtt"
+        } else {
+            &self.name
+        }
+    }
+
+    /// Host, port and whether to speak TLS, from `url`.
+    pub fn broker_address(&self) -> Result<(String, u16, bool), String> {
         let (scheme, rest) = self
             .url
             .split_once("://")
             .ok_or_else(|| format!("'{}' is not mqtt://host:port", self.url))?;
-        match scheme {
-            "mqtt" | "tcp" => {}
-            "mqtts" | "ssl" => {
-                return Err("TLS (mqtts://) is not supported yet; use mqtt:// (e.g. to a local broker that bridges over TLS)".into())
+        let (tls, default_port) = match scheme {
+            "mqtt" | "tcp" => (false, 1883),
+            "mqtts" | "ssl" => (true, 8883),
+            other => {
+                return Err(format!(
+                    "unknown scheme '{other}://'; use mqtt://host:port or mqtts://host:port"
+                ))
             }
-            other => return Err(format!("unknown scheme '{other}://'; use mqtt://host:port")),
-        }
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(':') => {
@@ -443,21 +577,71 @@ impl MqttBridgeConfig {
                     .ok_or_else(|| format!("bad port '{p}' in '{}'", self.url))?;
                 (h, port)
             }
-            _ => (rest, 1883),
+            _ => (rest, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains(['/', '@', '?']) {
             return Err(format!("bad host in '{}'; use mqtt://host:port", self.url));
         }
-        Ok((host.to_string(), port))
+        Ok((host.to_string(), port, tls))
     }
 
-    /// The first invalid key and why.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let key = |k: &str| format!("bridge.mqtt.{k}");
-        self.broker_address().map_err(|m| (key("url"), m))?;
+    /// The first invalid key and why; `key` prefixes every key named.
+    fn validate(&self, prefix: &str, name_required: bool) -> Result<(), (String, String)> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        if name_required && self.name.is_empty() {
+            return Err((
+                key("name"),
+                "every [[bridge.mqtt]] block needs a name".into(),
+            ));
+        }
+        if self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err((
+                key("name"),
+                "must be at most 64 letters, digits, '_', '-' or '.'".into(),
+            ));
+        }
+        let (_, _, tls) = self.broker_address().map_err(|m| (key("url"), m))?;
+        if !tls {
+            for (k, v) in [
+                ("ca_file", &self.ca_file),
+                ("cert_file", &self.cert_file),
+                ("key_file", &self.key_file),
+            ] {
+                if v.is_some() {
+                    return Err((key(k), "needs an mqtts:// url".into()));
+                }
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err((
+                key(if self.cert_file.is_some() {
+                    "key_file"
+                } else {
+                    "cert_file"
+                }),
+                "cert_file and key_file go together".into(),
+            ));
+        }
         if !(5..=65535).contains(&self.keep_alive_secs) {
             return Err((key("keep_alive_secs"), "must be between 5 and 65535".into()));
+        }
+        if !self.clean_start && self.session_expiry_secs == 0 {
+            return Err((
+                key("session_expiry_secs"),
+                "must be at least 1 with clean_start = false".into(),
+            ));
+        }
+        if self.state_topic.contains(['+', '#', '\0']) || self.state_topic.starts_with('$') {
+            return Err((
+                key("state_topic"),
+                "must not contain '+', '#' or NUL, nor start with '$'".into(),
+            ));
         }
         if self.reconnect_min_ms < 10 {
             return Err((key("reconnect_min_ms"), "must be at least 10".into()));
@@ -998,13 +1182,39 @@ mod tests {
              [[bridge.mqtt.import]]\nfilter = \"cmd/+/set\"\nprefix = \"mqtt/\"\nqos = 0\n",
         )
         .unwrap();
-        let m = &cfg.bridge.mqtt;
-        assert_eq!(m.broker_address().unwrap(), ("broker.lan".into(), 1884));
+        let m = &cfg.bridge.mqtt.list[0];
+        assert!(cfg.bridge.mqtt.table_form);
+        assert_eq!(
+            m.broker_address().unwrap(),
+            ("broker.lan".into(), 1884, false)
+        );
         assert_eq!((m.exports[0].qos, m.imports[0].qos), (1, 0));
         for (text, key) in [
             (
-                "[bridge.mqtt]\nurl = \"mqtts://b:8883\"\n",
+                "[bridge.mqtt]\nurl = \"http://b:8883\"\n",
                 "bridge.mqtt.url",
+            ),
+            (
+                "[bridge.mqtt]\nca_file = \"/ca.pem\"\n",
+                "bridge.mqtt.ca_file",
+            ),
+            (
+                "[bridge.mqtt]\nurl = \"mqtts://b\"\ncert_file = \"/c.pem\"\n",
+                "bridge.mqtt.key_file",
+            ),
+            (
+                "[bridge.mqtt]\nclean_start = false\nsession_expiry_secs = 0\n",
+                "bridge.mqtt.session_expiry_secs",
+            ),
+            ("[[bridge.mqtt]]\nenabled = true\n", "bridge.mqtt[0].name"),
+            (
+                "[[bridge.mqtt]]\nname = \"a\"\n[[bridge.mqtt]]\nname = \"a\"\n",
+                "bridge.mqtt[1].name",
+            ),
+            ("[[bridge.mqtt]]\nname = \"a/b\"\n", "bridge.mqtt[0].name"),
+            (
+                "[[bridge.mqtt]]\nname = \"a\"\n[[bridge.mqtt.export]]\npattern = \"#\"\nqos = 3\n",
+                "bridge.mqtt[0].export[0].qos",
             ),
             ("[bridge.mqtt]\nurl = \"b:1883\"\n", "bridge.mqtt.url"),
             (
@@ -1040,8 +1250,37 @@ mod tests {
                 ..Default::default()
             }
             .broker_address(),
-            Ok(("::1".to_string(), 1883))
+            Ok(("::1".to_string(), 1883, false))
         );
+        assert_eq!(
+            MqttBridgeConfig {
+                url: "mqtts://broker.example".into(),
+                ..Default::default()
+            }
+            .broker_address(),
+            Ok(("broker.example".to_string(), 8883, true))
+        );
+        // Several brokers, each with its own rules.
+        let cfg = parse(
+            "[[bridge.mqtt]]\nname = \"a\"\nenabled = true\n\
+             [[bridge.mqtt.export]]\npattern = \"x/#\"\n\
+             [[bridge.mqtt]]\nname = \"b\"\nurl = \"mqtts://b.example\"\n\
+             [[bridge.mqtt.import]]\nfilter = \"y/#\"\n",
+        )
+        .unwrap();
+        let l = &cfg.bridge.mqtt.list;
+        assert!(!cfg.bridge.mqtt.table_form);
+        assert_eq!(
+            (l[0].name.as_str(), l[0].exports.len(), l[0].imports.len()),
+            ("a", 1, 0)
+        );
+        assert_eq!(
+            (l[1].name.as_str(), l[1].exports.len(), l[1].imports.len()),
+            ("b", 0, 1)
+        );
+        assert_eq!(cfg.bridge.mqtt.enabled().count(), 1);
+        let e = parse("[[bridge.mqtt]]\nname = \"a\"\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
     }
 
     #[test]

@@ -1055,3 +1055,31 @@ fn the_hub_reconnects_when_the_bus_comes_back() {
     assert!(log.contains("lost the D-Bus system bus"), "{log}");
     assert_eq!(log.matches("serving org.ipchub").count(), 2, "{log}");
 }
+
+#[test]
+fn components_show_each_bridge_state() {
+    let bus = Bus::start();
+    // A bridge to a port nobody listens on: it reports itself disconnected.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_hub, conn) = Hub::on(
+        &bus,
+        &format!(
+            "[[bridge.mqtt]]\nname = \"far\"\nenabled = true\nurl = \"mqtt://127.0.0.1:{port}\"\n"
+        ),
+    );
+    let p = hub_proxy(&conn);
+    wait_for("the bridge's state on D-Bus", || {
+        let c: std::collections::HashMap<String, std::collections::HashMap<String, String>> =
+            p.call("Components", &()).unwrap();
+        c.get("bridge.mqtt.far").is_some_and(|b| {
+            b.get("state").map(String::as_str) == Some("disconnected")
+                && b.get("last_error").is_some_and(|e| e.contains("refused"))
+                && b.contains_key("messages_out")
+                && b.contains_key("spooled")
+        })
+    });
+}

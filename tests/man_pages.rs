@@ -420,9 +420,12 @@ fn full_sample() -> Config {
         publish: vec!["user:root".into()],
         subscribe: vec!["*".into()],
     });
-    let m = &mut c.bridge.mqtt;
+    let m = &mut c.bridge.mqtt.list[0];
     m.username = Some("ipchub".into());
     m.password = Some("secret".into());
+    m.ca_file = Some("/etc/ipchub/ca.pem".into());
+    m.cert_file = Some("/etc/ipchub/client.pem".into());
+    m.key_file = Some("/etc/ipchub/client.key".into());
     m.exports.push(MqttExport {
         pattern: "sensors/#".into(),
         prefix: "ipchub/".into(),

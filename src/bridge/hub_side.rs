@@ -12,7 +12,6 @@
 //! sink, and while its own publishes wait to be written it keeps handling
 //! what arrives, so the hub never has to hold anyone back on its account.
 
-use std::convert::Infallible;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -23,7 +22,7 @@ use bytes::Bytes;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::Backoff;
+use super::{Backoff, Stop};
 use crate::client::{Client, ClientError, Event, Message, Options, AUTO_FLUSH_BYTES};
 
 /// A message from the remote side for a hub channel.
@@ -31,6 +30,11 @@ use crate::client::{Client, ClientError, Event, Message, Options, AUTO_FLUSH_BYT
 pub struct Import {
     pub channel: String,
     pub payload: Bytes,
+    /// The remote side marked it retained. Noted only: the hub has no
+    /// retained values yet, so it is published as an ordinary message.
+    pub retain: bool,
+    /// The bridge's own state message, not an import: not counted as one.
+    pub state: bool,
 }
 
 /// The remote side's end of the import queue: bounded in messages and
@@ -112,52 +116,66 @@ pub struct HubCounters {
 
 pub struct HubSide<F: FnMut(Message)> {
     /// Component name for logs, e.g. `bridge.mqtt`.
-    pub component: &'static str,
+    pub component: String,
     pub options: Options,
     /// Hub patterns to subscribe to; matching messages go to `export`.
     pub patterns: Vec<String>,
+    /// Where the bridge publishes its state; seen again on an export
+    /// pattern it is neither exported nor counted as a loop.
+    pub state_channel: String,
     pub export: F,
     pub imports: ImportReceiver,
     pub counters: Arc<HubCounters>,
     /// Called when the connection comes up or goes down.
     pub on_change: Box<dyn Fn() + Send>,
+    /// Published once on every connection, after subscribing (the state).
+    pub greeting: Box<dyn Fn() -> Import + Send>,
     pub backoff: Backoff,
+    pub stop: Arc<Stop>,
 }
 
 impl<F: FnMut(Message)> HubSide<F> {
-    /// Connect, serve, reconnect: for the life of the process.
+    /// Connect, serve, reconnect: until stopped.
     pub fn run(mut self) {
         let mut reported_down = false;
-        loop {
+        let component = self.component.clone();
+        while !self.stop.is_set() {
             match Client::connect(&self.options) {
                 Ok(mut client) => {
                     self.backoff.reset();
                     reported_down = false;
-                    let Err(e) = self.serve(&mut client);
+                    let res = self.serve(&mut client);
                     self.counters.connected.store(false, Ordering::Relaxed);
                     (self.on_change)();
-                    if let ClientError::Closed(reason) = &e {
-                        // The hub said goodbye, usually because it is stopping.
-                        tracing::info!(component = self.component, %reason,
-                            "hub closed the connection; reconnecting");
-                    } else {
-                        tracing::warn!(component = self.component, error = %e,
-                            "lost the hub connection; reconnecting");
+                    match res {
+                        Ok(()) => break,
+                        Err(ClientError::Closed(reason)) => {
+                            // The hub said goodbye, usually because it is stopping.
+                            tracing::info!(%component, %reason,
+                                "hub closed the connection; reconnecting");
+                        }
+                        Err(e) => {
+                            tracing::warn!(%component, error = %e,
+                                "lost the hub connection; reconnecting");
+                        }
                     }
                 }
                 Err(e) if !reported_down => {
                     reported_down = true;
-                    tracing::warn!(component = self.component, error = %e,
+                    tracing::warn!(%component, error = %e,
                         "cannot connect to the hub; retrying");
                 }
                 Err(_) => {}
             }
-            std::thread::sleep(self.backoff.next_delay());
+            if self.stop.wait(self.backoff.next_delay()) {
+                break;
+            }
         }
     }
 
-    /// Subscribe, then move messages both ways until the connection fails.
-    fn serve(&mut self, client: &mut Client) -> Result<Infallible, ClientError> {
+    /// Subscribe, then move messages both ways until the connection fails
+    /// (an error) or the bridge is stopped (`Ok`).
+    fn serve(&mut self, client: &mut Client) -> Result<(), ClientError> {
         for p in &self.patterns {
             client.subscribe(p)?;
         }
@@ -165,11 +183,22 @@ impl<F: FnMut(Message)> HubSide<F> {
         self.counters.connected.store(true, Ordering::Relaxed);
         (self.on_change)();
         tracing::info!(
-            component = self.component,
+            component = %self.component,
             client = me,
             "connected to the hub"
         );
+        let hello = (self.greeting)();
+        if let Err(e @ (ClientError::TooLarge { .. } | ClientError::BadChannel(_))) =
+            client.publish(&hello.channel, &hello.payload)
+        {
+            tracing::warn!(component = %self.component, error = %e, "cannot publish the bridge state");
+        }
         loop {
+            if self.stop.is_set() {
+                // Deliver what was imported before going.
+                let _ = self.write_out(client, me);
+                return Ok(());
+            }
             while let Some(imp) = self.imports.try_recv() {
                 // Never let a publish trigger the client's blocking auto-flush
                 // while unread exports pile up: write out first, reading meanwhile.
@@ -177,6 +206,7 @@ impl<F: FnMut(Message)> HubSide<F> {
                     self.write_out(client, me)?;
                 }
                 match client.publish(&imp.channel, &imp.payload) {
+                    Ok(_) if imp.state => {}
                     Ok(_) => {
                         self.counters.imported.fetch_add(1, Ordering::Relaxed);
                     }
@@ -207,14 +237,16 @@ impl<F: FnMut(Message)> HubSide<F> {
     fn on_event(&mut self, ev: Event, me: u32) {
         match ev {
             Event::Message(m) if m.origin == me => {
-                self.counters.looped.fetch_add(1, Ordering::Relaxed);
+                if m.channel != self.state_channel {
+                    self.counters.looped.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Event::Message(m) => (self.export)(m),
             Event::Missed(n) => {
                 self.counters.missed.fetch_add(n, Ordering::Relaxed);
             }
             Event::Error { code, text, .. } => {
-                tracing::warn!(component = self.component, code, error = %text, "hub reported an error");
+                tracing::warn!(component = %self.component, code, error = %text, "hub reported an error");
             }
             Event::Ack { .. } | Event::Stats(_) | Event::Pong(_) => {}
         }
@@ -233,6 +265,7 @@ impl<F: FnMut(Message)> HubSide<F> {
         let mut fds = [
             PollFd::new(conn, flags),
             PollFd::new(self.imports.wake.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
         ];
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}

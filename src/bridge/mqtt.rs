@@ -21,6 +21,17 @@
 //! clean reconnect, so the MQTT thread subscribes again on every ConnAck and
 //! the spool sends again what was not confirmed. QoS 0 is at most once,
 //! QoS 1 and 2 at least once across broker restarts within the spool bounds.
+//!
+//! Each `[[bridge.mqtt]]` block is one such set of threads with its own
+//! spool, backoff and connection, so one broker's outage never delays
+//! another's traffic. A bridge stops (for a reload) through its [`Stop`]:
+//! the threads notice it wherever they sleep, say goodbye to the broker and
+//! remove the bridge's entry from the hub's statistics.
+//!
+//! State is visible three ways: the hub's statistics (`bridge.mqtt[.<name>]`),
+//! the local channel `ipchub/bridge/<name>/state` (`connected`, or
+//! `disconnected: <reason>`), and with `state_topic` a retained broker topic
+//! whose will message says `disconnected` when the broker loses the bridge.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,21 +44,44 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, Packet, PubAckReason, PubRecReason, Publish, SubscribeReasonCode,
 };
+use rumqttc::v5::mqttbytes::Error as MqttError;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{Client as MqttClient, Connection, ConnectionError, Event, MqttOptions};
+use rumqttc::v5::{
+    Client as MqttClient, Connection, ConnectionError, Event, MqttOptions, StateError,
+};
 use rumqttc::Outgoing;
+
+use rumqttc::v5::mqttbytes::v5::LastWill;
+use rumqttc::{TlsConfiguration, Transport};
 
 use super::hub_side::{import_queue, HubCounters, HubSide, Import, ImportSender};
 use super::rules::Rules;
 use super::spool::Spool;
-use super::Backoff;
+use super::{Backoff, Stop};
 use crate::client::Options;
-use crate::config::{Config, MqttBridgeConfig};
+use crate::config::MqttBridgeConfig;
 use crate::daemon::control::{ControlError, ControlHandle};
 use crate::hub::{ControlOp, TransportKind};
 
-/// The name in logs and in the hub's `components` statistics.
+/// The name of the unnamed (`[bridge.mqtt]` table) bridge in logs and in
+/// the hub's `components` statistics; a named one is `bridge.mqtt.<name>`.
 pub const COMPONENT: &str = "bridge.mqtt";
+
+/// The bridge's name in logs, statistics and as the hub client's name.
+pub fn component(cfg: &MqttBridgeConfig) -> String {
+    if cfg.name.is_empty() {
+        COMPONENT.to_string()
+    } else {
+        format!("{COMPONENT}.{}", cfg.name)
+    }
+}
+
+/// The local channel carrying the bridge's state. Channel names cannot
+/// start with `$` (src/wire/channel.rs), hence `ipchub/` rather than the
+/// `$ipchub/` an MQTT user might expect.
+pub fn state_channel(cfg: &MqttBridgeConfig) -> String {
+    format!("ipchub/bridge/{}/state", cfg.bridge_name())
+}
 /// Most messages handed to rumqttc and not yet confirmed. Beyond what the
 /// broker lets fly at once (its receive maximum, 20 for Mosquitto) they wait
 /// in rumqttc's channel, which is sized to never refuse one.
@@ -58,7 +92,7 @@ const PACKET_OVERHEAD: u32 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("bridge.mqtt.url: {0}")]
+    #[error("url: {0}")]
     Url(String),
     #[error("cannot start the bridge: {0}")]
     Io(#[from] std::io::Error),
@@ -70,6 +104,13 @@ struct Shared {
     /// Cloneable sender into rumqttc's request channel.
     mqtt: MqttClient,
     url: String,
+    component: String,
+    stop: Arc<Stop>,
+    state_topic: Option<String>,
+    /// The broker connection is up (ConnAck seen, not lost since).
+    up: AtomicBool,
+    /// Imported messages the broker marked retained.
+    received_retained: AtomicU64,
     /// Messages received from the broker.
     received: AtomicU64,
     /// Received but not imported: no valid channel, or the import queue was full.
@@ -94,7 +135,7 @@ fn hand_off(spool: &mut Spool, mqtt: &MqttClient) {
     while let Some(m) = spool.next_to_hand() {
         let r = mqtt.try_publish(m.topic.clone(), qos(m.qos), m.retain, m.payload.clone());
         if let Err(e) = r {
-            tracing::debug!(component = COMPONENT, error = %e, "rumqttc refused a publish; it stays spooled");
+            tracing::debug!(error = %e, "rumqttc refused a publish; it stays spooled");
             spool.unhand_last();
             break;
         }
@@ -109,30 +150,91 @@ fn qos(n: u8) -> QoS {
     }
 }
 
-/// `ipchubd-<host name>` unless the config names one.
+/// `ipchubd-<host name>` (and `-<name>` for a named bridge, so two bridges
+/// to one broker do not take over each other's session) unless the config
+/// names one.
 fn client_id(cfg: &MqttBridgeConfig) -> String {
     if !cfg.client_id.is_empty() {
         return cfg.client_id.clone();
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    match host.trim() {
+    let base = match host.trim() {
         "" => "ipchubd".to_string(),
         h => format!("ipchubd-{h}"),
+    };
+    if cfg.name.is_empty() {
+        base
+    } else {
+        format!("{base}-{}", cfg.name)
     }
 }
 
-/// Start the bridge's threads. They run for the life of the process.
-pub fn start(cfg: &Config, socket: &Path, control: ControlHandle) -> Result<(), StartError> {
-    let m = &cfg.bridge.mqtt;
-    let (host, port) = m.broker_address().map_err(StartError::Url)?;
+/// A started bridge: its threads, and how to stop them.
+pub struct Running {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn component(&self) -> &str {
+        &self.shared.component
+    }
+
+    /// Stop the threads and wait for them (bounded: a connection attempt
+    /// in progress may take rumqttc's connect timeout to give up).
+    pub fn stop(self) {
+        if self.shared.up.load(Ordering::Relaxed) {
+            if let Some(topic) = &self.shared.state_topic {
+                // A clean DISCONNECT discards the will: say it ourselves.
+                let mut spool = self.shared.spool();
+                spool.push(topic.clone(), Bytes::from_static(b"disconnected"), 1, true);
+                hand_off(&mut spool, &self.shared.mqtt);
+            }
+        }
+        self.shared.stop.set();
+        // Wakes the MQTT thread if it waits for the broker's next packet.
+        let _ = self.shared.mqtt.try_disconnect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        for t in self.threads {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(component = %self.shared.component, "a bridge thread did not stop in time; left behind");
+            }
+        }
+    }
+}
+
+/// Start one bridge's threads; they run until [`Running::stop`].
+pub fn start(
+    m: &MqttBridgeConfig,
+    max_message_size: u32,
+    socket: &Path,
+    control: ControlHandle,
+) -> Result<Running, StartError> {
+    let (host, port, tls) = m.broker_address().map_err(StartError::Url)?;
+    let component = component(m);
     let rules = Rules::new(m);
-    let mut opts = MqttOptions::new(client_id(m), host, port);
+    let mut opts = MqttOptions::new(client_id(m), host.clone(), port);
     opts.set_keep_alive(Duration::from_secs(m.keep_alive_secs))
-        .set_clean_start(true)
-        .set_max_packet_size(Some(
-            cfg.hub.max_message_size.saturating_add(PACKET_OVERHEAD),
-        ))
+        .set_clean_start(m.clean_start)
+        .set_max_packet_size(Some(max_message_size.saturating_add(PACKET_OVERHEAD)))
         .set_outgoing_inflight_upper_limit(WINDOW as u16);
+    if !m.clean_start {
+        opts.set_session_expiry_interval(Some(m.session_expiry_secs));
+    }
+    if !m.state_topic.is_empty() {
+        opts.set_last_will(LastWill::new(
+            m.state_topic.clone(),
+            "disconnected",
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+    }
     if let Some(user) = &m.username {
         opts.set_credentials(user, m.password.clone().unwrap_or_default());
     }
@@ -144,13 +246,19 @@ pub fn start(cfg: &Config, socket: &Path, control: ControlHandle) -> Result<(), 
             filter
         })
         .collect();
-    // Room for the window, one SUBSCRIBE, and a DISCONNECT.
-    let (mqtt, connection) = MqttClient::new(opts, WINDOW + 4);
+    // Room for the window, one SUBSCRIBE, the state message and a DISCONNECT.
+    let (mqtt, connection) = MqttClient::new(opts, WINDOW + 6);
 
+    let stop = Arc::new(Stop::new()?);
     let shared = Arc::new(Shared {
         spool: Mutex::new(Spool::new(m.spool_max_messages, m.spool_max_bytes, WINDOW)),
         mqtt,
         url: m.url.clone(),
+        component: component.clone(),
+        stop: stop.clone(),
+        state_topic: (!m.state_topic.is_empty()).then(|| m.state_topic.clone()),
+        up: AtomicBool::new(false),
+        received_retained: AtomicU64::new(0),
         received: AtomicU64::new(0),
         import_dropped: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
@@ -173,24 +281,34 @@ pub fn start(cfg: &Config, socket: &Path, control: ControlHandle) -> Result<(), 
         imports: import_tx,
         notify: notify.clone(),
         backoff: backoff.clone(),
+        tls: tls.then(|| (m.clone(), host.clone())),
+        state_channel: state_channel(m),
+        state_topic: m.state_topic.clone(),
         connected: false,
         ever_connected: false,
-        reported_down: false,
+        last_logged: String::new(),
     };
-    std::thread::Builder::new()
-        .name("ipchub-mqtt".into())
-        .spawn(move || mqtt_side.run())?;
+    let mut threads = Vec::new();
+    let short = m.bridge_name().chars().take(6).collect::<String>();
+    threads.push(
+        std::thread::Builder::new()
+            .name(format!("mqtt-{short}"))
+            .spawn(move || mqtt_side.run())?,
+    );
 
     let export_shared = shared.clone();
     let hub_notify = notify;
+    let greeting_shared = shared.clone();
+    let greeting_channel = state_channel(m);
     let hub_side = HubSide {
-        component: COMPONENT,
+        component: component.clone(),
         options: Options {
             socket: Some(socket.to_path_buf()),
             transport: TransportKind::Socket,
-            name: COMPONENT.into(),
+            name: component.clone(),
         },
         patterns: rules.export_patterns(),
+        state_channel: state_channel(m),
         export: move |msg: crate::client::Message| {
             let Some(out) = rules.export(&msg.channel) else {
                 return;
@@ -204,17 +322,49 @@ pub fn start(cfg: &Config, socket: &Path, control: ControlHandle) -> Result<(), 
         on_change: Box::new(move || {
             let _ = hub_notify.try_send(());
         }),
+        // Whoever subscribes to the state channel after a hub restart
+        // learns the current state at once.
+        greeting: Box::new(move || Import {
+            channel: greeting_channel.clone(),
+            payload: Bytes::from(state_text(&greeting_shared)),
+            retain: false,
+            state: true,
+        }),
         backoff,
+        stop: stop.clone(),
     };
-    std::thread::Builder::new()
-        .name("ipchub-mqtt-hub".into())
-        .spawn(move || hub_side.run())?;
+    threads.push(
+        std::thread::Builder::new()
+            .name(format!("mqtt-{short}-hub"))
+            .spawn(move || hub_side.run())?,
+    );
 
-    std::thread::Builder::new()
-        .name("ipchub-mqtt-stat".into())
-        .spawn(move || report_status(&shared, &counters, &control, notified))?;
-    tracing::info!(component = COMPONENT, broker = %m.url, "MQTT bridge started");
-    Ok(())
+    let stat_shared = shared.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name(format!("mqtt-{short}-st"))
+            .spawn(move || report_status(&stat_shared, &counters, &control, notified))?,
+    );
+    tracing::info!(component = %component, broker = %m.url, "MQTT bridge started");
+    Ok(Running { shared, threads })
+}
+
+/// `connected`, or `disconnected: <last error>`.
+fn state_text(shared: &Shared) -> String {
+    if shared.up.load(Ordering::Relaxed) {
+        "connected".to_string()
+    } else {
+        let e = shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if e.is_empty() {
+            "disconnected: not connected yet".to_string()
+        } else {
+            format!("disconnected: {e}")
+        }
+    }
 }
 
 /// The MQTT thread's state.
@@ -226,26 +376,88 @@ struct MqttSide {
     imports: ImportSender,
     notify: SyncSender<()>,
     backoff: Backoff,
+    /// For mqtts://: the settings to build the TLS configuration from
+    /// before every attempt, and the broker's host name.
+    tls: Option<(MqttBridgeConfig, String)>,
+    state_channel: String,
+    state_topic: String,
     connected: bool,
     ever_connected: bool,
-    /// The broker's absence was logged since the last connection.
-    reported_down: bool,
+    /// The last failure logged since the last connection: a repeat of the
+    /// same failure is not logged again, except TLS failures (every attempt).
+    last_logged: String,
 }
 
 impl MqttSide {
     fn run(mut self) {
-        // `recv` fails only once every sender is gone, and `Shared` holds one.
-        while let Ok(ev) = self.conn.recv() {
+        loop {
+            if self.shared.stop.is_set() {
+                break;
+            }
+            if !self.connected && !self.prepare_tls() {
+                if self.shared.stop.wait(self.backoff.next_delay()) {
+                    break;
+                }
+                continue;
+            }
+            // `recv` fails only once every sender is gone, and `Shared` holds one.
+            let Ok(ev) = self.conn.recv() else { break };
             match ev {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) if self.shared.stop.is_set() => break,
                 Ok(ev) => self.on_event(ev),
+                Err(_) if self.shared.stop.is_set() => break,
                 Err(e) => self.on_error(e),
+            }
+        }
+        self.shared.up.store(false, Ordering::Relaxed);
+        tracing::info!(component = %self.shared.component, "MQTT bridge stopped");
+    }
+
+    /// Build the TLS configuration for the next attempt; false (logged,
+    /// recorded as the last error) when it cannot be built.
+    fn prepare_tls(&mut self) -> bool {
+        let Some((cfg, _)) = &self.tls else {
+            return true;
+        };
+        match super::tls::client_config(cfg) {
+            Ok(c) => {
+                self.conn
+                    .eventloop
+                    .options
+                    .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(c)));
+                true
+            }
+            Err(e) => {
+                let text = e.to_string();
+                self.set_last_error(&text);
+                tracing::error!(component = %self.shared.component, broker = %self.shared.url,
+                    error = %text, "cannot set up TLS for the MQTT broker; retrying");
+                false
             }
         }
     }
 
+    fn set_last_error(&self, text: &str) {
+        *self
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = text.to_string();
+    }
+
+    /// Tell local subscribers of the state channel.
+    fn publish_state(&self) {
+        let _ = self.imports.send(Import {
+            channel: self.state_channel.clone(),
+            payload: Bytes::from(state_text(&self.shared)),
+            retain: false,
+            state: true,
+        });
+    }
+
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Incoming(Packet::ConnAck(_)) => self.on_connected(),
+            Event::Incoming(Packet::ConnAck(a)) => self.on_connected(a.session_present),
             Event::Incoming(Packet::Publish(p)) => self.import(p),
             Event::Incoming(Packet::PubAck(a)) => {
                 let ok = matches!(
@@ -268,7 +480,7 @@ impl MqttSide {
                 for (code, filter) in s.return_codes.iter().zip(&self.filters) {
                     if !matches!(code, SubscribeReasonCode::Success(_)) {
                         all = false;
-                        tracing::warn!(component = COMPONENT, filter = %filter.path, reason = ?code,
+                        tracing::warn!(component = %self.shared.component, filter = %filter.path, reason = ?code,
                             "broker refused the import subscription");
                     }
                 }
@@ -284,21 +496,32 @@ impl MqttSide {
         }
     }
 
-    fn on_connected(&mut self) {
+    fn on_connected(&mut self, session_present: bool) {
         self.backoff.reset();
-        // rumqttc does not restore subscriptions: ask again on every ConnAck.
+        // rumqttc does not restore subscriptions: ask again on every ConnAck
+        // (with a persistent session the broker kept them; asking again is
+        // harmless and covers a session that expired meanwhile).
         self.shared
             .subscribed
             .store(self.filters.is_empty(), Ordering::Relaxed);
         if !self.filters.is_empty() {
             if let Err(e) = self.shared.mqtt.try_subscribe_many(self.filters.clone()) {
-                tracing::error!(component = COMPONENT, error = %e, "cannot queue the import subscriptions");
+                tracing::error!(component = %self.shared.component, error = %e, "cannot queue the import subscriptions");
             }
         }
         let resent = {
             let mut spool = self.shared.spool();
             spool.set_connected(true);
             let n = spool.len();
+            if !self.state_topic.is_empty() {
+                // Replaces the will the broker may have published.
+                spool.push(
+                    self.state_topic.clone(),
+                    Bytes::from_static(b"connected"),
+                    1,
+                    true,
+                );
+            }
             hand_off(&mut spool, &self.shared.mqtt);
             n
         };
@@ -307,17 +530,19 @@ impl MqttSide {
         }
         self.ever_connected = true;
         self.connected = true;
-        self.reported_down = false;
+        self.last_logged.clear();
+        self.shared.up.store(true, Ordering::Relaxed);
+        self.publish_state();
         let _ = self.notify.try_send(());
-        tracing::info!(component = COMPONENT, broker = %self.shared.url, spooled = resent,
-            "connected to the MQTT broker");
+        tracing::info!(component = %self.shared.component, broker = %self.shared.url, spooled = resent,
+            session_present, "connected to the MQTT broker");
     }
 
     fn confirmed(&mut self, pkid: u16, ok: bool, reason: &str) {
         let mut spool = self.shared.spool();
         if spool.confirmed(pkid, ok) && !ok {
             tracing::warn!(
-                component = COMPONENT,
+                component = %self.shared.component,
                 pkid,
                 reason,
                 "broker refused an exported message"
@@ -328,6 +553,11 @@ impl MqttSide {
 
     fn import(&mut self, p: Publish) {
         self.shared.received.fetch_add(1, Ordering::Relaxed);
+        if p.retain {
+            self.shared
+                .received_retained
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let channel = std::str::from_utf8(&p.topic)
             .ok()
             .and_then(|t| self.rules.import(t).ok());
@@ -335,6 +565,8 @@ impl MqttSide {
             Some(channel) => self.imports.send(Import {
                 channel,
                 payload: p.payload,
+                retain: p.retain,
+                state: false,
             }),
             None => false,
         };
@@ -361,24 +593,43 @@ impl MqttSide {
             spool.set_connected(false)
         };
         self.shared.subscribed.store(false, Ordering::Relaxed);
-        *self
-            .shared
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = e.to_string();
+        // Under TLS 1.3 the broker's verdict on our certificate arrives
+        // after the handshake, as an I/O error on the first read, which
+        // rumqttc wraps without a `source()`: dig it out.
+        let tls_late = match &e {
+            ConnectionError::MqttState(StateError::Deserialization(MqttError::Io(io)))
+            | ConnectionError::MqttState(StateError::Io(io)) => Some(io),
+            _ => None,
+        }
+        .filter(|io| {
+            io.get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        });
+        let text = match (&self.tls, tls_late) {
+            (Some((_, host)), Some(io)) => super::tls::describe(io, host),
+            (Some((_, host)), None) => super::tls::describe(&e, host),
+            (None, _) => e.to_string(),
+        };
+        self.set_last_error(&text);
+        self.shared.up.store(false, Ordering::Relaxed);
         let url = &self.shared.url;
+        let component = &self.shared.component;
+        let is_tls = matches!(e, ConnectionError::Tls(_)) || tls_late.is_some();
         if self.connected {
             self.connected = false;
-            self.reported_down = true;
+            self.publish_state();
             let _ = self.notify.try_send(());
-            tracing::warn!(component = COMPONENT, broker = %url, error = %e, requeued,
+            tracing::warn!(%component, broker = %url, error = %text, requeued,
                 "lost the MQTT broker; spooling and reconnecting");
-        } else if !self.reported_down {
-            self.reported_down = true;
-            tracing::warn!(component = COMPONENT, broker = %url, error = %e,
+        } else if is_tls || self.last_logged != text {
+            tracing::warn!(%component, broker = %url, error = %text,
                 "cannot reach the MQTT broker; spooling and retrying");
+            if !self.ever_connected && self.last_logged.is_empty() {
+                self.publish_state();
+            }
         }
-        std::thread::sleep(self.backoff.next_delay());
+        self.last_logged = text;
+        self.shared.stop.wait(self.backoff.next_delay());
     }
 }
 
@@ -396,17 +647,26 @@ fn report_status(
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
+        if shared.stop.is_set() {
+            // An empty status removes the bridge from the statistics.
+            let op = ControlOp::SetStatus {
+                component: shared.component.clone(),
+                status: BTreeMap::new(),
+            };
+            let _ = control.call(op, Duration::from_secs(5));
+            return;
+        }
         let status = status(shared, hub);
         let drops: u64 = status["dropped"].parse().unwrap_or(0);
         if drops > logged_drops {
-            tracing::warn!(component = COMPONENT, dropped = drops - logged_drops,
+            tracing::warn!(component = %shared.component, dropped = drops - logged_drops,
                 spool_full = %status["dropped_spool_full"], rejected = %status["rejected_by_broker"],
                 import = %status["dropped_import"], hub_missed = %status["missed_from_hub"],
                 "MQTT bridge dropped messages");
             logged_drops = drops;
         }
         let op = ControlOp::SetStatus {
-            component: COMPONENT.into(),
+            component: shared.component.clone(),
             status,
         };
         if let Err(ControlError::Gone) = control.call(op, Duration::from_secs(5)) {
@@ -437,8 +697,14 @@ fn status(shared: &Shared, hub: &HubCounters) -> BTreeMap<String, String> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let state = if shared.up.load(Ordering::Relaxed) {
+        "connected"
+    } else {
+        "disconnected"
+    };
     [
         ("broker", shared.url.clone()),
+        ("state", state.to_string()),
         ("connected", connected.to_string()),
         (
             "hub_connected",
@@ -452,6 +718,12 @@ fn status(shared: &Shared, hub: &HubCounters) -> BTreeMap<String, String> {
         ("spooled_bytes", spooled_bytes.to_string()),
         ("sent", sent.to_string()),
         ("received", get(&shared.received).to_string()),
+        (
+            "received_retained",
+            get(&shared.received_retained).to_string(),
+        ),
+        ("messages_in", get(&hub.imported).to_string()),
+        ("messages_out", sent.to_string()),
         ("imported", get(&hub.imported).to_string()),
         ("dropped", dropped.to_string()),
         ("dropped_spool_full", spool_full.to_string()),

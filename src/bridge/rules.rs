@@ -99,7 +99,7 @@ mod tests {
 
     fn rules(text: &str) -> Rules {
         let cfg = crate::config::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
-        Rules::new(&cfg.bridge.mqtt)
+        Rules::new(&cfg.bridge.mqtt.list[0])
     }
 
     #[test]

@@ -397,6 +397,8 @@ impl EventLoop {
         });
         let res = match loaded {
             Ok(cfg) => {
+                // The bridges' supervisor restarts those whose settings changed.
+                crate::bridge::reload(&cfg);
                 self.hub.reload(cfg);
                 self.recheck_ring_access();
                 info!("configuration reloaded");

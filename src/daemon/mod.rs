@@ -101,7 +101,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         },
     )
     .context("starting the event loop")?;
-    start_components(&mut ev, &socket_path);
+    start_components(&mut ev, &socket_path, args.config.as_deref());
     systemd::ready(&format!("listening on {}", socket_path.display()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ipchubd ready");
     ev.run().context("event loop failed")?;
@@ -111,11 +111,20 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
 /// Start the threads that sit beside the data thread (D-Bus, MQTT bridge).
 /// Each gets a [`control::ControlHandle`] and/or an event receiver from the
 /// loop, never the hub itself, so none of them can slow routing.
-fn start_components(ev: &mut EventLoop, socket_path: &std::path::Path) {
+fn start_components(
+    ev: &mut EventLoop,
+    socket_path: &std::path::Path,
+    config_path: Option<&std::path::Path>,
+) {
     let dbus = ev.hub().config().dbus.clone();
     if dbus.enabled {
         let log = ev.hub().config().log.clone();
         crate::dbus::start(dbus, &log, ev.control_handle(), ev.subscribe_events());
     }
-    crate::bridge::start(ev.hub().config(), socket_path, ev.control_handle());
+    crate::bridge::start(
+        ev.hub().config(),
+        socket_path,
+        config_path,
+        ev.control_handle(),
+    );
 }

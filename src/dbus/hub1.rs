@@ -194,6 +194,29 @@ impl Hub1 {
         self.stats.totals.dropped
     }
 
+    /// State reported by components, by name (e.g. `bridge.mqtt.<name>`:
+    /// state, messages_in, messages_out, spooled, dropped, last_error, ...),
+    /// fresh, as in `ipchubctl stats`. A method, not a property: it names
+    /// brokers and their errors, so only administrators (root, the hub's
+    /// user, group ipchub) get it; others get an empty map.
+    #[zbus(out_args("components"))]
+    async fn components(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] call: Header<'_>,
+    ) -> Result<
+        std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+        CallError,
+    > {
+        let stats = self.fresh_stats(conn, &call).await?;
+        // zvariant converts HashMaps, not BTreeMaps.
+        Ok(stats
+            .components
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect())
+    }
+
     /// Every channel the caller may read: (name, object path of its org.ipchub.Channel1
     /// object; only channels every uid may read have one).
     /// Object paths escape each level: letters and digits stay, any other byte becomes _xx (hex).

@@ -27,7 +27,8 @@ pub enum ControlOp {
     /// Re-read the configuration file (as SIGHUP does).
     Reload,
     /// A component (e.g. `bridge.mqtt`) reports its state; it shows in
-    /// statistics under `components` until replaced.
+    /// statistics under `components` until replaced (an empty status
+    /// removes it).
     SetStatus {
         component: String,
         status: BTreeMap<String, String>,

@@ -297,7 +297,12 @@ impl Hub {
         name: String,
         status: std::collections::BTreeMap<String, String>,
     ) {
-        self.components.insert(name, status);
+        // An empty status is a component going away (a bridge removed on reload).
+        if status.is_empty() {
+            self.components.remove(&name);
+        } else {
+            self.components.insert(name, status);
+        }
     }
 
     /// Tell the hub which transports the daemon serves (for statistics).

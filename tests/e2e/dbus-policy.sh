@@ -104,7 +104,7 @@ for who in as_nobody as_staff ""; do
     check "$label Properties.Get" allowed "$(call "$who" org.freedesktop.DBus.Properties Get)"
     check "$label Properties.GetAll" allowed "$(call "$who" org.freedesktop.DBus.Properties GetAll)"
     check "$label GetManagedObjects" allowed "$(call "$who" org.freedesktop.DBus.ObjectManager GetManagedObjects)"
-    for m in ListChannels ListClients ChannelStats; do
+    for m in ListChannels ListClients ChannelStats Components; do
         check "$label $m" allowed "$(call "$who" org.ipchub.Hub1 $m)"
     done
     priv=denied; [ "$label" != nobody ] && priv=allowed
