@@ -1,4 +1,4 @@
-//! Channel rings (DESIGN §5): shm clients on an exact channel publish into
+//! Channel rings (docs/ARCHITECTURE.md): shm clients on an exact channel publish into
 //! and read from the channel's broadcast ring, with the hub off the data
 //! path; clients of other transports still meet them on the same channel.
 

@@ -2,7 +2,7 @@
 //! recommendation (people), JSON (machines; schema `ipchub-bench/1`), CSV
 //! (spreadsheets). Ratios and recommendations are computed here from the
 //! measured rows only; the bars quoted next to ratios are the design's
-//! (DESIGN.md §8).
+//! (the bars in docs/ARCHITECTURE.md).
 
 use std::fmt::Write as _;
 
@@ -234,7 +234,7 @@ fn utc_now() -> String {
 }
 
 /// What each hub transport is held against: (kind, name, throughput bar,
-/// latency bar). Bars from DESIGN.md §8; the peers' apply at 1 KiB.
+/// latency bar). Bars from docs/ARCHITECTURE.md; the peers' apply at 1 KiB.
 fn references(transport: &str) -> Vec<(Kind, &'static str, Option<f64>, Option<f64>)> {
     let mut v = match transport {
         "socket" => vec![

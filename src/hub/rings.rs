@@ -1,4 +1,4 @@
-//! Channel rings (DESIGN §5): the routing side of the shared-memory
+//! Channel rings (docs/ARCHITECTURE.md): the routing side of the shared-memory
 //! broadcast rings. The event loop owns the rings themselves; the hub decides
 //! who may use one and routes around them:
 //! - a channel with a ring has a *ring peer*, an endpoint the event loop made

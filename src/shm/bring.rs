@@ -1,7 +1,7 @@
 //! Broadcast ring: one per channel in a sealed memfd, many writers (one at a
 //! time, under a lock word), many readers each with its own cursor. A message
 //! is copied in once by its publisher and read by every subscriber from the
-//! same bytes; the hub is not on the data path (DESIGN.md §5).
+//! same bytes; the hub is not on the data path (docs/ARCHITECTURE.md, channel rings).
 //!
 //! ```text
 //! page 0      header: magic, version, capacity, policy | write_pos, tail,

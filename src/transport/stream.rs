@@ -4,7 +4,7 @@
 //! read in large chunks and every complete frame in them is decoded by the
 //! caller; output hands the whole backlog (at most two slices of the queue's
 //! ring) to the kernel in one call. That keeps syscalls per message far below
-//! one, which is what decides throughput (DESIGN §8).
+//! one, which is what decides throughput (docs/ARCHITECTURE.md, the performance model).
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
