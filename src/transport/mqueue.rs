@@ -351,11 +351,35 @@ pub fn adopt(peer: &Peer<'_>, fds: Vec<OwnedFd>) -> Result<Offer, SetupError> {
 /// Client side: create the queue pair to hand over with HELLO, each under
 /// an unguessable name with O_EXCL, unlinked at once. Sized as large as
 /// the kernel and this user's RLIMIT_MSGQUEUE allow, up to `max_frame`.
+///
+/// The queues are charged to this user's RLIMIT_MSGQUEUE until both ends
+/// are closed, and the hub closes its ends only when it handles a
+/// disconnect. So a program that closes a client and connects again at once
+/// can find its budget still held for that moment: on EMFILE (the budget,
+/// or descriptors) it tries again for up to [`BUDGET_WAIT`] before giving up.
 pub fn create_pair(max_frame: usize) -> Result<MqueueLink, SetupError> {
-    let up = create(max_frame, "up")?;
-    let down = create(max_frame, "down")?;
-    Ok(MqueueLink { rx: down, tx: up })
+    let deadline = std::time::Instant::now() + BUDGET_WAIT;
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        let pair = create(max_frame, "up").and_then(|up| {
+            let down = create(max_frame, "down")?;
+            Ok(MqueueLink { rx: down, tx: up })
+        });
+        match pair {
+            Err(SetupError::Io { ref source, .. })
+                if source.raw_os_error() == Some(libc::EMFILE)
+                    && std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
+
+/// How long [`create_pair`] waits for queue budget the hub is about to free.
+pub const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn create(max_frame: usize, what: &str) -> Result<Queue, SetupError> {
     let flags = MQ_OFlag::O_CREAT
