@@ -17,6 +17,7 @@ pub mod bridge;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod daemon;
 pub mod dbus;
 pub mod hub;
