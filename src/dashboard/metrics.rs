@@ -69,7 +69,11 @@ pub fn render(stats: Option<&HubStats>, top_channels: usize) -> String {
     let Some(st) = stats else {
         return o.0;
     };
-    o.head("ipchub_info", "gauge", "Always 1; the hub's version as a label.");
+    o.head(
+        "ipchub_info",
+        "gauge",
+        "Always 1; the hub's version as a label.",
+    );
     o.value("ipchub_info", &[("version", &st.version)], 1);
     o.head(
         "ipchub_start_time_seconds",
@@ -77,17 +81,45 @@ pub fn render(stats: Option<&HubStats>, top_channels: usize) -> String {
         "When the hub started, in seconds since the Unix epoch.",
     );
     o.value("ipchub_start_time_seconds", &[], st.started_at);
-    o.head("ipchub_clients", "gauge", "Clients connected (that this user may see).");
+    o.head(
+        "ipchub_clients",
+        "gauge",
+        "Clients connected (that this user may see).",
+    );
     o.value("ipchub_clients", &[], st.client_count);
-    o.head("ipchub_channels", "gauge", "Channels known (that this user may see).");
+    o.head(
+        "ipchub_channels",
+        "gauge",
+        "Channels known (that this user may see).",
+    );
     o.value("ipchub_channels", &[], st.channel_count);
     let t = &st.totals;
     for (name, help, v) in [
-        ("ipchub_messages_in_total", "Messages accepted from publishers.", t.messages_in),
-        ("ipchub_messages_out_total", "Deliveries into subscriber queues.", t.messages_out),
-        ("ipchub_bytes_in_total", "Payload bytes accepted from publishers.", t.bytes_in),
-        ("ipchub_bytes_out_total", "Payload bytes delivered into subscriber queues.", t.bytes_out),
-        ("ipchub_dropped_total", "Messages lost to drop-oldest or to a disconnected subscriber.", t.dropped),
+        (
+            "ipchub_messages_in_total",
+            "Messages accepted from publishers.",
+            t.messages_in,
+        ),
+        (
+            "ipchub_messages_out_total",
+            "Deliveries into subscriber queues.",
+            t.messages_out,
+        ),
+        (
+            "ipchub_bytes_in_total",
+            "Payload bytes accepted from publishers.",
+            t.bytes_in,
+        ),
+        (
+            "ipchub_bytes_out_total",
+            "Payload bytes delivered into subscriber queues.",
+            t.bytes_out,
+        ),
+        (
+            "ipchub_dropped_total",
+            "Messages lost to drop-oldest or to a disconnected subscriber.",
+            t.dropped,
+        ),
     ] {
         o.head(name, "counter", help);
         o.value(name, &[], v);
@@ -100,11 +132,36 @@ pub fn render(stats: Option<&HubStats>, top_channels: usize) -> String {
     let (top, rest) = chans.split_at(split);
     type Field = fn(&crate::hub::ChannelStats) -> u64;
     let fields: [(&str, &str, &str, Field); 5] = [
-        ("ipchub_channel_published_total", "counter", "Messages published on the channel.", |c| c.published),
-        ("ipchub_channel_delivered_total", "counter", "Deliveries of the channel's messages.", |c| c.delivered),
-        ("ipchub_channel_bytes_total", "counter", "Payload bytes published on the channel.", |c| c.bytes),
-        ("ipchub_channel_dropped_total", "counter", "The channel's messages dropped.", |c| c.dropped),
-        ("ipchub_channel_subscribers", "gauge", "Subscribers of the channel.", |c| c.subscribers as u64),
+        (
+            "ipchub_channel_published_total",
+            "counter",
+            "Messages published on the channel.",
+            |c| c.published,
+        ),
+        (
+            "ipchub_channel_delivered_total",
+            "counter",
+            "Deliveries of the channel's messages.",
+            |c| c.delivered,
+        ),
+        (
+            "ipchub_channel_bytes_total",
+            "counter",
+            "Payload bytes published on the channel.",
+            |c| c.bytes,
+        ),
+        (
+            "ipchub_channel_dropped_total",
+            "counter",
+            "The channel's messages dropped.",
+            |c| c.dropped,
+        ),
+        (
+            "ipchub_channel_subscribers",
+            "gauge",
+            "Subscribers of the channel.",
+            |c| c.subscribers as u64,
+        ),
     ];
     for (name, kind, help, f) in fields {
         o.head(name, kind, help);
@@ -125,7 +182,11 @@ pub fn render(stats: Option<&HubStats>, top_channels: usize) -> String {
         queue_bytes: u64,
         blocked: u64,
     }
-    let mut by_t: BTreeMap<&str, T> = st.transports.iter().map(|t| (t.as_str(), T::default())).collect();
+    let mut by_t: BTreeMap<&str, T> = st
+        .transports
+        .iter()
+        .map(|t| (t.as_str(), T::default()))
+        .collect();
     for c in &st.clients {
         let e = by_t.entry(c.transport.as_str()).or_default();
         e.clients += 1;
@@ -135,10 +196,26 @@ pub fn render(stats: Option<&HubStats>, top_channels: usize) -> String {
     }
     type TField = fn(&T) -> u64;
     let tfields: [(&str, &str, TField); 4] = [
-        ("ipchub_transport_clients", "Clients connected over the transport.", |t| t.clients),
-        ("ipchub_transport_queue_messages", "Messages queued to the transport's clients.", |t| t.queue_messages),
-        ("ipchub_transport_queue_bytes", "Bytes queued to the transport's clients.", |t| t.queue_bytes),
-        ("ipchub_transport_blocked_clients", "The transport's publishers held back (overflow = block).", |t| t.blocked),
+        (
+            "ipchub_transport_clients",
+            "Clients connected over the transport.",
+            |t| t.clients,
+        ),
+        (
+            "ipchub_transport_queue_messages",
+            "Messages queued to the transport's clients.",
+            |t| t.queue_messages,
+        ),
+        (
+            "ipchub_transport_queue_bytes",
+            "Bytes queued to the transport's clients.",
+            |t| t.queue_bytes,
+        ),
+        (
+            "ipchub_transport_blocked_clients",
+            "The transport's publishers held back (overflow = block).",
+            |t| t.blocked,
+        ),
     ];
     for (name, help, f) in tfields {
         o.head(name, "gauge", help);
@@ -158,7 +235,11 @@ pub fn render(stats: Option<&HubStats>, top_channels: usize) -> String {
         for (k, v) in kv {
             if let Ok(n) = v.parse::<f64>() {
                 if n.is_finite() {
-                    o.value("ipchub_component_value", &[("component", cut(comp)), ("key", cut(k))], n);
+                    o.value(
+                        "ipchub_component_value",
+                        &[("component", cut(comp)), ("key", cut(k))],
+                        n,
+                    );
                 }
             }
         }
@@ -220,10 +301,15 @@ mod tests {
             )]),
         };
         let text = render(Some(&st), 1);
-        assert!(text.contains("ipchub_channel_published_total{channel=\"b\"} 50\n"), "{text}");
+        assert!(
+            text.contains("ipchub_channel_published_total{channel=\"b\"} 50\n"),
+            "{text}"
+        );
         assert!(text.contains("ipchub_channel_published_total{channel=\"(other)\"} 12\n"));
         assert!(!text.contains("channel=\"a\""));
-        assert!(text.contains("ipchub_component_value{component=\"bridge.mqtt\",key=\"spooled\"} 3\n"));
+        assert!(
+            text.contains("ipchub_component_value{component=\"bridge.mqtt\",key=\"spooled\"} 3\n")
+        );
         assert!(text.contains("value=\"conn\\\"ected\"} 1\n"), "{text}");
         assert!(text.contains("ipchub_transport_clients{transport=\"socket\"} 0\n"));
         let all = render(Some(&st), 10);

@@ -28,7 +28,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9178";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DashboardError {
-    #[error("invalid --listen '{0}': expected HOST:PORT (e.g. 127.0.0.1:9178, [::1]:9178) or unix:PATH")]
+    #[error(
+        "invalid --listen '{0}': expected HOST:PORT (e.g. 127.0.0.1:9178, [::1]:9178) or unix:PATH"
+    )]
     BadListen(String),
     #[error("refusing to listen on non-loopback address {0}: anyone who can reach it could try the token; pass --allow-remote to do so anyway")]
     NotLoopback(SocketAddr),
@@ -147,7 +149,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_args(socket: Option<PathBuf>, a: &DashboardArgs) -> Result<Settings, DashboardError> {
+    pub fn from_args(
+        socket: Option<PathBuf>,
+        a: &DashboardArgs,
+    ) -> Result<Settings, DashboardError> {
         let listen: Listen = a.listen.parse()?;
         if let Listen::Tcp(addr) = &listen {
             if !addr.ip().is_loopback() && !a.allow_remote {
@@ -207,13 +212,7 @@ fn random_token() -> Result<String, DashboardError> {
     while got < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`,
         // which lives across the call; getrandom writes at most that many bytes.
-        let n = unsafe {
-            libc::getrandom(
-                buf[got..].as_mut_ptr().cast(),
-                buf.len() - got,
-                0,
-            )
-        };
+        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {

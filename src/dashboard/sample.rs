@@ -204,7 +204,11 @@ impl RateTracker {
                 let before = prev_stats.and_then(|p| p.clients.iter().find(|o| o.id == c.id));
                 ClientView {
                     rate_out: secs.map(|s| {
-                        per_sec(c.messages_out, before.map(|b| b.messages_out).unwrap_or(0), s)
+                        per_sec(
+                            c.messages_out,
+                            before.map(|b| b.messages_out).unwrap_or(0),
+                            s,
+                        )
                     }),
                     slow: c.dropped > 0 || c.queue_messages >= slow_queue.max(1),
                     stats: c.clone(),

@@ -161,12 +161,30 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, DashboardError> {
 
 fn app(sh: Sh) -> Router {
     Router::new()
-        .route("/", get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }))
-        .route("/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
-        .route("/style.css", get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }))
-        .route("/uPlot.min.js", get(|| async { asset(UPLOT_JS, "text/javascript; charset=utf-8") }))
-        .route("/uPlot.min.css", get(|| async { asset(UPLOT_CSS, "text/css; charset=utf-8") }))
-        .route("/licenses/uPlot.txt", get(|| async { asset(UPLOT_LICENSE, "text/plain; charset=utf-8") }))
+        .route(
+            "/",
+            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/uPlot.min.js",
+            get(|| async { asset(UPLOT_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/uPlot.min.css",
+            get(|| async { asset(UPLOT_CSS, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/licenses/uPlot.txt",
+            get(|| async { asset(UPLOT_LICENSE, "text/plain; charset=utf-8") }),
+        )
         .route("/metrics", get(metrics))
         .route("/api/events", get(events))
         .route("/api/tail", get(tail_stream))
@@ -215,7 +233,11 @@ fn host_is_loopback(h: &HeaderMap) -> bool {
 async fn guard(State(sh): State<Sh>, req: Request, next: Next) -> Response {
     let tcp_loopback = matches!(&sh.settings.listen, Listen::Tcp(a) if a.ip().is_loopback());
     if tcp_loopback && !host_is_loopback(req.headers()) {
-        return (StatusCode::FORBIDDEN, "Host header must name a loopback address\n").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "Host header must name a loopback address\n",
+        )
+            .into_response();
     }
     let mut set_cookie = false;
     if let Some(token) = &sh.settings.token {
@@ -255,9 +277,15 @@ async fn guard(State(sh): State<Sh>, req: Request, next: Next) -> Response {
         }
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -275,7 +303,10 @@ async fn metrics(State(sh): State<Sh>) -> Response {
         .and_then(|r| r.ok());
     let body = super::metrics::render(stats.as_ref(), sh.settings.top_channels);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -365,10 +396,16 @@ struct TailQuery {
 }
 
 /// A channel's messages while the page keeps this stream open.
-async fn tail_stream(State(sh): State<Sh>, q: Result<Query<TailQuery>, axum::extract::rejection::QueryRejection>,
+async fn tail_stream(
+    State(sh): State<Sh>,
+    q: Result<Query<TailQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return (StatusCode::BAD_REQUEST, "expected ?channel=NAME[&format=text|hex][&max=BYTES]\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected ?channel=NAME[&format=text|hex][&max=BYTES]\n",
+        )
+            .into_response();
     };
     if let Err(e) = Pattern::parse(&q.channel) {
         return (StatusCode::BAD_REQUEST, format!("invalid channel: {e}\n")).into_response();
@@ -377,7 +414,11 @@ async fn tail_stream(State(sh): State<Sh>, q: Result<Query<TailQuery>, axum::ext
         None | Some("text") => Format::Text,
         Some("hex") => Format::Hex,
         Some(f) => {
-            return (StatusCode::BAD_REQUEST, format!("format '{f}': expected text or hex\n")).into_response()
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("format '{f}': expected text or hex\n"),
+            )
+                .into_response()
         }
     };
     let Some(slot) = StreamSlot::take(&sh, false) else {
@@ -387,7 +428,10 @@ async fn tail_stream(State(sh): State<Sh>, q: Result<Query<TailQuery>, axum::ext
         options: sh.link.options(),
         pattern: q.channel,
         format,
-        max_bytes: q.max.unwrap_or(usize::MAX).clamp(1, sh.settings.tail_max_bytes),
+        max_bytes: q
+            .max
+            .unwrap_or(usize::MAX)
+            .clamp(1, sh.settings.tail_max_bytes),
         rate: sh.settings.tail_rate,
     });
     let s = stream::unfold((rx, slot), |(mut rx, slot)| async move {

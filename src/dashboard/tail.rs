@@ -148,7 +148,13 @@ mod tests {
     fn payloads_are_cut_and_shown_as_text_or_hex() {
         assert_eq!(render(b"hello", Format::Text, 3), ("hel".into(), true));
         assert_eq!(render(b"hi", Format::Text, 3), ("hi".into(), false));
-        assert_eq!(render(&[0, 255, 16], Format::Hex, 8), ("00 ff 10".into(), false));
-        assert_eq!(render(&[0xff, b'a'], Format::Text, 8), ("\u{fffd}a".into(), false));
+        assert_eq!(
+            render(&[0, 255, 16], Format::Hex, 8),
+            ("00 ff 10".into(), false)
+        );
+        assert_eq!(
+            render(&[0xff, b'a'], Format::Text, 8),
+            ("\u{fffd}a".into(), false)
+        );
     }
 }
