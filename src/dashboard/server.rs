@@ -425,7 +425,10 @@ async fn tail_stream(
         return busy();
     };
     let rx = tail::start(TailRequest {
-        options: sh.link.options(),
+        options: crate::client::Options {
+            name: "ipchubctl dashboard tail".into(),
+            ..sh.link.options()
+        },
         pattern: q.channel,
         format,
         max_bytes: q
