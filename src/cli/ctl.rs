@@ -55,7 +55,7 @@ pub enum Command {
     /// Bearer TOKEN) unless --no-token; it refuses non-loopback addresses
     /// unless --allow-remote. It asks the hub for statistics only while a
     /// page is open or /metrics is scraped. Metric names, types and labels:
-    /// docs/DASHBOARD.md.
+    /// the DASHBOARD section below.
     Dashboard(crate::dashboard::DashboardArgs),
     /// Check a configuration file without starting a hub.
     CheckConfig {

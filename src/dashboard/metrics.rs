@@ -1,6 +1,6 @@
 //! `/metrics`: a hub snapshot in the Prometheus text exposition format
 //! (version 0.0.4). Names, types and labels are documented in
-//! docs/DASHBOARD.md; the channel label is bounded to the top N channels
+//! the DASHBOARD section of ipchubctl(1); the channel label is bounded to the top N channels
 //! plus `(other)` (not a valid channel name, so it cannot collide).
 
 use std::collections::BTreeMap;
