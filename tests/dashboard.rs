@@ -445,13 +445,38 @@ fn it_polls_the_hub_only_while_someone_looks() {
     ev.wait_for("\"error\":null");
     let before = switches(d.pid());
     std::thread::sleep(Duration::from_secs(2));
-    let busy = switches(d.pid()) - before;
+    let busy = switches(d.pid()).saturating_sub(before);
     assert!(busy >= 10, "{busy} wake-ups in 2 s while polling");
     drop(ev);
     std::thread::sleep(Duration::from_millis(500));
     // Closed: the poller stops; a few wake-ups at most (threads parking).
     let before = switches(d.pid());
     std::thread::sleep(Duration::from_secs(2));
-    let idle = switches(d.pid()) - before;
+    let idle = switches(d.pid()).saturating_sub(before);
     assert!(idle <= 3, "{idle} wake-ups in 2 s with nobody looking");
+}
+
+#[test]
+fn open_pages_and_tails_are_bounded() {
+    let hub = Hub::start();
+    let d = Dash::start(
+        &hub.socket,
+        &["--listen", "127.0.0.1:0", "--max-streams", "2"],
+    );
+    let mut a = d.stream("/api/events");
+    a.wait_for("event: sample");
+    let mut b = d.stream("/api/tail?channel=x");
+    b.wait_for("\"kind\":\"subscribed\"");
+    for path in ["/api/events", "/api/tail?channel=y"] {
+        let r = d.get(path);
+        assert_eq!(r.status, 503, "{path}: {}", r.head);
+        assert!(r.body.contains("--max-streams"));
+    }
+    // Closing one frees its place (the tail's subscription ends with it).
+    drop(b);
+    hub.wait_subscribers("x", 0);
+    let mut c = d.stream("/api/tail?channel=y");
+    c.wait_for("\"kind\":\"subscribed\"");
+    // /metrics is not a stream.
+    assert_eq!(d.get("/metrics").status, 200);
 }

@@ -45,7 +45,13 @@ struct Shared {
     polling: Mutex<bool>,
     /// Name of the cookie that carries the token (per port: cookies are not).
     cookie: String,
+    /// Scrapes in progress at most; each holds a blocking thread while it
+    /// waits for the hub.
+    scrapes: tokio::sync::Semaphore,
 }
+
+/// Concurrent /metrics requests served; more get 503.
+const MAX_SCRAPES: usize = 4;
 
 type Sh = Arc<Shared>;
 
@@ -86,6 +92,7 @@ pub async fn serve(settings: Settings) -> Result<(), DashboardError> {
         streams: AtomicUsize::new(0),
         polling: Mutex::new(false),
         cookie: String::new(),
+        scrapes: tokio::sync::Semaphore::new(MAX_SCRAPES),
     };
     let mut out = std::io::stdout().lock();
     match listen {
@@ -296,6 +303,13 @@ async fn guard(State(sh): State<Sh>, req: Request, next: Next) -> Response {
 }
 
 async fn metrics(State(sh): State<Sh>) -> Response {
+    let Ok(_permit) = sh.scrapes.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many scrapes at once\n",
+        )
+            .into_response();
+    };
     let link = sh.link.clone();
     let stats = tokio::task::spawn_blocking(move || link.snapshot())
         .await
