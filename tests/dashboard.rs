@@ -480,3 +480,35 @@ fn open_pages_and_tails_are_bounded() {
     // /metrics is not a stream.
     assert_eq!(d.get("/metrics").status, 200);
 }
+
+#[test]
+fn channel_rings_and_their_readers_are_shown() {
+    let hub = Hub::start();
+    let d = Dash::start(&hub.socket, &local());
+    // An shm subscriber of an exact channel reads its ring in place.
+    let mut r = hub.subscriber(TransportKind::Shm, "ring/x");
+    let mut p = hub.client_via(TransportKind::Shm);
+    p.publish("ring/x", b"in place").unwrap();
+    p.flush().unwrap();
+    assert!(r.recv(Some(Duration::from_secs(10))).unwrap().is_some());
+    let out = hub.ctl().args(["stats", "--json"]).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ch = st["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ring/x")
+        .unwrap()
+        .clone();
+    assert_eq!(ch["ring"], true, "{ch}");
+    let readers = ch["ring_readers"].as_f64().unwrap();
+    assert!(readers >= 1.0, "{ch}");
+    let m = d.metrics();
+    assert_eq!(
+        metric(&m, "ipchub_channel_ring_readers{channel=\"ring/x\"}"),
+        Some(readers)
+    );
+    let mut ev = d.stream("/api/events");
+    let sample = ev.wait_for("ring/x");
+    assert!(sample.contains("\"ring\":true"), "{sample}");
+}

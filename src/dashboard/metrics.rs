@@ -131,7 +131,7 @@ pub fn render(stats: Option<&HubStats>, top_channels: usize) -> String {
     let split = chans.len().min(top_channels);
     let (top, rest) = chans.split_at(split);
     type Field = fn(&crate::hub::ChannelStats) -> u64;
-    let fields: [(&str, &str, &str, Field); 5] = [
+    let fields: [(&str, &str, &str, Field); 6] = [
         (
             "ipchub_channel_published_total",
             "counter",
@@ -161,6 +161,12 @@ pub fn render(stats: Option<&HubStats>, top_channels: usize) -> String {
             "gauge",
             "Subscribers of the channel.",
             |c| c.subscribers as u64,
+        ),
+        (
+            "ipchub_channel_ring_readers",
+            "gauge",
+            "Clients reading the channel's shared-memory ring in place.",
+            |c| c.ring_readers as u64,
         ),
     ];
     for (name, kind, help, f) in fields {
@@ -277,6 +283,8 @@ mod tests {
             delivered: published,
             bytes: published * 10,
             dropped: 0,
+            ring: false,
+            ring_readers: 0,
         }
     }
 

@@ -113,7 +113,9 @@ function channels(s) {
     tail.addEventListener("click", () => startTail(c.name));
     return el("tr", { "data-channel": c.name },
       el("td", { class: "wrap" }, c.name), el("td", { class: "num" }, c.subscribers), el("td", {}, by || "–"),
-      el("td", {}, c.overflow), el("td", { class: "num rate-msgs" }, num(c.rate_messages)),
+      el("td", {}, c.overflow),
+      el("td", { class: "ring" }, c.ring ? c.ring_readers + " reading in place" : "–"),
+      el("td", { class: "num rate-msgs" }, num(c.rate_messages)),
       el("td", { class: "num rate-bytes" }, num(c.rate_bytes)), el("td", { class: "num published" }, c.published),
       el("td", { class: "num" }, c.delivered), el("td", { class: "num" }, c.dropped), el("td", {}, tail));
   }));
