@@ -209,6 +209,7 @@ const PROBE: &str = r#"JSON.stringify((() => {
     rate: row ? parseFloat(row.querySelector('.rate-msgs').textContent) : null,
     published: row ? parseInt(row.querySelector('.published').textContent, 10) : null,
     slow: slow ? slow.querySelector('.missed').textContent : null,
+    ring: document.querySelector('#channels tr[data-channel="dash/ring"] .ring')?.textContent,
     charts: document.querySelectorAll('.uplot').length,
   };
 })())"#;
@@ -225,6 +226,12 @@ fn the_page_shows_live_rates_and_a_slow_subscriber_in_headless_chromium() {
     .unwrap();
     slow.subscribe("dash/slow").unwrap();
     let mut load_sub = hub.subscriber(TransportKind::Socket, "dash/load");
+    // A channel with a shared-memory ring, read in place.
+    let mut ring_sub = hub.subscriber(TransportKind::Shm, "dash/ring");
+    let mut ring_pub = hub.client_via(TransportKind::Shm);
+    ring_pub.publish("dash/ring", b"in place").unwrap();
+    ring_pub.flush().unwrap();
+    assert!(ring_sub.recv(Some(DEADLINE)).unwrap().is_some());
     let mut p = hub.client();
     let kb = vec![b'x'; 1024];
     for _ in 0..4000 {
@@ -294,6 +301,12 @@ fn the_page_shows_live_rates_and_a_slow_subscriber_in_headless_chromium() {
     let missed: u64 = first["slow"].as_str().unwrap().parse().unwrap();
     assert!(missed > 0, "slowpoke missed messages: {first}");
     assert_eq!(first["charts"], 2, "{first}");
+    assert!(
+        first["ring"]
+            .as_str()
+            .is_some_and(|r| r.contains("reading in place")),
+        "{first}"
+    );
     // ... and it keeps updating without a reload.
     let t0 = Instant::now();
     let later = loop {
@@ -352,5 +365,5 @@ fn the_page_shows_live_rates_and_a_slow_subscriber_in_headless_chromium() {
     stop.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
     drain.join().unwrap();
-    drop(slow);
+    drop((slow, ring_sub, ring_pub));
 }
