@@ -119,6 +119,14 @@ pub async fn serve(settings: Settings) -> Result<(), DashboardError> {
                     "Dashboard: http://{local}/\nMetrics:   http://{local}/metrics"
                 ),
             };
+            if sh.settings.token.is_none() {
+                eprintln!("ipchubctl: warning: no token: whoever reaches {local} sees what this user may see");
+            }
+            if !local.ip().is_loopback() {
+                eprintln!(
+                    "ipchubctl: warning: listening beyond loopback on {local} (--allow-remote)"
+                );
+            }
             let _ = out.flush();
             drop(out);
             axum::serve(l, app(Arc::new(sh)))
