@@ -18,6 +18,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod dbus;
 pub mod hub;
 pub mod paths;

@@ -47,6 +47,16 @@ pub enum Command {
     /// Show the hub's statistics: totals, the channels you may read and your
     /// own clients (root and the hub's user: all of them).
     Stats(StatsArgs),
+    /// Serve a live web dashboard and Prometheus /metrics for this hub.
+    ///
+    /// Connects as the user who runs it, so it shows what that user may see.
+    /// On TCP it prints a URL with a random token that every request must
+    /// carry (?token=, a cookie the page then keeps, or Authorization:
+    /// Bearer TOKEN) unless --no-token; it refuses non-loopback addresses
+    /// unless --allow-remote. It asks the hub for statistics only while a
+    /// page is open or /metrics is scraped. Metric names, types and labels:
+    /// the DASHBOARD section below.
+    Dashboard(crate::dashboard::DashboardArgs),
     /// Check a configuration file without starting a hub.
     CheckConfig {
         /// The file to check.
@@ -139,6 +149,7 @@ pub fn main_with(args: Args) -> anyhow::Result<i32> {
         Command::Pub(p) => publish(args.socket, p),
         Command::Sub(s) => subscribe(args.socket, s),
         Command::Stats(s) => stats(args.socket, s),
+        Command::Dashboard(d) => crate::dashboard::run(args.socket, &d),
         Command::CheckConfig { file } => {
             crate::config::Config::load(Some(&file))?;
             println!("{}: OK", file.display());

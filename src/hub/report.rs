@@ -56,6 +56,8 @@ impl Hub {
                 delivered: c.delivered,
                 bytes: c.bytes,
                 dropped: c.dropped,
+                ring: c.ring.is_some(),
+                ring_readers: c.direct.len(),
             })
             .collect();
         channels.sort_by(|a, b| a.name.cmp(&b.name));

@@ -81,6 +81,12 @@ pub struct ChannelStats {
     pub delivered: u64,
     pub bytes: u64,
     pub dropped: u64,
+    /// True while the channel has a shared-memory broadcast ring (shm).
+    #[serde(default)]
+    pub ring: bool,
+    /// Clients reading that ring in place (counted in `subscribers` too).
+    #[serde(default)]
+    pub ring_readers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
