@@ -191,7 +191,10 @@ fn with_client(
         // reference used to mutate the client.
         let cl = unsafe { &mut *c };
         if cl.poisoned {
-            set_error("client handle unusable after an internal error: close it", 0);
+            set_error(
+                "client handle unusable after an internal error: close it",
+                0,
+            );
             return IPCHUB_ERR_INTERNAL;
         }
         clear_error();
@@ -260,7 +263,10 @@ pub unsafe extern "C" fn ipchub_transport_from_name(name: *const c_char) -> c_in
             Err(e) => return e,
         };
         let all = IPCHUB_TRANSPORT_SOCKET..=IPCHUB_TRANSPORT_SHM;
-        match all.into_iter().find(|&t| transport_of(t).is_some_and(|k| k.name() == name)) {
+        match all
+            .into_iter()
+            .find(|&t| transport_of(t).is_some_and(|k| k.name() == name))
+        {
             Some(t) => t,
             None => invalid(&format!(
                 "unknown transport '{name}' (socket, pipe, fifo, mqueue, shm)"
@@ -460,10 +466,7 @@ fn keep(cl: &mut ipchub_client, ev: Event) {
 
 /// The next message, waiting up to `timeout_ms` milliseconds (0: only what
 /// has arrived; negative: no limit).
-fn next_message(
-    cl: &mut ipchub_client,
-    timeout_ms: c_int,
-) -> Result<Option<Message>, ClientError> {
+fn next_message(cl: &mut ipchub_client, timeout_ms: c_int) -> Result<Option<Message>, ClientError> {
     if let Some(m) = cl.pending.pop_front() {
         return Ok(Some(m));
     }
