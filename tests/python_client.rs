@@ -47,14 +47,14 @@ fn site() -> &'static Path {
         let wheels = base.join("wheels");
         let site = base.join("site");
         run_ok(
-            Command::new("maturin")
-                .args(["build", "--locked", "--manifest-path"])
+            Command::new("python3")
+                .args(["-m", "maturin", "build", "--locked", "--manifest-path"])
                 .arg(Path::new(ROOT).join("bindings/python/Cargo.toml"))
                 .arg("--out")
                 .arg(&wheels)
                 .args(["-i", "python3"])
                 .env("CARGO_TARGET_DIR", &target),
-            "maturin build (pip install maturin)",
+            "python3 -m maturin build (pip install maturin)",
         );
         let wheel = std::fs::read_dir(&wheels)
             .unwrap()
