@@ -5,104 +5,19 @@
 //!
 //! Needs maturin (`pip install maturin`; .ci/run installs it).
 
+mod bindings;
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, OnceLock};
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
 
-use common::{wait_child, wait_for, Hub};
+use bindings::{c_subscriber, output_within, python, run_ok, sdk, wait_pattern};
+use common::Hub;
 use ipchub::hub::TransportKind;
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const LIMIT: Duration = Duration::from_secs(120);
-
-fn run_ok(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// The directory the wheel is installed into (for PYTHONPATH).
-fn site() -> &'static Path {
-    static SITE: OnceLock<PathBuf> = OnceLock::new();
-    SITE.get_or_init(|| {
-        let target = Path::new(common::IPCHUBD)
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .to_path_buf();
-        let base = target.join("python-test");
-        let _ = std::fs::remove_dir_all(&base);
-        let wheels = base.join("wheels");
-        let site = base.join("site");
-        run_ok(
-            Command::new("python3")
-                .args(["-m", "maturin", "build", "--locked", "--manifest-path"])
-                .arg(Path::new(ROOT).join("bindings/python/Cargo.toml"))
-                .arg("--out")
-                .arg(&wheels)
-                .args(["-i", "python3"])
-                .env("CARGO_TARGET_DIR", &target),
-            "python3 -m maturin build (pip install maturin)",
-        );
-        let wheel = std::fs::read_dir(&wheels)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "whl"))
-            .expect("maturin made no wheel");
-        run_ok(
-            Command::new("python3")
-                .args(["-m", "pip", "install", "-q", "--no-index", "--no-deps"])
-                .arg("--target")
-                .arg(&site)
-                .arg(&wheel),
-            "pip install the wheel",
-        );
-        site
-    })
-}
-
-fn python(args: &[&str]) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(Path::new(ROOT).join("tests/clients/py_client.py"))
-        .args(args)
-        .env("PYTHONPATH", site())
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    c
-}
-
-fn output_within(mut child: Child, what: &str) -> (bool, String, String) {
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut o = String::new();
-        let mut e = String::new();
-        let _ = stdout.read_to_string(&mut o);
-        let _ = stderr.read_to_string(&mut e);
-        let _ = tx.send((o, e));
-    });
-    let status = wait_child(&mut child, LIMIT);
-    let (o, e) = rx
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("{what}: output never closed"));
-    (status.success(), o, e)
-}
 
 #[test]
 fn python_checks_pass_on_every_transport() {
+    let _serial = bindings::serial();
     let hub = Hub::start();
     let sock = hub.socket.to_str().unwrap();
     for t in TransportKind::ALL {
@@ -121,25 +36,9 @@ fn python_checks_pass_on_every_transport() {
     }
 }
 
-/// Wait until `n` clients hold a subscription to exactly `pattern`.
-fn wait_pattern(hub: &Hub, pattern: &str, n: usize) {
-    let mut probe = hub.client();
-    wait_for(
-        || {
-            let stats = probe.stats().unwrap();
-            stats
-                .clients
-                .iter()
-                .filter(|c| c.subscriptions.iter().any(|s| s == pattern))
-                .count()
-                == n
-        },
-        &format!("{n} subscribers of '{pattern}'"),
-    );
-}
-
 #[test]
 fn python_and_ipchubctl_exchange_messages_on_every_transport() {
+    let _serial = bindings::serial();
     let hub = Hub::start();
     let sock = hub.socket.to_str().unwrap();
     for t in TransportKind::ALL {
@@ -220,5 +119,55 @@ fn python_and_ipchubctl_exchange_messages_on_every_transport() {
             ],
             "ipchubctl sub on {name}"
         );
+    }
+}
+
+#[test]
+fn python_and_c_exchange_messages_on_every_transport() {
+    let _serial = bindings::serial();
+    let sdk = sdk();
+    let hub = Hub::start();
+    let sock = hub.socket.to_str().unwrap();
+    for t in TransportKind::ALL {
+        let name = t.name();
+        let channel = format!("pc/{name}");
+        let c_sub = c_subscriber(sdk, &hub, t, &channel, 2);
+        let mut py_sub = python(&["sub", sock, name, &channel, "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(py_sub.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first.trim(), "subscribed", "python sub on {name}");
+
+        let out = run_ok(
+            sdk.cmd("publisher")
+                .args(["-s", sock, "-t", name, "-p", "12", "-c", &channel, "from-c"]),
+            "C publisher",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "delivered to 2\n",
+            "on {name}"
+        );
+        let out = run_ok(
+            &mut python(&["pub", sock, name, &channel, "12", "from-py"]),
+            "python pub",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "delivered to 2\n",
+            "on {name}"
+        );
+
+        let want = format!("[{channel}] from-c (priority 12)\n[{channel}] from-py (priority 12)\n");
+        for (child, who) in [(c_sub, "C subscriber"), (py_sub, "python sub")] {
+            let (ok, out, err) = output_within(child, who);
+            assert!(ok, "{who} on {name}: {err}");
+            assert_eq!(out, want, "{who} on {name}");
+        }
     }
 }
