@@ -57,7 +57,8 @@ class Client:
     def flush(self) -> None: ...
     def fileno(self) -> int:
         """Descriptor for selectors / loop.add_reader: when readable, call
-        receive(0) until it returns None."""
+        receive(0) until it returns None. On mqueue and shm the hub going
+        away does not make it readable: call receive(0) now and then too."""
     @property
     def id(self) -> int: ...
     @property

@@ -112,7 +112,7 @@ pub fn sdk() -> &'static Sdk {
         ] {
             run_ok(
                 Command::new("cc")
-                    .args(["-Wall", "-Wextra", "-Werror", "-g", "-o"])
+                    .args(["-Wall", "-Wextra", "-Werror", "-g", "-pthread", "-o"])
                     .arg(bin.join(name))
                     .arg(Path::new(ROOT).join(src))
                     .args(&flags),

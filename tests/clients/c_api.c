@@ -6,6 +6,9 @@
  * valgrind), on every transport.
  */
 #include <ipchub.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,16 @@ static const char *check = "start";
             exit(1);                                                                   \
         }                                                                              \
     } while (0)
+
+static atomic_int entered;
+
+/* Sits inside ipchub_receive for up to 5 s (nothing is published to it). */
+static void *blocked_receiver(void *arg)
+{
+    ipchub_message m;
+    atomic_store(&entered, 1);
+    return (void *)(intptr_t)ipchub_receive((ipchub_client *)arg, 5000, &m);
+}
 
 #define CHECK(name) (check = (name))
 #define OK() printf("ok %s\n", check)
@@ -141,6 +154,23 @@ int main(int argc, char **argv)
      * (a hub-side matter, reported); the message itself is not delivered. */
     EXPECT(delivered == 0 || transport == IPCHUB_TRANSPORT_SHM);
     EXPECT(ipchub_receive(c, 100, &m) == IPCHUB_TIMEOUT);
+    OK();
+
+    CHECK("a second thread on one handle gets IPCHUB_ERR_BUSY");
+    pthread_t th;
+    EXPECT(pthread_create(&th, NULL, blocked_receiver, c) == 0);
+    while (!atomic_load(&entered))
+        nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
+    int busy = 0;
+    for (int i = 0; i < 400 && !busy; i++) { /* up to 4 s while it waits */
+        nanosleep(&(struct timespec){ .tv_nsec = 10000000 }, NULL);
+        busy = ipchub_publish(c, "capi-busy", "x", 1, 0, NULL) == IPCHUB_ERR_BUSY;
+    }
+    EXPECT(busy);
+    EXPECT(strstr(ipchub_last_error(), "another thread") != NULL);
+    void *res;
+    EXPECT(pthread_join(th, &res) == 0);
+    EXPECT((intptr_t)res == IPCHUB_TIMEOUT);
     OK();
 
     CHECK("strings");

@@ -607,7 +607,10 @@ pub unsafe extern "C" fn ipchub_flush(c: *mut ipchub_client) -> c_int {
 /// IPCHUB_TIMEOUT). Arm it that way too: only after `ipchub_receive`
 /// returned IPCHUB_TIMEOUT is it sure to wake the loop for the next
 /// message. The descriptor stays the client's: do not read it or close it.
-/// Returns -1 for a NULL handle.
+/// On pipe, fifo and socket the hub going away makes it readable (the next
+/// call returns IPCHUB_ERR_CLOSED); on mqueue and shm it does not, and a
+/// loop learns of it at its next call, so such a loop should also call
+/// `ipchub_receive` from a periodic timer. Returns -1 for a NULL handle.
 ///
 /// # Safety
 /// `c` is NULL or a live handle.

@@ -310,7 +310,8 @@ impl Client_ {
 
     /// The descriptor to watch for input (selectors, `loop.add_reader`).
     /// When it is readable, call `receive(0)` until it returns None: only
-    /// then is it armed for the next message.
+    /// then is it armed for the next message. On mqueue and shm the hub
+    /// going away does not make it readable: call `receive(0)` now and then.
     fn fileno(&self) -> PyResult<i32> {
         let g = self.lock()?;
         Ok(g.as_ref().expect("checked").client.as_raw_fd())
