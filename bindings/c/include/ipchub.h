@@ -143,6 +143,10 @@
 /**
  * A connection to the hub. Opaque; made by `ipchub_connect`, ended by
  * `ipchub_close`.
+ *
+ * Only shared references to it are ever made: what any thread may read is
+ * fixed at connect time or atomic, and the rest sits in an UnsafeCell that
+ * only the thread holding `in_use` touches.
  */
 typedef struct ipchub_client ipchub_client;
 
@@ -210,7 +214,9 @@ int ipchub_connect(const char *socket, int transport, const char *name, struct i
 /**
  * Write what is still buffered (waiting until the hub took it, or the
  * connection failed), then disconnect and free the handle. NULL is ignored.
- * Returns the flush's result; the handle is freed either way.
+ * Returns the flush's result; the handle is freed either way, except
+ * when another thread is inside a call on it (IPCHUB_ERR_BUSY: nothing was
+ * done, close it again once that call returned).
  *
  * # Safety
  * `c` is NULL or a handle from `ipchub_connect` not yet closed, and no

@@ -11,13 +11,13 @@
 //! rendering (`IPCHUB_UPDATE_HEADER=1 cargo test -p ipchub-c` rewrites it).
 #![allow(non_camel_case_types)]
 
-use std::cell::RefCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ipchub::client::{Client, ClientError, Event, Message, Options, PublishOptions};
@@ -73,16 +73,30 @@ pub const IPCHUB_TRANSPORT_SHM: c_int = 4;
 
 /// A connection to the hub. Opaque; made by `ipchub_connect`, ended by
 /// `ipchub_close`.
+///
+/// Only shared references to it are ever made: what any thread may read is
+/// fixed at connect time or atomic, and the rest sits in an UnsafeCell that
+/// only the thread holding `in_use` touches.
 pub struct ipchub_client {
+    /// Set while a call runs: a second thread gets IPCHUB_ERR_BUSY.
+    in_use: AtomicBool,
+    /// Messages lost to the hub's drop-oldest policy since connecting.
+    missed: AtomicU64,
+    /// Fixed for the connection's life: the descriptor to poll, the
+    /// client's id, the hub's payload limit.
+    fd: c_int,
+    id: u32,
+    max_message: u32,
+    state: UnsafeCell<State>,
+}
+
+/// The part of a handle that one call at a time works on.
+struct State {
     client: Client,
     /// Messages that arrived while waiting for a confirmation.
     pending: VecDeque<Message>,
     /// What the last `ipchub_receive` view points into.
     current: Option<(CString, Vec<u8>)>,
-    /// Messages lost to the hub's drop-oldest policy since connecting.
-    missed: u64,
-    /// Set while a call runs: a second thread gets IPCHUB_ERR_BUSY.
-    in_use: AtomicBool,
     /// A panic was caught inside a call: the state may be torn.
     poisoned: bool,
 }
@@ -170,27 +184,27 @@ fn guard(f: impl FnOnce() -> c_int) -> c_int {
     }
 }
 
-/// Run `f` on the client behind `c`, one thread at a time, panics caught.
+/// Run `f` on the state behind `c`, one thread at a time, panics caught.
 fn with_client(
     c: *mut ipchub_client,
-    f: impl FnOnce(&mut ipchub_client) -> Result<c_int, ClientError>,
+    f: impl FnOnce(&mut State, &ipchub_client) -> Result<c_int, ClientError>,
 ) -> c_int {
     if c.is_null() {
         return invalid("client handle is NULL");
     }
     // SAFETY: a non-NULL handle was made by ipchub_connect and not yet
-    // closed (the header's contract); the in_use flag below keeps a second
-    // thread from making a second &mut while this one runs.
+    // closed (the header's contract); only shared references to it are
+    // ever made.
     let cl = unsafe { &*c };
     if cl.in_use.swap(true, Ordering::Acquire) {
         set_error("another thread is using this client handle", 0);
         return IPCHUB_ERR_BUSY;
     }
     let code = guard(|| {
-        // SAFETY: as above; we hold the in_use flag, so this is the only
-        // reference used to mutate the client.
-        let cl = unsafe { &mut *c };
-        if cl.poisoned {
+        // SAFETY: this thread holds the in_use flag, so no other reference
+        // to the state exists until the flag is released below.
+        let state = unsafe { &mut *cl.state.get() };
+        if state.poisoned {
             set_error(
                 "client handle unusable after an internal error: close it",
                 0,
@@ -198,15 +212,14 @@ fn with_client(
             return IPCHUB_ERR_INTERNAL;
         }
         clear_error();
-        match f(cl) {
+        match f(state, cl) {
             Ok(code) => code,
             Err(e) => fail(&e),
         }
     });
-    // SAFETY: as above.
-    let cl = unsafe { &mut *c };
     if code == IPCHUB_ERR_INTERNAL {
-        cl.poisoned = true;
+        // SAFETY: the flag is still held and the closure's reference is gone.
+        unsafe { (*cl.state.get()).poisoned = true };
     }
     cl.in_use.store(false, Ordering::Release);
     code
@@ -318,12 +331,17 @@ pub unsafe extern "C" fn ipchub_connect(
         match Client::connect(&opts) {
             Ok(client) => {
                 let handle = Box::new(ipchub_client {
-                    client,
-                    pending: VecDeque::new(),
-                    current: None,
-                    missed: 0,
                     in_use: AtomicBool::new(false),
-                    poisoned: false,
+                    missed: AtomicU64::new(0),
+                    fd: client.as_raw_fd(),
+                    id: client.id(),
+                    max_message: client.max_message(),
+                    state: UnsafeCell::new(State {
+                        client,
+                        pending: VecDeque::new(),
+                        current: None,
+                        poisoned: false,
+                    }),
                 });
                 // SAFETY: checked non-NULL above.
                 unsafe { *out = Box::into_raw(handle) };
@@ -336,7 +354,9 @@ pub unsafe extern "C" fn ipchub_connect(
 
 /// Write what is still buffered (waiting until the hub took it, or the
 /// connection failed), then disconnect and free the handle. NULL is ignored.
-/// Returns the flush's result; the handle is freed either way.
+/// Returns the flush's result; the handle is freed either way, except
+/// when another thread is inside a call on it (IPCHUB_ERR_BUSY: nothing was
+/// done, close it again once that call returned).
 ///
 /// # Safety
 /// `c` is NULL or a handle from `ipchub_connect` not yet closed, and no
@@ -346,7 +366,12 @@ pub unsafe extern "C" fn ipchub_close(c: *mut ipchub_client) -> c_int {
     if c.is_null() {
         return IPCHUB_OK;
     }
-    let code = with_client(c, |cl| cl.client.flush().map(|()| IPCHUB_OK));
+    let code = with_client(c, |st, _| st.client.flush().map(|()| IPCHUB_OK));
+    if code == IPCHUB_ERR_BUSY {
+        // Another thread is inside a call on it: freeing it now would pull
+        // the handle from under that call. Keep it and say so.
+        return code;
+    }
     guard(|| {
         // SAFETY: made by Box::into_raw in ipchub_connect; the caller gives
         // it up with this call.
@@ -369,7 +394,7 @@ pub unsafe extern "C" fn ipchub_subscribe(c: *mut ipchub_client, pattern: *const
         Err(e) => return e,
     };
     // Messages that arrive while it waits stay queued in the client.
-    with_client(c, |cl| cl.client.subscribe(pattern).map(|()| IPCHUB_OK))
+    with_client(c, |st, _| st.client.subscribe(pattern).map(|()| IPCHUB_OK))
 }
 
 /// Undo an `ipchub_subscribe` of the same pattern.
@@ -386,7 +411,9 @@ pub unsafe extern "C" fn ipchub_unsubscribe(
         Ok(p) => p,
         Err(e) => return e,
     };
-    with_client(c, |cl| cl.client.unsubscribe(pattern).map(|()| IPCHUB_OK))
+    with_client(c, |st, _| {
+        st.client.unsubscribe(pattern).map(|()| IPCHUB_OK)
+    })
 }
 
 /// Publish `len` bytes at `data` on `channel` with `priority` (0..=31,
@@ -426,13 +453,13 @@ pub unsafe extern "C" fn ipchub_publish(
         // SAFETY: the caller's contract: `len` readable bytes at `data`.
         unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
     };
-    with_client(c, |cl| {
+    with_client(c, |st, cl| {
         let ack = !delivered.is_null();
-        let seq = cl
+        let seq = st
             .client
             .publish_with(channel, payload, PublishOptions { ack, priority })?;
         if ack {
-            let n = wait_ack(cl, seq)?;
+            let n = wait_ack(st, cl, seq)?;
             // SAFETY: checked non-NULL; the caller's writable u32.
             unsafe { *delivered = n };
         }
@@ -441,14 +468,14 @@ pub unsafe extern "C" fn ipchub_publish(
 }
 
 /// Wait for the ACK of `seq`, keeping messages that arrive meanwhile.
-fn wait_ack(cl: &mut ipchub_client, seq: u64) -> Result<u32, ClientError> {
+fn wait_ack(st: &mut State, cl: &ipchub_client, seq: u64) -> Result<u32, ClientError> {
     loop {
-        match cl.client.next_event(None)? {
+        match st.client.next_event(None)? {
             Some(Event::Ack { seq: s, delivered }) if s == seq => return Ok(delivered),
             Some(Event::Error { seq: s, code, text }) if s == seq => {
                 return Err(ClientError::Refused { code, text })
             }
-            Some(other) => keep(cl, other),
+            Some(other) => keep(st, cl, other),
             None => {}
         }
     }
@@ -456,30 +483,36 @@ fn wait_ack(cl: &mut ipchub_client, seq: u64) -> Result<u32, ClientError> {
 
 /// An event nobody waits for: messages are queued, losses counted, the rest
 /// (answers to requests no longer waited for) dropped.
-fn keep(cl: &mut ipchub_client, ev: Event) {
+fn keep(st: &mut State, cl: &ipchub_client, ev: Event) {
     match ev {
-        Event::Message(m) => cl.pending.push_back(m),
-        Event::Missed(n) => cl.missed = cl.missed.saturating_add(n),
+        Event::Message(m) => st.pending.push_back(m),
+        Event::Missed(n) => {
+            cl.missed.fetch_add(n, Ordering::Relaxed);
+        }
         _ => {}
     }
 }
 
 /// The next message, waiting up to `timeout_ms` milliseconds (0: only what
 /// has arrived; negative: no limit).
-fn next_message(cl: &mut ipchub_client, timeout_ms: c_int) -> Result<Option<Message>, ClientError> {
-    if let Some(m) = cl.pending.pop_front() {
+fn next_message(
+    st: &mut State,
+    cl: &ipchub_client,
+    timeout_ms: c_int,
+) -> Result<Option<Message>, ClientError> {
+    if let Some(m) = st.pending.pop_front() {
         return Ok(Some(m));
     }
     let deadline =
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        match cl.client.next_event(left)? {
+        match st.client.next_event(left)? {
             Some(Event::Message(m)) => return Ok(Some(m)),
-            Some(other) => keep(cl, other),
+            Some(other) => keep(st, cl, other),
             None => return Ok(None),
         }
-        if let Some(m) = cl.pending.pop_front() {
+        if let Some(m) = st.pending.pop_front() {
             return Ok(Some(m));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -524,16 +557,16 @@ pub unsafe extern "C" fn ipchub_receive(
     if msg.is_null() {
         return invalid("msg is NULL");
     }
-    with_client(c, |cl| {
-        cl.current = None;
-        let Some(m) = next_message(cl, timeout_ms)? else {
+    with_client(c, |st, cl| {
+        st.current = None;
+        let Some(m) = next_message(st, cl, timeout_ms)? else {
             return Ok(IPCHUB_TIMEOUT);
         };
         let channel = channel_cstring(m.channel.clone());
         let view = view_of(&channel, &m.payload, &m);
         // The view points into the heap buffers, which do not move when the
         // tuple is moved into the client.
-        cl.current = Some((channel, m.payload));
+        st.current = Some((channel, m.payload));
         // SAFETY: checked non-NULL; the caller's writable storage.
         unsafe { *msg = view };
         Ok(IPCHUB_OK)
@@ -556,9 +589,9 @@ pub unsafe extern "C" fn ipchub_receive_copy(
     }
     // SAFETY: checked non-NULL.
     unsafe { *out = std::ptr::null_mut() };
-    with_client(c, |cl| {
-        cl.current = None;
-        let Some(m) = next_message(cl, timeout_ms)? else {
+    with_client(c, |st, cl| {
+        st.current = None;
+        let Some(m) = next_message(st, cl, timeout_ms)? else {
             return Ok(IPCHUB_TIMEOUT);
         };
         let channel = channel_cstring(m.channel.clone());
@@ -599,7 +632,7 @@ pub unsafe extern "C" fn ipchub_message_free(m: *mut ipchub_message) {
 /// `c` is a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn ipchub_flush(c: *mut ipchub_client) -> c_int {
-    with_client(c, |cl| cl.client.flush().map(|()| IPCHUB_OK))
+    with_client(c, |st, _| st.client.flush().map(|()| IPCHUB_OK))
 }
 
 /// The descriptor to watch for input with poll/epoll/libuv/glib (readable
@@ -620,10 +653,9 @@ pub unsafe extern "C" fn ipchub_fileno(c: *const ipchub_client) -> c_int {
         set_error("client handle is NULL", 0);
         return -1;
     }
-    // SAFETY: a live handle (the caller's contract); reading the fd
-    // number does not change the client.
-    let cl = unsafe { &*c };
-    cl.client.as_raw_fd()
+    // SAFETY: a live handle (the caller's contract); `fd` is fixed at
+    // connect time, so any thread may read it.
+    unsafe { &*c }.fd
 }
 
 /// Messages the hub dropped for this client (its `drop-oldest` policy)
@@ -637,7 +669,7 @@ pub unsafe extern "C" fn ipchub_missed(c: *const ipchub_client) -> u64 {
         return 0;
     }
     // SAFETY: a live handle (the caller's contract).
-    unsafe { &*c }.missed
+    unsafe { &*c }.missed.load(Ordering::Relaxed)
 }
 
 /// This client's id at the hub (the `origin` of its messages); 0 for NULL.
@@ -650,7 +682,7 @@ pub unsafe extern "C" fn ipchub_client_id(c: *const ipchub_client) -> u32 {
         return 0;
     }
     // SAFETY: a live handle (the caller's contract).
-    unsafe { &*c }.client.id()
+    unsafe { &*c }.id
 }
 
 /// The hub's limit on payload size in bytes; 0 for NULL.
@@ -663,7 +695,7 @@ pub unsafe extern "C" fn ipchub_max_message(c: *const ipchub_client) -> u32 {
         return 0;
     }
     // SAFETY: a live handle (the caller's contract).
-    unsafe { &*c }.client.max_message()
+    unsafe { &*c }.max_message
 }
 
 /// The message of this thread's last failure ("" after a success). Valid
