@@ -8,16 +8,45 @@
   py_client.py pub SOCKET TRANSPORT CHANNEL PRIORITY MESSAGE...
       publishes with confirmation, prints "delivered to N" per message.
 """
+import ast
 import asyncio
+import os
 import selectors
 import sys
 
 import ipchub
 
 
+def stub_matches_module():
+    """The installed .pyi names exactly what the module has."""
+    path = os.path.join(os.path.dirname(ipchub.__file__), "__init__.pyi")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+
+    def names(body):
+        out = set()
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                out.add(node.name)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                out.add(node.target.id)
+        return {n for n in out if not n.startswith("_")}
+
+    public = lambda obj: {n for n in dir(obj) if not n.startswith("_")}
+    mod_names = public(ipchub) - {"ipchub"}  # the extension module itself
+    assert names(tree.body) == mod_names, (names(tree.body), mod_names)
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name in ("Client", "Message"):
+            have = public(getattr(ipchub, node.name))
+            assert names(node.body) == have, (node.name, names(node.body), have)
+
+
 def checks(sock, transport):
     def ok(name):
         print("ok", name, flush=True)
+
+    stub_matches_module()
+    ok("type stub matches the module")
 
     try:
         ipchub.connect(transport, socket=sock + ".missing")
