@@ -60,6 +60,10 @@ int main(int argc, char **argv)
     EXPECT(ipchub_connect(missing, transport, "x", &c) == IPCHUB_ERR_NOT_RUNNING);
     EXPECT(c == NULL);
     EXPECT(strstr(ipchub_last_error(), "hub not running") != NULL);
+    /* A path is bytes: one that is not UTF-8 is looked up all the same. */
+    EXPECT(ipchub_connect("/nonexistent/\xff.sock", transport, "x", &c) == IPCHUB_ERR_NOT_RUNNING);
+    EXPECT(ipchub_connect(sock, transport, "\xff", &c) == IPCHUB_ERR_INVALID_ARGUMENT);
+    EXPECT(strstr(ipchub_last_error(), "name is not valid UTF-8") != NULL);
     EXPECT(ipchub_connect(sock, 99, "x", &c) == IPCHUB_ERR_INVALID_ARGUMENT);
     EXPECT(ipchub_connect(sock, transport, "x", NULL) == IPCHUB_ERR_INVALID_ARGUMENT);
     OK();

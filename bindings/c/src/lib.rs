@@ -15,6 +15,7 @@ use std::cell::{RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -318,13 +319,19 @@ pub unsafe extern "C" fn ipchub_connect(
                 "unknown transport {transport} (IPCHUB_TRANSPORT_SOCKET..IPCHUB_TRANSPORT_SHM)"
             ));
         };
-        // SAFETY: the caller's contract for both strings.
-        let (socket, name) = match unsafe { (opt_str(socket, "socket"), opt_str(name, "name")) } {
-            (Ok(s), Ok(n)) => (s, n),
-            (Err(e), _) | (_, Err(e)) => return e,
+        // SAFETY: the caller's contract for the name.
+        let name = match unsafe { opt_str(name, "name") } {
+            Ok(n) => n,
+            Err(e) => return e,
         };
+        // A path is bytes on Linux, UTF-8 or not.
+        let socket = (!socket.is_null()).then(|| {
+            // SAFETY: non-NULL, and NUL-terminated by the caller's contract.
+            let bytes = unsafe { CStr::from_ptr(socket) }.to_bytes();
+            PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+        });
         let opts = Options {
-            socket: socket.map(PathBuf::from),
+            socket,
             transport,
             name: name.unwrap_or("").to_string(),
         };
