@@ -55,9 +55,10 @@ fn generated_pages() -> Vec<Generated> {
 }
 
 /// Pages written by hand: (file, title, section).
-const HAND_WRITTEN: [(&str, &str, &str); 2] = [
+const HAND_WRITTEN: [(&str, &str, &str); 3] = [
     ("ipchub.toml.5", "ipchub.toml", "5"),
     ("ipchub-protocol.7", "ipchub-protocol", "7"),
+    ("libipchub.3", "libipchub", "3"),
 ];
 
 fn man_dir() -> PathBuf {
@@ -302,6 +303,38 @@ fn hand_written_pages_name_this_release() {
             "man/{file}: first line; refresh with\n    {REFRESH}"
         );
     }
+}
+
+/// libipchub(3) names every function of the C API's header (which a test
+/// of bindings/c keeps equal to the code).
+#[test]
+fn library_page_names_every_c_function() {
+    let header = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("bindings/c/include/ipchub.h"));
+    let page = committed("libipchub.3");
+    let synopsis = sections(&page)
+        .remove("SYNOPSIS")
+        .unwrap_or_default()
+        .join("\n");
+    let mut missing = Vec::new();
+    for line in header.lines() {
+        // Declarations read "<type> ipchub_<name>(...": take each name.
+        for word in line.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '(')) {
+            if let Some(name) = word
+                .strip_prefix("ipchub_")
+                .and_then(|w| w.strip_suffix('('))
+            {
+                let name = format!("ipchub_{name}");
+                if !synopsis.contains(&name) && !missing.contains(&name) {
+                    missing.push(name);
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "man/libipchub.3's SYNOPSIS lacks {}",
+        missing.join(", ")
+    );
 }
 
 /// Binary names from Cargo.toml's [[bin]] tables and src/bin/.
