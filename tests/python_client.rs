@@ -126,6 +126,9 @@ fn python_and_ipchubctl_exchange_messages_on_every_transport() {
 fn python_and_c_exchange_messages_on_every_transport() {
     let _serial = bindings::serial();
     let sdk = sdk();
+    // Build the wheel before any subscriber starts its timeout: on a loaded
+    // machine the build alone can outlast a subscriber's wait.
+    bindings::site();
     let hub = Hub::start();
     let sock = hub.socket.to_str().unwrap();
     for t in TransportKind::ALL {
