@@ -79,7 +79,11 @@ fn bash_completes_subcommands_and_flags() {
             .args(["--norc", "-c", &prog])
             .output()
             .expect("bash is needed");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let subs = run("ipchubctl ''", 1);
@@ -87,7 +91,13 @@ fn bash_completes_subcommands_and_flags() {
         assert!(subs.lines().any(|l| l == s), "{s} missing from:\n{subs}");
     }
     let flags = run("ipchubctl sub --", 2);
-    for f in ["--channel", "--format", "--idle-timeout", "--exclude", "--json"] {
+    for f in [
+        "--channel",
+        "--format",
+        "--idle-timeout",
+        "--exclude",
+        "--json",
+    ] {
         assert!(flags.lines().any(|l| l == f), "{f} missing from:\n{flags}");
     }
 }
