@@ -41,18 +41,35 @@ fn render(shell: Shell, binary: &str, cmd: &clap::Command) -> String {
     String::from_utf8(out).unwrap()
 }
 
+const SHELLS: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];
+
+/// In update mode, write every file before any test reads one (tests run
+/// in parallel).
+fn update_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !std::env::var_os("IPCHUB_UPDATE_COMPLETIONS").is_some_and(|v| !v.is_empty()) {
+            return;
+        }
+        for (binary, cmd) in commands() {
+            for shell in SHELLS {
+                let path = file(shell, binary);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, render(shell, binary, &cmd)).unwrap();
+            }
+        }
+    });
+}
+
 #[test]
 fn completions_match_the_clap_definitions() {
-    let update = std::env::var_os("IPCHUB_UPDATE_COMPLETIONS").is_some_and(|v| !v.is_empty());
+    update_once();
     let mut stale = Vec::new();
     for (binary, cmd) in commands() {
-        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        for shell in SHELLS {
             let path = file(shell, binary);
             let fresh = render(shell, binary, &cmd);
-            if update {
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(&path, &fresh).unwrap();
-            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(fresh.as_str()) {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(fresh.as_str()) {
                 stale.push(path.display().to_string());
             }
         }
@@ -69,6 +86,7 @@ fn completions_match_the_clap_definitions() {
 /// clap's script only uses `complete` and `compgen`).
 #[test]
 fn bash_completes_subcommands_and_flags() {
+    update_once();
     let script = file(Shell::Bash, "ipchubctl");
     let run = |words: &str, cword: usize| -> String {
         let prog = format!(

@@ -43,7 +43,7 @@ Exit status:
   3  the hub cannot be reached: not running, or no socket at that path
   4  denied: by the socket's permissions or the hub's access rules
   5  too large: a message exceeds hub.max_message_size or what the transport carries (pub goes on with the next line and exits 5 at the end)
-  6  timeout: sub --timeout or --idle-timeout ran out before --count messages (or, without --count, before any message); request --timeout ran out before the reply
+  6  timeout: sub --timeout ran out before --count messages (or, without --count, before any message); sub --idle-timeout passed without a message; request --timeout ran out before the reply
   7  the hub closed the connection (it stopped, or cut this client off)
   8  request: nobody was subscribed to the request's channel";
 
