@@ -248,7 +248,7 @@ pub struct RequestArgs {
 #[derive(Debug, ClapArgs)]
 #[command(group(ArgGroup::new("answer").args(["response", "exec"]).required(true)))]
 pub struct ReplyArgs {
-    /// Channel or pattern the requests arrive on.
+    /// Channel or pattern on which requests arrive.
     pub channel: String,
     /// The text to answer every request with.
     pub response: Option<String>,
