@@ -229,7 +229,7 @@ pub struct SubArgs {
 
 #[derive(Debug, ClapArgs)]
 pub struct RequestArgs {
-    /// Channel the request is published on.
+    /// Channel on which the request is published.
     pub channel: String,
     /// The request's body. Without it, all of standard input is the body.
     pub message: Option<String>,
