@@ -48,7 +48,7 @@ const SHELLS: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];
 fn update_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if !std::env::var_os("IPCHUB_UPDATE_COMPLETIONS").is_some_and(|v| !v.is_empty()) {
+        if std::env::var_os("IPCHUB_UPDATE_COMPLETIONS").is_none_or(|v| v.is_empty()) {
             return;
         }
         for (binary, cmd) in commands() {
