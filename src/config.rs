@@ -925,6 +925,7 @@ impl Config {
             .map_err(|(key, message)| bad(&key, message))?;
         check_publish_fifo_access(&self.fifo, &self.access)
             .map_err(|(key, message)| bad(&key, message))?;
+        self.check_spawn_programs(path)?;
         Ok(())
     }
 
@@ -971,6 +972,45 @@ impl Config {
                 key(),
                 format!("{mode:#o} has execute bits, which mean nothing on a FIFO; use e.g. 0o622"),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every `[[spawn]]` program exists and is executable now, found as
+    /// the hub will start it (a name without `/` on `PATH`), so that a typo
+    /// fails `--check-config` instead of a restart loop at run time.
+    fn check_spawn_programs(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let executable = |p: &Path| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        for (i, sp) in self.spawn.iter().enumerate() {
+            let program = &sp.command[0];
+            let message = if program.contains('/') {
+                let p = Path::new(program);
+                if !p.exists() {
+                    format!("program '{program}' does not exist")
+                } else if !executable(p) {
+                    format!("program '{program}' is not an executable file")
+                } else {
+                    continue;
+                }
+            } else {
+                // Command::new searches the PATH the daemon runs with; so do we.
+                let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+                if std::env::split_paths(&search).any(|dir| executable(&dir.join(program))) {
+                    continue;
+                }
+                format!(
+                    "program '{program}' not found on PATH ({})",
+                    search.to_string_lossy()
+                )
+            };
+            return Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                key: format!("spawn[{i}].command"),
+                message,
+            });
         }
         Ok(())
     }

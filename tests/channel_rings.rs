@@ -333,7 +333,7 @@ fn publisher_and_subscriber_processes_hammer_one_ring_and_survive_kill_9() {
             hub.ctl()
                 .args(["sub", "-t", "shm", "-c", "hammer/a", "-n"])
                 .arg((WRITERS * PER + 1).to_string())
-                .arg("--timeout")
+                .arg("--idle-timeout")
                 .arg("20")
                 .stdout(Stdio::piped())
                 .spawn()

@@ -127,7 +127,7 @@ fn ctl_sub_and_pub_print_what_scripts_expect() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "Published (1 subscribers)\n"
+        "Published (1 subscriber)\n"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("Connected to hub via UNIX socket"));
     // One message per stdin line, each confirmed; --backend is an alias.
@@ -143,7 +143,7 @@ fn ctl_sub_and_pub_print_what_scripts_expect() {
     let out = p.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "Published (1 subscribers)\nPublished (1 subscribers)\n"
+        "Published (1 subscriber)\nPublished (1 subscriber)\n"
     );
     let out = sub.wait_with_output_timeout();
     assert_eq!(

@@ -1010,6 +1010,38 @@ fn introspection_explains_the_interface() {
     assert!(xml.contains("subscribers it was delivered to"), "{xml}");
 }
 
+/// Signal arguments carry no direction (the D-Bus specification gives them
+/// none): `busctl tree` and `introspect` print no warnings about them.
+#[test]
+fn introspection_gives_signal_arguments_no_direction() {
+    let bus = Bus::start();
+    let (hub, _conn) = Hub::on(&bus, "");
+    let mut c = hub.client("x");
+    c.publish_confirmed("some/channel", b"x").unwrap();
+    let tree = bus.busctl(false, &["tree", NAME]);
+    assert!(tree.status.success(), "{tree:?}");
+    let mut paths: Vec<String> = String::from_utf8_lossy(&tree.stdout)
+        .lines()
+        .filter_map(|l| l.find('/').map(|i| l[i..].trim().to_string()))
+        .collect();
+    paths.push(HUB_PATH.to_string());
+    let mut warnings = String::from_utf8_lossy(&tree.stderr).into_owned();
+    for path in &paths {
+        let out = bus.busctl(false, &["introspect", "--xml-interface", NAME, path]);
+        let xml = String::from_utf8_lossy(&out.stdout);
+        for signal in xml.split("<signal ").skip(1) {
+            let signal = &signal[..signal.find("</signal>").unwrap_or(signal.len())];
+            assert!(!signal.contains("direction="), "{path}: <signal {signal}");
+        }
+        let out = bus.busctl(false, &["introspect", NAME, path]);
+        warnings.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(
+        !warnings.contains("direction"),
+        "busctl warned:\n{warnings}"
+    );
+}
+
 #[test]
 fn without_a_bus_the_hub_runs_and_says_so_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -169,6 +169,9 @@ impl Generated {
             page.push_str(line);
             page.push('\n');
         }
+        if let Some(after) = self.cmd.get_after_long_help() {
+            page.push_str(&render_after_help(&after.to_string()));
+        }
         page.push_str(&read(
             &man_dir()
                 .join("extra")
@@ -176,6 +179,34 @@ impl Generated {
         ));
         page
     }
+}
+
+/// The text `--help` shows after the options (`Exit status:` and a list
+/// of `  CODE  meaning` lines) as a section of its own: the heading from
+/// its first line, each entry a tagged paragraph.
+fn render_after_help(text: &str) -> String {
+    let escape = |s: &str| {
+        let s = s.replace('\\', "\\e").replace('-', "\\-");
+        if s.starts_with('.') || s.starts_with('\'') {
+            format!("\\&{s}")
+        } else {
+            s
+        }
+    };
+    let mut lines = text.lines();
+    let heading = lines.next().unwrap_or("").trim().trim_end_matches(':');
+    let mut out = format!(".SH \"{}\"\n", heading.to_uppercase());
+    for line in lines {
+        let line = line.trim();
+        match line.split_once(char::is_whitespace) {
+            Some((tag, rest)) if !tag.is_empty() && tag.chars().all(|c| c.is_ascii_digit()) => {
+                out.push_str(&format!(".TP\n\\fB{tag}\\fR\n{}\n", escape(rest.trim())));
+            }
+            _ if line.is_empty() => out.push_str(".PP\n"),
+            _ => out.push_str(&format!("{}\n", escape(line))),
+        }
+    }
+    out
 }
 
 /// One subcommand as a subsection: usage, description, then its own

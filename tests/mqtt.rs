@@ -358,6 +358,15 @@ fn broker_messages_reach_hub_subscribers_at_qos_0_and_1() {
         (3, 2),
         "{st:?}"
     );
+    // The warning names the topic and why.
+    wait_until(
+        Duration::from_secs(5),
+        "a warning naming the dropped topic",
+        || {
+            hub.log()
+                .contains("topic 'cmd/with space' does not map to a valid channel")
+        },
+    );
 }
 
 #[test]

@@ -1,14 +1,15 @@
 //! `ipchubctl`: shim over [`ipchub::cli::ctl`].
 use clap::Parser;
+use ipchub::cli::ctl;
 
 fn main() {
-    match ipchub::cli::ctl::main_with(ipchub::cli::ctl::Args::parse()) {
+    match ctl::main_with(ctl::Args::parse()) {
         Ok(code) => std::process::exit(code),
         // `ipchubctl sub | head -1`: the reader went away; nothing to report.
-        Err(e) if ipchub::cli::ctl::is_broken_pipe(&e) => std::process::exit(0),
+        Err(e) if ctl::is_broken_pipe(&e) => std::process::exit(ctl::exit::OK),
         Err(e) => {
-            eprintln!("ipchubctl: {e:#}");
-            std::process::exit(1);
+            eprintln!("ipchubctl: {}", ctl::describe(&e));
+            std::process::exit(ctl::exit_code(&e));
         }
     }
 }

@@ -115,6 +115,9 @@ struct Shared {
     received: AtomicU64,
     /// Received but not imported: no valid channel, or the import queue was full.
     import_dropped: AtomicU64,
+    /// Why the latest topic could not be imported (it names the topic,
+    /// escaped), for the rate-limited drop warning.
+    last_bad_import: Mutex<Option<String>>,
     reconnects: AtomicU64,
     /// The broker confirmed every import subscription on this connection.
     subscribed: AtomicBool,
@@ -261,6 +264,7 @@ pub fn start(
         received_retained: AtomicU64::new(0),
         received: AtomicU64::new(0),
         import_dropped: AtomicU64::new(0),
+        last_bad_import: Mutex::new(None),
         reconnects: AtomicU64::new(0),
         subscribed: AtomicBool::new(false),
         last_error: Mutex::new(String::new()),
@@ -558,9 +562,24 @@ impl MqttSide {
                 .received_retained
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let channel = std::str::from_utf8(&p.topic)
-            .ok()
-            .and_then(|t| self.rules.import(t).ok());
+        let channel = match std::str::from_utf8(&p.topic) {
+            Ok(t) => self.rules.import(t).map_err(|e| printable(&e.to_string())),
+            Err(_) => Err(format!(
+                "topic {:?} is not UTF-8",
+                String::from_utf8_lossy(&p.topic[..p.topic.len().min(200)])
+            )),
+        };
+        let channel = match channel {
+            Ok(c) => Some(c),
+            Err(why) => {
+                *self
+                    .shared
+                    .last_bad_import
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(why);
+                None
+            }
+        };
         let queued = match channel {
             Some(channel) => self.imports.send(Import {
                 channel,
@@ -633,6 +652,21 @@ impl MqttSide {
     }
 }
 
+/// `s` for a log line: control characters escaped (a topic comes from the
+/// broker, so from anyone who may publish there), at most 300 characters.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(300)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// Report the bridge's state to the hub once a second and on every change
 /// of connection, and log drops (at most once a second, with counts).
 fn report_status(
@@ -659,7 +693,16 @@ fn report_status(
         let status = status(shared, hub);
         let drops: u64 = status["dropped"].parse().unwrap_or(0);
         if drops > logged_drops {
+            // The latest topic that could not become a channel, named once
+            // per report (a broker can send many; this is rate-limited).
+            let bad_topic = shared
+                .last_bad_import
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_default();
             tracing::warn!(component = %shared.component, dropped = drops - logged_drops,
+                last_bad_import = %bad_topic,
                 spool_full = %status["dropped_spool_full"], rejected = %status["rejected_by_broker"],
                 import = %status["dropped_import"], hub_missed = %status["missed_from_hub"],
                 "MQTT bridge dropped messages");

@@ -1,3 +1,5 @@
 //! Command-line front ends built on the client library.
 
 pub mod ctl;
+pub mod format;
+pub mod reqrep;

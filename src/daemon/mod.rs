@@ -47,7 +47,16 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
     let passed = systemd::take_listen_fds().context("reading LISTEN_FDS")?;
     let config = Config::load(args.config.as_deref())?;
     if args.check_config {
-        println!("configuration OK");
+        // Worded as `ipchubctl check-config` says it.
+        let file = args
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
+        if file.exists() {
+            println!("{}: configuration OK", file.display());
+        } else {
+            println!("built-in defaults: configuration OK");
+        }
         return Ok(());
     }
     logging::init(&config.log.level);

@@ -23,6 +23,24 @@ struct Slot {
     restart_at: Option<Instant>,
     /// When to look again whether a child whose client went away has exited.
     reap_at: Option<Instant>,
+    /// Failed starts and short failed runs in a row: each doubles the delay.
+    failures: u32,
+    /// When the running child was started.
+    started_at: Option<Instant>,
+}
+
+/// The longest wait between restarts of a child that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A run at least this long counts as healthy: the backoff starts over.
+const STABLE_RUN: Duration = Duration::from_secs(10);
+
+/// The wait before restart number `failures` (1, 2, ...): the configured
+/// delay, doubled for each further failure in a row, capped at
+/// [`MAX_BACKOFF`] (or the configured delay, if that is longer).
+fn backoff(base_ms: u64, failures: u32) -> Duration {
+    let base = Duration::from_millis(base_ms);
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(MAX_BACKOFF.max(base))
 }
 
 /// A started child: its hub-side link and pid.
@@ -49,6 +67,8 @@ impl Spawner {
                     client: None,
                     restart_at: Some(now),
                     reap_at: None,
+                    failures: 0,
+                    started_at: None,
                 })
                 .collect(),
             max_line,
@@ -69,11 +89,14 @@ impl Spawner {
                     Ok(s) => started.push(s),
                     Err(e) => {
                         let slot = &mut self.slots[i];
-                        warn!(spawn = %slot.cfg.name, "cannot start {:?}: {e}", slot.cfg.command);
+                        slot.failures = slot.failures.saturating_add(1);
+                        let delay = backoff(slot.cfg.restart_delay_ms.max(100), slot.failures);
                         if slot.cfg.restart != Restart::Never {
-                            slot.restart_at = Some(
-                                now + Duration::from_millis(slot.cfg.restart_delay_ms.max(100)),
-                            );
+                            warn!(spawn = %slot.cfg.name, retry_in_ms = delay.as_millis() as u64,
+                                "cannot start {:?}: {e}", slot.cfg.command);
+                            slot.restart_at = Some(now + delay);
+                        } else {
+                            warn!(spawn = %slot.cfg.name, "cannot start {:?}: {e}", slot.cfg.command);
                         }
                     }
                 }
@@ -99,6 +122,7 @@ impl Spawner {
         let pid = child.id() as i32;
         info!(spawn = %slot.cfg.name, pid, "started {:?}", slot.cfg.command);
         slot.child = Some(child);
+        slot.started_at = Some(Instant::now());
         let link = LineLink::new(
             Some(out_r),
             slot.cfg.stdin_channel.as_ref().map(|_| in_w),
@@ -157,9 +181,19 @@ impl Spawner {
             } else {
                 warn!(spawn = %slot.cfg.name, "exited: {status}");
             }
+            let ran = slot
+                .started_at
+                .take()
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            if status.success() || ran >= STABLE_RUN {
+                slot.failures = 0;
+            } else {
+                slot.failures = slot.failures.saturating_add(1);
+            }
             if restart {
-                info!(spawn = %slot.cfg.name, delay_ms = slot.cfg.restart_delay_ms, "restarting");
-                slot.restart_at = Some(now + Duration::from_millis(slot.cfg.restart_delay_ms));
+                let delay = backoff(slot.cfg.restart_delay_ms, slot.failures.max(1));
+                info!(spawn = %slot.cfg.name, delay_ms = delay.as_millis() as u64, "restarting");
+                slot.restart_at = Some(now + delay);
             }
         }
     }
@@ -198,5 +232,19 @@ impl Spawner {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_doubling_up_to_a_minute() {
+        assert_eq!(backoff(100, 1), Duration::from_millis(100));
+        assert_eq!(backoff(100, 2), Duration::from_millis(200));
+        assert_eq!(backoff(100, 4), Duration::from_millis(800));
+        assert_eq!(backoff(1000, 40), MAX_BACKOFF);
+        assert_eq!(backoff(120_000, 3), Duration::from_secs(120));
     }
 }

@@ -122,6 +122,44 @@ pub fn changed_properties(old: &HubStats, new: &HubStats) -> Vec<(&'static str, 
 
 #[interface(name = "org.ipchub.Hub1")]
 impl Hub1 {
+    // The signals come first in the introspection XML, on purpose. Signal
+    // arguments carry no direction (zbus writes none), but busctl 252 keeps
+    // the direction of the last method argument it saw while it reads a
+    // nested <node> ("busctl tree" on "/" and "/org") and applies it to
+    // later signal arguments: after a method's "in" argument it warned
+    // "Unexpected signal <arg> direction value 'in'" once per argument.
+    // Here they follow org.freedesktop.DBus.Properties, whose last argument
+    // is "out". tests/dbus.rs: introspection_gives_signal_arguments_no_direction.
+    /// A client finished its handshake.
+    #[zbus(signal)]
+    pub async fn client_connected(
+        emitter: &SignalEmitter<'_>,
+        id: u32,
+        transport: &str,
+        pid: i32,
+        uid: u32,
+    ) -> zbus::Result<()>;
+
+    /// A client went away (closed, crashed, or was disconnected).
+    #[zbus(signal)]
+    pub async fn client_disconnected(emitter: &SignalEmitter<'_>, id: u32) -> zbus::Result<()>;
+
+    /// A channel came into use; its object now exists at `path`.
+    #[zbus(signal)]
+    pub async fn channel_created(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        path: ObjectPath<'_>,
+    ) -> zbus::Result<()>;
+
+    /// A channel was forgotten (evicted at hub.max_channels); its object is gone.
+    #[zbus(signal)]
+    pub async fn channel_removed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        path: ObjectPath<'_>,
+    ) -> zbus::Result<()>;
+
     /// Version of the running ipchubd.
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> String {
@@ -357,36 +395,6 @@ impl Hub1 {
             other => Err(unexpected(other)),
         }
     }
-
-    /// A client finished its handshake.
-    #[zbus(signal)]
-    pub async fn client_connected(
-        emitter: &SignalEmitter<'_>,
-        id: u32,
-        transport: &str,
-        pid: i32,
-        uid: u32,
-    ) -> zbus::Result<()>;
-
-    /// A client went away (closed, crashed, or was disconnected).
-    #[zbus(signal)]
-    pub async fn client_disconnected(emitter: &SignalEmitter<'_>, id: u32) -> zbus::Result<()>;
-
-    /// A channel came into use; its object now exists at `path`.
-    #[zbus(signal)]
-    pub async fn channel_created(
-        emitter: &SignalEmitter<'_>,
-        name: &str,
-        path: ObjectPath<'_>,
-    ) -> zbus::Result<()>;
-
-    /// A channel was forgotten (evicted at hub.max_channels); its object is gone.
-    #[zbus(signal)]
-    pub async fn channel_removed(
-        emitter: &SignalEmitter<'_>,
-        name: &str,
-        path: ObjectPath<'_>,
-    ) -> zbus::Result<()>;
 }
 
 #[cfg(test)]

@@ -247,13 +247,13 @@ pubsub() {
     while [ $i -lt 50 ]; do
         res=$(timeout 10 ipchubctl pub --channel "$ch" --transport "$tr" hello 2>/tmp/pub.err); prc=$?
         echo "pub attempt $i (rc $prc): $res"; sed "s/^/  pub stderr: /" /tmp/pub.err
-        [ "$res" = "Published (1 subscribers)" ] && break
+        [ "$res" = "Published (1 subscriber)" ] && break
         kill -0 $sp 2>/dev/null || break
         i=$((i + 1)); sleep 0.2
     done
     wait $sp; src=$?
     echo "sub exit status: $src"; echo "sub stdout:"; cat "$out"; echo "sub stderr:"; cat "$err"
-    expect_eq "$res" "Published (1 subscribers)" "publisher output"
+    expect_eq "$res" "Published (1 subscriber)" "publisher output"
     expect_eq "$src" 0 "subscriber exit status"
     expect_eq "$(cat "$out")" "[$ch] hello" "subscriber output"
 }
@@ -286,7 +286,12 @@ lstep install "cd /root && apt install -y ./$DEB_NAME"
 lstep package-files '
 for f in /usr/bin/ipchubd /usr/bin/ipchubctl /etc/ipchub/ipchub.toml \
          /lib/systemd/system/ipchub.socket /lib/systemd/system/ipchub.service \
-         /usr/share/dbus-1/system.d/org.ipchub.conf /usr/lib/sysctl.d/60-ipchub.conf; do
+         /usr/share/dbus-1/system.d/org.ipchub.conf /usr/lib/sysctl.d/60-ipchub.conf \
+         /usr/share/bash-completion/completions/ipchubctl /usr/share/zsh/vendor-completions/_ipchubctl \
+         /usr/share/fish/vendor_completions.d/ipchubctl.fish \
+         /usr/share/doc/ipchub/README.md /usr/share/doc/ipchub/PROTOCOL.md \
+         /usr/share/doc/ipchub/ARCHITECTURE.md /usr/share/doc/ipchub/SECURITY.md \
+         /usr/share/doc/ipchub/BENCHMARKS.md; do
     [ -e "$f" ] && echo "ok $f" || fail "missing $f"
 done
 dpkg-query -W -f="\${Conffiles}\n" ipchub | grep -q /etc/ipchub/ipchub.toml || fail "ipchub.toml is not a conffile"
