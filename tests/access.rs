@@ -3,31 +3,17 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
 
 use common::{wait_for, Hub, IPCHUBCTL};
 
 const NOBODY: u32 = 65534;
 
-fn open_hub(config: &str) -> Hub {
-    let hub = Hub::start_with(config);
-    // The test's temporary directory is private; let `nobody` reach the socket.
-    std::fs::set_permissions(hub.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    hub
-}
-
 /// `ipchubctl ARGS` as user nobody.
 fn as_nobody(hub: &Hub, args: &[&str]) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid=nobody",
-        "--regid=nogroup",
-        "--clear-groups",
-        IPCHUBCTL,
-    ])
-    .args(args)
-    .env("IPCHUB_SOCKET", &hub.socket);
+    let mut c = common::as_nobody(IPCHUBCTL);
+    c.args(args).env("IPCHUB_SOCKET", &hub.socket);
     c
 }
 
@@ -46,7 +32,7 @@ subscribe = ["user:root"]
 
 #[test]
 fn denied_publish_and_subscribe_are_clear_errors_on_every_transport() {
-    let hub = open_hub(POLICY);
+    let hub = Hub::start_shared(POLICY);
     for t in ["socket", "pipe", "fifo", "mqueue", "shm"] {
         let out = run({
             let mut c = as_nobody(&hub, &["pub", "-t", t, "-c", "secure/door", "open"]);
@@ -80,7 +66,7 @@ fn denied_publish_and_subscribe_are_clear_errors_on_every_transport() {
 
 #[test]
 fn a_wildcard_subscriber_only_sees_channels_it_may_read() {
-    let hub = open_hub(POLICY);
+    let hub = Hub::start_shared(POLICY);
     let sub = as_nobody(&hub, &["sub", "-t", "mqueue", "-c", "#", "-n", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -109,7 +95,7 @@ fn a_wildcard_subscriber_only_sees_channels_it_may_read() {
 
 #[test]
 fn a_clients_fifos_and_queues_belong_to_it_with_mode_0600() {
-    let hub = open_hub("");
+    let hub = Hub::start_shared("");
     let mut subs = Vec::new();
     for t in ["fifo", "mqueue"] {
         subs.push(
@@ -173,7 +159,7 @@ fn unknown_principals_are_config_errors() {
 /// served by the hub, which keeps refusing its publishes.
 #[test]
 fn a_reader_that_may_not_publish_never_gets_the_channel_ring() {
-    let hub = open_hub(
+    let hub = Hub::start_shared(
         r#"
 [[access.rule]]
 pattern = "ro/#"

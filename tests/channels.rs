@@ -10,7 +10,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
@@ -186,13 +185,6 @@ fn report(out: &mut BufReader<ChildStdout>, hub: &Hub) -> String {
     }
 }
 
-fn open_hub(config: &str) -> Hub {
-    let hub = Hub::start_with(config);
-    // The test's temporary directory is private; let `nobody` reach the socket.
-    std::fs::set_permissions(hub.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    hub
-}
-
 /// Send `frames` and wait for `n` answers on another thread, failing the
 /// test if they take longer than `PROMPT`.
 fn promptly(r: Raw, frames: Vec<u8>, n: usize, what: &str) -> (Raw, Vec<common::RawFrame>) {
@@ -220,7 +212,7 @@ fn stop(mut child: Child) {
 
 #[test]
 fn one_uid_cannot_take_every_channel() {
-    let hub = open_hub("[hub]\nmax_channels = 256\n");
+    let hub = Hub::start_shared("[hub]\nmax_channels = 256\n");
     // The attacker tries to hold more channels than the hub has.
     let (child, mut out) = attack(&hub, "hold", 300);
     let line = report(&mut out, &hub);
@@ -293,7 +285,7 @@ fn one_uid_cannot_take_every_channel() {
 
 #[test]
 fn invented_channel_names_are_collected_not_kept() {
-    let hub = open_hub("");
+    let hub = Hub::start_shared("");
     let mut me = hub.raw();
     me.send_frame(FrameType::Subscribe, 0, "kept", b"", 1);
     assert_eq!(me.read_frame().unwrap().0, FrameType::Ack);
@@ -329,7 +321,7 @@ fn invented_channel_names_are_collected_not_kept() {
 
 #[test]
 fn wildcard_flood_does_not_freeze_routing_for_a_bystander() {
-    let hub = open_hub("");
+    let hub = Hub::start_shared("");
     let me = hub.raw();
     let (child, mut out) = attack(&hub, "wildcards", 3000);
     let line = report(&mut out, &hub);

@@ -8,7 +8,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,13 +16,6 @@ use ipchub::hub::TransportKind;
 use ipchub::wire::FrameType;
 
 const HELPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/hostile_conn.py");
-
-fn open_hub(config: &str) -> Hub {
-    let hub = Hub::start_with(config);
-    // The test's temporary directory is private; let other uids reach the socket.
-    std::fs::set_permissions(hub.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    hub
-}
 
 /// An attacker process of `uid`, holding what it made until dropped.
 struct Attacker {
@@ -107,7 +99,7 @@ fn bystander_works(hub: &Hub, t: TransportKind) {
 #[test]
 fn four_uids_of_idle_connections_cannot_lock_root_out() {
     // The attack of A1 scaled down: max_clients = 4 x max_clients_per_uid.
-    let hub = open_hub("[hub]\nmax_clients = 64\nmax_clients_per_uid = 16\n");
+    let hub = Hub::start_shared("[hub]\nmax_clients = 64\nmax_clients_per_uid = 16\n");
     let attackers: Vec<Attacker> = (0..4)
         .map(|i| Attacker::start(&hub, 60001 + i, "idle", 16, "-"))
         .collect();
@@ -146,7 +138,7 @@ fn a_connection_that_never_says_hello_is_closed_at_the_deadline() {
 
 #[test]
 fn a_partial_hello_is_refused_past_max_hello_size() {
-    let hub = open_hub("");
+    let hub = Hub::start_shared("");
     let before = rss(&hub);
     // A2: HELLOs announcing 256 KiB, never completed, on 100 connections.
     let a = Attacker::start(&hub, 65534, "partial-hello", 100, "262144");
@@ -161,7 +153,7 @@ fn a_partial_hello_is_refused_past_max_hello_size() {
 #[test]
 fn unread_replies_count_against_the_uids_queue_bytes() {
     // A3: 24 clients flood STATS_REQUEST and never read the replies.
-    let hub = open_hub(
+    let hub = Hub::start_shared(
         "[hub]\nmax_message_size = 65536\nblock_timeout_ms = 60000\n\
          [queue]\nmax_bytes = 1048576\nmax_bytes_per_uid = 2097152\n",
     );
@@ -187,7 +179,7 @@ fn unread_replies_count_against_the_uids_queue_bytes() {
 #[test]
 fn a_uid_hoarding_message_queues_cannot_exhaust_anyone_elses() {
     // A7: connect via mqueue, keep the queues, disconnect, again and again.
-    let hub = open_hub("");
+    let hub = Hub::start_shared("");
     let a = Attacker::start(&hub, 65534, "mq-hoard", 16, "-");
     // Its first clients (queues made as PROTOCOL.md §1.1 says, from
     // Python) were welcome; then its own RLIMIT_MSGQUEUE ran out, not the hub's.
@@ -209,7 +201,7 @@ fn a_uid_hoarding_message_queues_cannot_exhaust_anyone_elses() {
 
 #[test]
 fn squatted_queue_names_refuse_no_client() {
-    let hub = open_hub("");
+    let hub = Hub::start_shared("");
     let _a = Attacker::start(&hub, 65534, "squat", 40, &hub.pid().to_string());
     for _ in 0..5 {
         bystander_works(&hub, TransportKind::Mqueue);
@@ -237,7 +229,7 @@ fn uid_memory_bound(
 
 #[test]
 fn one_uid_at_every_connection_limit_stays_under_the_memory_bound() {
-    let hub = open_hub(
+    let hub = Hub::start_shared(
         "[hub]\nmax_clients = 64\nmax_clients_per_uid = 32\nmax_message_size = 65536\n\
          handshake_timeout_ms = 60000\nblock_timeout_ms = 60000\n\
          [queue]\nmax_bytes = 262144\nmax_bytes_per_uid = 1048576\n",
@@ -333,7 +325,7 @@ fn handed_over_queues_are_checked_and_each_refusal_says_why() {
 #[test]
 fn partial_frames_in_every_connection_are_charged_to_the_uid() {
     // A largest PUBLISH, never finished, in each of 32 connections.
-    let hub = open_hub(
+    let hub = Hub::start_shared(
         "[hub]\nmax_clients = 128\nmax_clients_per_uid = 64\n\
          [queue]\nmax_bytes = 2097152\nmax_bytes_per_uid = 2097152\n",
     );

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{wait_for, Hub, Raw, IPCHUBCTL};
@@ -15,22 +13,9 @@ use ipchub::wire::{ErrorCode, FrameType};
 
 const NOBODY: u32 = 65534;
 
-/// A hub whose socket `nobody` can reach.
-fn open_hub(config: &str) -> Hub {
-    let hub = Hub::start_with(config);
-    std::fs::set_permissions(hub.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    hub
-}
-
 /// `ipchubctl ARGS` as user nobody; its standard output.
 fn ctl_as_nobody(hub: &Hub, args: &[&str]) -> String {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            IPCHUBCTL,
-        ])
+    let out = common::as_nobody(IPCHUBCTL)
         .args(args)
         .env("IPCHUB_SOCKET", &hub.socket)
         .output()
@@ -53,7 +38,7 @@ subscribe = ["uid:0"]
 /// nothing of other users' clients; root still sees everything.
 #[test]
 fn stats_show_another_uid_only_channels_it_may_read_and_its_own_clients() {
-    let hub = open_hub(POLICY);
+    let hub = Hub::start_shared(POLICY);
     let mut secret = hub.client_via(TransportKind::Socket);
     secret.subscribe("secure/door").unwrap();
     secret.subscribe("secure/#").unwrap();

@@ -15,6 +15,15 @@ use ipchub::wire::{self, FrameType};
 pub const IPCHUBD: &str = env!("CARGO_BIN_EXE_ipchubd");
 pub const IPCHUBCTL: &str = env!("CARGO_BIN_EXE_ipchubctl");
 
+/// `program` as user nobody (group nogroup, no supplementary groups),
+/// through setpriv (util-linux): how tests act as another local user.
+pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(program);
+    c
+}
+
 /// A running hub that is killed when dropped.
 pub struct Hub {
     child: Option<Child>,
@@ -60,6 +69,19 @@ impl Hub {
 
     fn spawn(&mut self) {
         self.spawn_with_nofile(None)
+    }
+
+    /// A hub that other users can reach: the test's temporary directory is
+    /// private by default, so it is opened (0755) for tests that act as
+    /// another uid.
+    pub fn start_shared(config: &str) -> Hub {
+        let hub = Hub::start_with(config);
+        std::fs::set_permissions(
+            hub.dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        hub
     }
 
     /// A hub whose descriptor limit is `nofile` (to run it out of them).
