@@ -221,6 +221,19 @@ impl OutQueue {
         discarded
     }
 
+    /// Drop a front frame partly handed to a transport that then failed
+    /// (the client library salvaging its queue after losing the hub: the
+    /// rest of a torn frame must not start a new connection). Returns
+    /// whether there was one.
+    pub fn drop_partial_head(&mut self) -> bool {
+        if self.head_written == 0 {
+            return false;
+        }
+        let rest = self.frames.front().map_or(0, |m| m.len as usize) - self.head_written;
+        self.consume(rest);
+        true
+    }
+
     /// The unwritten bytes, as at most two slices (for `writev`).
     pub fn as_slices(&self) -> (&[u8], &[u8]) {
         let (a, b) = self.buf.as_slices();
