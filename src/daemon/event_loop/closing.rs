@@ -164,3 +164,60 @@ impl EventLoop {
         info!("stopped");
     }
 }
+
+impl EventLoop {
+    /// Planned restart (SIGUSR2): say goodbye to every client ("hub
+    /// restarting": their libraries reconnect by themselves), stop our
+    /// children, and execute ipchubd again with the listening socket handed
+    /// over (`daemon/handover.rs`), so the socket never goes away and
+    /// connections made meanwhile wait in its backlog. Returns only if the
+    /// re-execution failed; the hub then carries on.
+    pub(super) fn handover(&mut self) {
+        use crate::daemon::handover;
+        use std::os::fd::AsRawFd;
+        systemd::reloading();
+        info!(
+            generation = self.opts.generation + 1,
+            "planned restart: handing over to a new ipchubd"
+        );
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in &ids {
+            self.hub
+                .send_control(*id, FrameType::Bye, 0, b"hub restarting");
+        }
+        for id in ids {
+            self.flush(id);
+            self.clients.remove(&id);
+            self.hub.remove(id);
+        }
+        self.spawner.stop_all();
+        crate::transport::fifo::remove_publish_dir(
+            &self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR),
+        );
+        let listener = self.listener.as_raw_fd();
+        let state = handover::State {
+            hub_version: env!("CARGO_PKG_VERSION").into(),
+            generation: self.opts.generation + 1,
+            socket_path: self.opts.socket_path.clone(),
+            unlink_on_exit: self.opts.unlink_on_exit.clone(),
+            fds: vec![handover::FdEntry {
+                name: "listener".into(),
+                fd: listener,
+            }],
+        };
+        let err = match handover::write_memfd(&state) {
+            Ok(memfd) => match handover::inherit(listener) {
+                Ok(()) => handover::exec(memfd),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        warn!("planned restart failed, carrying on: {err}");
+        let _ = nix::fcntl::fcntl(
+            listener,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        self.open_publish_fifos();
+        systemd::reloaded(&self.status_line());
+    }
+}
