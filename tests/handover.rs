@@ -1,7 +1,9 @@
-//! Planned restart by SIGUSR2 (issue #16, behaviour 2, first step): the
-//! hub re-executes itself in place with its listening socket handed over
-//! in a sealed memfd; clients reconnect by themselves. A state the new
-//! binary cannot read falls back to a fresh start, logged, never a crash.
+//! Planned restart by SIGUSR2 (issue #16, behaviour 2): the hub
+//! re-executes itself in place with its listening socket and its socket
+//! clients (connections, subscriptions, queued messages) handed over in a
+//! sealed memfd; those see nothing, the others reconnect by themselves. A
+//! state the new binary cannot read falls back to a fresh start, logged,
+//! never a crash.
 
 mod common;
 
@@ -56,7 +58,7 @@ fn wait_ready(hub: &Hub, n: usize) {
 }
 
 #[test]
-fn sigusr2_restarts_in_place_keeping_the_socket_and_every_client_comes_back() {
+fn sigusr2_restarts_in_place_keeping_socket_clients_and_the_others_come_back() {
     let hub = Hub::start();
     let pid = hub.pid();
     let mut subs: Vec<Client> = TRANSPORTS
@@ -86,7 +88,7 @@ fn sigusr2_restarts_in_place_keeping_the_socket_and_every_client_comes_back() {
     };
     std::thread::sleep(Duration::from_millis(50));
     sigusr2(&hub);
-    for (s, t) in subs.iter_mut().zip(TRANSPORTS) {
+    for (s, t) in subs.iter_mut().zip(TRANSPORTS).skip(1) {
         let evs = until(s, "HubLost", |e| matches!(e, Event::HubLost { .. }));
         assert!(
             matches!(evs.last(), Some(Event::HubLost { reason }) if reason.contains("restarting")),
@@ -118,6 +120,107 @@ fn sigusr2_restarts_in_place_keeping_the_socket_and_every_client_comes_back() {
             assert_eq!(m.payload, t.name().as_bytes());
         }
     }
+    // The socket subscriber kept its connection: no loss, nothing else.
+    assert_eq!(subs[0].poll_events().unwrap(), None);
+}
+
+/// Nothing but messages, in order, each once.
+fn expect_stream(c: &mut Client, n: u32, who: &str) {
+    for i in 0..n {
+        match c.next_event(Some(WAIT)) {
+            Ok(Some(Event::Message(m))) => {
+                assert_eq!(m.payload, i.to_le_bytes(), "{who}: message {i}")
+            }
+            other => panic!("{who}: at {i}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn socket_clients_stream_through_planned_restarts_exactly_once_in_order() {
+    let hub = Hub::start_with("[queue]\noverflow = \"block\"\n");
+    let mut fast = hub.subscriber(Socket, "stream");
+    // Reads nothing until the end: its messages wait in the hub's queue
+    // (and are handed over with it).
+    let mut slow = hub.subscriber(Socket, "stream");
+    let mut p = hub.client_via(Socket);
+    const N: u32 = 30_000;
+    let progress = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let sent = progress.clone();
+    let publisher = std::thread::spawn(move || {
+        for i in 0..N {
+            p.publish("stream", &i.to_le_bytes()).unwrap();
+            if i % 200 == 199 {
+                // Paced, so the restarts fall in the middle of the stream.
+                p.flush().unwrap();
+                sent.store(i + 1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let delivered = p.publish_confirmed("stream-end", b"").unwrap();
+        let mut other = Vec::new();
+        while let Some(ev) = p.poll_events().unwrap() {
+            other.push(ev);
+        }
+        (delivered, other)
+    });
+    // Two restarts while it streams.
+    for (n, at) in [(2, 3000), (3, 12_000)] {
+        wait_for(
+            || progress.load(Ordering::Relaxed) >= at,
+            "publisher progress",
+        );
+        sigusr2(&hub);
+        assert!(
+            progress.load(Ordering::Relaxed) < N,
+            "restart #{n} mid-stream"
+        );
+        wait_ready(&hub, n);
+    }
+    expect_stream(&mut fast, N, "fast");
+    let (delivered, other) = publisher.join().unwrap();
+    assert_eq!(delivered, 0);
+    assert!(other.is_empty(), "publisher saw {other:?}");
+    expect_stream(&mut slow, N, "slow");
+    assert_eq!(fast.poll_events().unwrap(), None);
+    assert_eq!(slow.poll_events().unwrap(), None);
+    assert!(hub.log().contains("clients kept"), "{}", hub.log());
+}
+
+/// Messages queued in the hub for a subscriber that is not reading are
+/// handed over and delivered once, in order, to the same client ids.
+#[test]
+fn queued_messages_cross_a_planned_restart() {
+    let hub = Hub::start();
+    let mut sub = hub.subscriber(Socket, "queued");
+    let mut p = hub.client_via(Socket);
+    let payload = vec![7u8; 1024];
+    const N: u32 = 3000;
+    for i in 0..N {
+        let mut m = i.to_le_bytes().to_vec();
+        m.extend_from_slice(&payload);
+        p.publish("queued", &m).unwrap();
+    }
+    assert_eq!(p.publish_confirmed("other", b"").unwrap(), 0);
+    // Far more than a socket buffer holds: most wait in the hub's queue.
+    let queued = p
+        .stats()
+        .unwrap()
+        .clients
+        .iter()
+        .find(|c| c.id == sub.id())
+        .map(|c| c.queue_messages)
+        .unwrap();
+    assert!(queued > 0, "messages queued in the hub");
+    sigusr2(&hub);
+    wait_ready(&hub, 2);
+    for i in 0..N {
+        let m = sub.recv(Some(WAIT)).unwrap().expect("queued message");
+        assert_eq!(m.payload[..4], i.to_le_bytes(), "message {i}");
+    }
+    assert_eq!(sub.poll_events().unwrap(), None);
+    let ids: Vec<u32> = p.stats().unwrap().clients.iter().map(|c| c.id).collect();
+    assert!(ids.contains(&sub.id()) && ids.contains(&p.id()), "{ids:?}");
 }
 
 fn vm_rss_kib(pid: i32) -> u64 {
@@ -133,13 +236,15 @@ fn vm_rss_kib(pid: i32) -> u64 {
 fn repeated_planned_restarts_leak_no_descriptors_or_memory() {
     let hub = Hub::start();
     let mut sub = hub.subscriber(Shm, "loop");
+    // Kept across every restart.
+    let mut kept = hub.subscriber(Socket, "loop");
     let mut counts = Vec::new();
     let mut rss = Vec::new();
     for round in 0..8 {
         sigusr2(&hub);
         wait_ready(&hub, round + 2);
         until(&mut sub, "HubBack", |e| matches!(e, Event::HubBack { .. }));
-        hub.wait_subscribers("loop", 1);
+        hub.wait_subscribers("loop", 2);
         counts.push(hub.open_fds());
         rss.push(vm_rss_kib(hub.pid()));
     }
@@ -149,6 +254,11 @@ fn repeated_planned_restarts_leak_no_descriptors_or_memory() {
     );
     assert!(rss.last().unwrap() <= &(rss[0] * 2), "VmRSS KiB: {rss:?}");
     assert!(hub.log().contains("generation=8"), "{}", hub.log());
+    assert_eq!(
+        kept.poll_events().unwrap(),
+        None,
+        "no loss for the kept one"
+    );
 }
 
 /// Start ipchubd by hand with `IPCHUB_HANDOVER_FD` naming `state`, and an
@@ -212,6 +322,8 @@ fn an_unreadable_state_falls_back_to_a_fresh_start() {
             name: "listener".into(),
             fd: 3,
         }],
+        next_client_id: 1,
+        clients: Vec::new(),
     };
     let mut foreign = handover::encode(&good);
     foreign[8..12].copy_from_slice(&2u32.to_le_bytes());

@@ -17,8 +17,10 @@
 //!
 //! Version 1 hands over the listening socket (by descriptor, so the socket
 //! file never disappears and clients connecting meanwhile wait in its
-//! backlog) and the hub's identity; client connections are closed with
-//! BYE "hub restarting", and their libraries reconnect.
+//! backlog) and every socket-transport client: its connection, its
+//! subscriptions, the bytes queued for it and the input not handled yet,
+//! under its id. Clients of the other transports are sent BYE "hub
+//! restarting", and their libraries reconnect.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -77,8 +79,24 @@ pub struct State {
     /// (then it removes the file at its final exit).
     pub socket_path: PathBuf,
     pub unlink_on_exit: Option<PathBuf>,
-    /// Every inherited descriptor, by name: `listener` is the control socket.
+    /// Every inherited descriptor, by name: `listener` is the control
+    /// socket, `client:<id>` a client's connection.
     pub fds: Vec<FdEntry>,
+    /// The next client id to hand out.
+    #[serde(default)]
+    pub next_client_id: u32,
+    /// Clients whose connections are handed over.
+    #[serde(default)]
+    pub clients: Vec<HandedClient>,
+}
+
+/// A client kept across the restart: its connection, its routing state,
+/// and the input read from it but not handled yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandedClient {
+    pub fd: RawFd,
+    pub hub: crate::hub::snapshot::ClientSnapshot,
+    pub input: Vec<u8>,
 }
 
 impl State {
@@ -184,6 +202,14 @@ pub fn read_memfd(fd: &OwnedFd) -> Result<State, HandoverError> {
         off += n;
     }
     let state = decode(&bytes)?;
+    for c in &state.clients {
+        if !state.fds.iter().any(|e| e.fd == c.fd) {
+            return Err(HandoverError::MissingFd {
+                fd: c.fd,
+                name: format!("client:{} (not in the index)", c.hub.id),
+            });
+        }
+    }
     for e in &state.fds {
         if e.fd < 3 || fcntl(e.fd, FcntlArg::F_GETFD).is_err() {
             return Err(HandoverError::MissingFd {
@@ -309,6 +335,8 @@ mod tests {
                 name: "listener".into(),
                 fd: 999_999,
             }],
+            next_client_id: 1,
+            clients: Vec::new(),
         }
     }
 

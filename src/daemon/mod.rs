@@ -53,7 +53,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     logging::init(&config.log.level);
-    let handed = match handed {
+    let mut handed = match handed {
         Some(Ok(state)) => {
             tracing::info!(
                 from = %state.hub_version,
@@ -71,6 +71,9 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let generation = handed.as_ref().map_or(0, |s| s.generation);
+    let kept = handed
+        .as_mut()
+        .map(|s| (std::mem::take(&mut s.clients), s.next_client_id));
 
     let (listener, unlink, socket_path) =
         match (handed, passed.into_iter().find(|p| p.name != "fifo")) {
@@ -139,6 +142,10 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         },
     )
     .context("starting the event loop")?;
+    if let Some((clients, next_id)) = kept {
+        tracing::info!(clients = clients.len(), "planned restart: clients kept");
+        ev.restore_clients(clients, next_id);
+    }
     start_components(&mut ev, &socket_path, args.config.as_deref());
     systemd::ready(&format!("listening on {}", socket_path.display()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ipchubd ready");

@@ -180,12 +180,49 @@ impl EventLoop {
             generation = self.opts.generation + 1,
             "planned restart: handing over to a new ipchubd"
         );
+        let listener = self.listener.as_raw_fd();
+        let mut fds = vec![handover::FdEntry {
+            name: "listener".into(),
+            fd: listener,
+        }];
+        let mut handed = Vec::new();
         let ids: Vec<ClientId> = self.clients.keys().copied().collect();
-        for id in &ids {
-            self.hub
-                .send_control(*id, FrameType::Bye, 0, b"hub restarting");
-        }
         for id in ids {
+            // Socket clients keep their connection; the state of the
+            // others' data paths is not handed over (yet): they reconnect.
+            let keep = self.clients.get(&id).is_some_and(|c| {
+                c.greeted
+                    && c.transport == TransportKind::Socket
+                    && c.data.is_none()
+                    && c.ctrl.is_some()
+                    && c.closing.is_none()
+                    && !c.ctrl_gone
+            });
+            if keep {
+                if let Some(snap) = self.hub.export_client(id) {
+                    let mut c = self.clients.remove(&id).expect("listed");
+                    let fd = c.ctrl.take().expect("checked");
+                    let raw = fd.as_raw_fd();
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+                    if handover::inherit(raw).is_ok() {
+                        let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+                        fds.push(handover::FdEntry {
+                            name: format!("client:{id}"),
+                            fd: raw,
+                        });
+                        handed.push(handover::HandedClient {
+                            fd: raw,
+                            hub: snap,
+                            input: std::mem::take(&mut c.ctrl_in),
+                        });
+                        continue;
+                    }
+                    self.hub.remove(id);
+                    continue; // dropped: the client sees the end and reconnects
+                }
+            }
+            self.hub
+                .send_control(id, FrameType::Bye, 0, b"hub restarting");
             self.flush(id);
             self.clients.remove(&id);
             self.hub.remove(id);
@@ -194,16 +231,14 @@ impl EventLoop {
         crate::transport::fifo::remove_publish_dir(
             &self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR),
         );
-        let listener = self.listener.as_raw_fd();
         let state = handover::State {
             hub_version: env!("CARGO_PKG_VERSION").into(),
             generation: self.opts.generation + 1,
             socket_path: self.opts.socket_path.clone(),
             unlink_on_exit: self.opts.unlink_on_exit.clone(),
-            fds: vec![handover::FdEntry {
-                name: "listener".into(),
-                fd: listener,
-            }],
+            fds,
+            next_client_id: self.hub.next_client_id(),
+            clients: handed,
         };
         let err = match handover::write_memfd(&state) {
             Ok(memfd) => match handover::inherit(listener) {
@@ -217,7 +252,71 @@ impl EventLoop {
             listener,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         );
+        // Serve the kept clients again, as the successor would have.
+        for c in &state.clients {
+            self.hub.remove(c.hub.id);
+        }
+        self.restore_clients(state.clients, state.next_client_id);
         self.open_publish_fifos();
         systemd::reloaded(&self.status_line());
+    }
+}
+
+impl EventLoop {
+    /// Serve the clients a predecessor handed over (`handover::State`)
+    /// under their ids. One that cannot be taken over (a subscription the
+    /// configuration now refuses, say) is closed: its library reconnects.
+    pub fn restore_clients(
+        &mut self,
+        clients: Vec<crate::daemon::handover::HandedClient>,
+        next_id: ClientId,
+    ) {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        self.hub.set_next_client_id(next_id);
+        for h in clients {
+            let id = h.hub.id;
+            // SAFETY: the predecessor handed this descriptor over by this
+            // number (checked open by handover::read_memfd), once.
+            let fd = unsafe { OwnedFd::from_raw_fd(h.fd) };
+            let _ = nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            if let Err(e) = self.hub.import_client(&h.hub) {
+                warn!(client = id, "cannot take over client, it reconnects: {e}");
+                continue;
+            }
+            let raw = fd.as_raw_fd();
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&raw),
+                token(id, ROLE_CTRL),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!(client = id, "cannot register client taken over: {e}");
+                self.hub.remove(id);
+                continue;
+            }
+            let ident = self.hub.identity(id).expect("just imported");
+            self.clients.insert(
+                id,
+                Client {
+                    ident,
+                    ctrl: Some(fd),
+                    ctrl_in: h.input,
+                    data: None,
+                    data_in: Vec::new(),
+                    greeted: true,
+                    hello_fds: Vec::new(),
+                    input_accounted: 0,
+                    paused: false,
+                    transport: TransportKind::Socket,
+                    closing: None,
+                    ctrl_gone: false,
+                },
+            );
+            self.sync_input(id);
+            // Its input may hold frames already; readiness will not say so.
+            self.pending.push(id);
+        }
     }
 }
