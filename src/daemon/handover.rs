@@ -17,10 +17,11 @@
 //!
 //! Version 1 hands over the listening socket (by descriptor, so the socket
 //! file never disappears and clients connecting meanwhile wait in its
-//! backlog) and every socket-transport client: its connection, its
-//! subscriptions, the bytes queued for it and the input not handled yet,
-//! under its id. Clients of the other transports are sent BYE "hub
-//! restarting", and their libraries reconnect.
+//! backlog) and every client whose data path is descriptors alone
+//! (socket, pipe, FIFO, mqueue): its connection and data descriptors, its
+//! subscriptions, the frames queued for it and the input not handled yet,
+//! under its id. Shm clients are sent BYE "hub restarting", and their
+//! libraries reconnect.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -97,6 +98,13 @@ pub struct HandedClient {
     pub fd: RawFd,
     pub hub: crate::hub::snapshot::ClientSnapshot,
     pub input: Vec<u8>,
+    /// The data path's read and write descriptors (pipe, FIFO, mqueue);
+    /// empty on the socket transport, where `fd` carries the data.
+    #[serde(default)]
+    pub data_fds: Vec<RawFd>,
+    /// Input read from the data path but not handled yet.
+    #[serde(default)]
+    pub data_input: Vec<u8>,
 }
 
 impl State {
@@ -203,11 +211,20 @@ pub fn read_memfd(fd: &OwnedFd) -> Result<State, HandoverError> {
     }
     let state = decode(&bytes)?;
     for c in &state.clients {
-        if !state.fds.iter().any(|e| e.fd == c.fd) {
-            return Err(HandoverError::MissingFd {
-                fd: c.fd,
-                name: format!("client:{} (not in the index)", c.hub.id),
-            });
+        for &fd in std::iter::once(&c.fd).chain(&c.data_fds) {
+            if !state.fds.iter().any(|e| e.fd == fd) {
+                return Err(HandoverError::MissingFd {
+                    fd,
+                    name: format!("client:{} (not in the index)", c.hub.id),
+                });
+            }
+        }
+        if !matches!(c.data_fds.len(), 0 | 2) {
+            return Err(HandoverError::Body(format!(
+                "client {} has {} data descriptors",
+                c.hub.id,
+                c.data_fds.len()
+            )));
         }
     }
     for e in &state.fds {

@@ -221,6 +221,27 @@ impl OutQueue {
         discarded
     }
 
+    /// Every queued frame whole (the written part of the head included)
+    /// and how many bytes of the head were written: a planned restart
+    /// hands the queue over as this.
+    pub fn export_raw(&self) -> (Vec<u8>, usize) {
+        (self.buf.iter().copied().collect(), self.head_written)
+    }
+
+    /// After pushing an exported queue's frames: `n` bytes of the front
+    /// frame were written already. False (and nothing changed) unless
+    /// `n` is less than the front frame.
+    pub fn set_head_written(&mut self, n: usize) -> bool {
+        match self.frames.front() {
+            Some(m) if n < m.len as usize => {
+                self.head_written = n;
+                true
+            }
+            None if n == 0 => true,
+            _ => false,
+        }
+    }
+
     /// Drop a front frame partly handed to a transport that then failed
     /// (the client library salvaging its queue after losing the hub: the
     /// rest of a torn frame must not start a new connection). Returns

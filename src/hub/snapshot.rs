@@ -19,9 +19,11 @@ pub struct ClientSnapshot {
     pub name: String,
     pub transport: String,
     pub patterns: Vec<String>,
-    /// The bytes queued for it and not yet written (the first frame may be
-    /// partly written already: these are its remaining bytes).
+    /// The frames queued for it, whole; `head_written` bytes of the first
+    /// were written already.
     pub queued: Vec<u8>,
+    #[serde(default)]
+    pub head_written: usize,
     pub messages_in: u64,
     pub messages_out: u64,
     pub dropped: u64,
@@ -31,6 +33,8 @@ pub struct ClientSnapshot {
 pub enum ImportError {
     #[error("client id {0} is taken")]
     IdTaken(ClientId),
+    #[error("client {0}: its queued bytes are not whole frames")]
+    Queue(ClientId),
     #[error("unknown transport '{0}'")]
     Transport(String),
     #[error("subscription '{pattern}': {text}")]
@@ -50,7 +54,7 @@ impl Hub {
 
     pub fn export_client(&self, id: ClientId) -> Option<ClientSnapshot> {
         let p = self.peers.get(&id)?;
-        let (a, b) = p.out.as_slices();
+        let (queued, head_written) = p.out.export_raw();
         Some(ClientSnapshot {
             id,
             pid: p.ident.pid,
@@ -60,7 +64,8 @@ impl Hub {
             name: p.name.clone(),
             transport: p.transport.name().to_string(),
             patterns: p.patterns.iter().map(|p| p.as_str().to_string()).collect(),
-            queued: [a, b].concat(),
+            queued,
+            head_written,
             messages_in: p.counters.messages_in,
             messages_out: p.counters.messages_out,
             dropped: p.counters.dropped,
@@ -78,10 +83,20 @@ impl Hub {
             .ok_or_else(|| ImportError::Transport(s.transport.clone()))?;
         let q = &self.cfg.queue;
         let mut out = OutQueue::new(q.max_messages, q.max_bytes);
-        if !s.queued.is_empty() {
-            // Unparsed bytes, written as they are: a control frame to the
-            // queue, so they never count against (or wait for) its limits.
-            out.push(Kind::Control, &[&s.queued]);
+        // Frame by frame (a message transport writes one per message),
+        // as control frames: they never count against (or wait for) the
+        // queue's limits.
+        let mut rest = &s.queued[..];
+        while !rest.is_empty() {
+            let len = match crate::wire::frame::decode_header(rest, u32::MAX) {
+                Ok(Some(h)) if h.frame_len() <= rest.len() => h.frame_len(),
+                _ => return Err(ImportError::Queue(s.id)),
+            };
+            out.push(Kind::Control, &[&rest[..len]]);
+            rest = &rest[len..];
+        }
+        if !out.set_head_written(s.head_written) {
+            return Err(ImportError::Queue(s.id));
         }
         let ident = Identity {
             pid: s.pid,

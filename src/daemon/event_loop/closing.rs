@@ -188,15 +188,15 @@ impl EventLoop {
         let mut handed = Vec::new();
         let ids: Vec<ClientId> = self.clients.keys().copied().collect();
         for id in ids {
-            // Socket clients keep their connection; the state of the
-            // others' data paths is not handed over (yet): they reconnect.
+            // Clients whose data path is descriptors alone keep their
+            // connection (socket, pipe, FIFO, mqueue); shm clients (rings,
+            // eventfds) are not handed over yet: they reconnect.
             let keep = self.clients.get(&id).is_some_and(|c| {
                 c.greeted
-                    && c.transport == TransportKind::Socket
-                    && c.data.is_none()
                     && c.ctrl.is_some()
                     && c.closing.is_none()
                     && !c.ctrl_gone
+                    && c.data.as_ref().is_none_or(|l| l.handover_fds().is_some())
             });
             if keep {
                 if let Some(snap) = self.hub.export_client(id) {
@@ -204,18 +204,48 @@ impl EventLoop {
                     let fd = c.ctrl.take().expect("checked");
                     let raw = fd.as_raw_fd();
                     let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
-                    if handover::inherit(raw).is_ok() {
+                    // The data path's descriptors are duplicated (dup(2)
+                    // clears close-on-exec), then the link is dropped.
+                    let data_fds: Vec<std::os::fd::RawFd> = match &c.data {
+                        Some(l) => l
+                            .handover_fds()
+                            .expect("checked")
+                            .iter()
+                            .filter_map(|&f| nix::unistd::dup(f).ok())
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    let complete = c.data.is_none() || data_fds.len() == 2;
+                    if complete && handover::inherit(raw).is_ok() {
                         let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
                         fds.push(handover::FdEntry {
                             name: format!("client:{id}"),
                             fd: raw,
                         });
+                        for (i, &d) in data_fds.iter().enumerate() {
+                            fds.push(handover::FdEntry {
+                                name: format!("client:{id}:{}", ["data-in", "data-out"][i]),
+                                fd: d,
+                            });
+                        }
+                        if let Some(l) = &c.data {
+                            let reg = self.poll.registry();
+                            let _ = reg.deregister(&mut SourceFd(&l.read_fd()));
+                            if l.write_fd() != l.read_fd() {
+                                let _ = reg.deregister(&mut SourceFd(&l.write_fd()));
+                            }
+                        }
                         handed.push(handover::HandedClient {
                             fd: raw,
                             hub: snap,
                             input: std::mem::take(&mut c.ctrl_in),
+                            data_fds,
+                            data_input: std::mem::take(&mut c.data_in),
                         });
                         continue;
+                    }
+                    for d in data_fds {
+                        let _ = nix::unistd::close(d);
                     }
                     self.hub.remove(id);
                     continue; // dropped: the client sees the end and reconnects
@@ -282,9 +312,64 @@ impl EventLoop {
                 fd.as_raw_fd(),
                 nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
             );
+            // SAFETY: as above, for the data path's descriptors.
+            let data: Vec<OwnedFd> = h
+                .data_fds
+                .iter()
+                .map(|&f| unsafe { OwnedFd::from_raw_fd(f) })
+                .collect();
+            for d in &data {
+                let _ = nix::fcntl::fcntl(
+                    d.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                );
+            }
+            let Some(transport) = TransportKind::parse(&h.hub.transport) else {
+                warn!(client = id, "unknown transport, it reconnects");
+                continue;
+            };
+            let link: Option<Box<dyn crate::transport::Link>> = match (transport, data.len()) {
+                (TransportKind::Socket, 0) => None,
+                (TransportKind::Pipe | TransportKind::Fifo, 2) => {
+                    let [r, w]: [OwnedFd; 2] = data.try_into().expect("two");
+                    Some(Box::new(crate::transport::stream::StreamLink::pair(r, w)))
+                }
+                (TransportKind::Mqueue, 2) => {
+                    let [r, w]: [OwnedFd; 2] = data.try_into().expect("two");
+                    match crate::transport::mqueue::restore(r, w) {
+                        Ok(l) => Some(Box::new(l)),
+                        Err(e) => {
+                            warn!(
+                                client = id,
+                                "cannot take over its queues, it reconnects: {e}"
+                            );
+                            continue;
+                        }
+                    }
+                }
+                (t, n) => {
+                    warn!(
+                        client = id,
+                        "a {} client with {n} data descriptors: it reconnects",
+                        t.name()
+                    );
+                    continue;
+                }
+            };
             if let Err(e) = self.hub.import_client(&h.hub) {
                 warn!(client = id, "cannot take over client, it reconnects: {e}");
                 continue;
+            }
+            if let Some(l) = &link {
+                if let Err(e) = self.register_link(id, l.as_ref()) {
+                    warn!(
+                        client = id,
+                        "cannot register its data path, it reconnects: {e}"
+                    );
+                    self.hub.remove(id);
+                    continue;
+                }
+                self.hub.set_max_frame(id, l.max_frame());
             }
             let raw = fd.as_raw_fd();
             if let Err(e) = self.poll.registry().register(
@@ -303,13 +388,13 @@ impl EventLoop {
                     ident,
                     ctrl: Some(fd),
                     ctrl_in: h.input,
-                    data: None,
-                    data_in: Vec::new(),
+                    data: link,
+                    data_in: h.data_input,
                     greeted: true,
                     hello_fds: Vec::new(),
                     input_accounted: 0,
                     paused: false,
-                    transport: TransportKind::Socket,
+                    transport,
                     closing: None,
                     ctrl_gone: false,
                 },
