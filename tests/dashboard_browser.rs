@@ -222,6 +222,7 @@ fn the_page_shows_live_rates_and_a_slow_subscriber_in_headless_chromium() {
         socket: Some(hub.socket.clone()),
         transport: TransportKind::Socket,
         name: "slowpoke".into(),
+        ..Options::default()
     })
     .unwrap();
     slow.subscribe("dash/slow").unwrap();

@@ -254,6 +254,7 @@ impl Hub {
             socket: Some(self.socket.clone()),
             transport: TransportKind::Socket,
             name: name.into(),
+            ..Options::default()
         })
         .expect("connect a client")
     }

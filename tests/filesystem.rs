@@ -123,6 +123,7 @@ fn start_daemon_then(socket: &Path, config: &str, served: impl FnOnce(&Path)) ->
             socket: Some(socket.to_path_buf()),
             transport: TransportKind::Socket,
             name: "probe".into(),
+            ..Options::default()
         };
         if let Ok(mut c) = Client::connect(&opts) {
             let _ = c.stats();
@@ -263,6 +264,7 @@ fn a_sticky_shared_directory_works_and_the_hubs_subdirectories_are_its_own() {
         socket: Some(socket.clone()),
         transport: t,
         name: "t".into(),
+        ..Options::default()
     };
     let t0 = Instant::now();
     let mut sub = loop {
@@ -393,6 +395,7 @@ fn a_publish_fifo_others_may_write_on_a_forbidden_channel_is_refused() {
             socket: Some(socket.to_path_buf()),
             transport: TransportKind::Socket,
             name: "sub".into(),
+            ..Options::default()
         })
         .unwrap();
         sub.subscribe("secure/door").unwrap();

@@ -347,7 +347,13 @@ fn handshake_must_come_first_and_name_a_known_transport() {
 #[test]
 fn sigterm_says_goodbye_removes_the_socket_and_exits_zero() {
     let mut hub = Hub::start();
-    let mut sub = hub.subscriber(Socket, "c");
+    // Fail fast (reconnecting is the default: tests/reconnect.rs).
+    let mut sub = ipchub::client::Client::connect(&ipchub::client::Options {
+        reconnect: ipchub::client::Reconnect::off(),
+        ..hub.options(Socket)
+    })
+    .unwrap();
+    sub.subscribe("c").unwrap();
     let status = hub.stop();
     assert!(status.success(), "{status:?}");
     match sub.recv(WAIT) {

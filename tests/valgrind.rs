@@ -97,6 +97,7 @@ fn session(socket: &Path, t: TransportKind) {
         socket: Some(socket.to_path_buf()),
         transport: t,
         name: format!("vg-{}", t.name()),
+        ..Options::default()
     };
     // Connections under valgrind are slow: generous deadlines throughout.
     let mut sub = Client::connect(&opts).unwrap_or_else(|e| panic!("{}: {e}", t.name()));

@@ -985,6 +985,7 @@ fn rings(spec: &AttackerSpec, ctl: &mut Ctl) -> Result<(), String> {
         socket: Some(spec.socket.clone()),
         transport: TransportKind::Shm,
         name: "rings".into(),
+        reconnect: crate::client::Reconnect::off(),
     })
     .map_err(|e| format!("shm connect: {e}"))?;
     let mut opened = 0;
@@ -1025,6 +1026,7 @@ fn mqueues(spec: &AttackerSpec, ctl: &mut Ctl) -> Result<(), String> {
             socket: Some(spec.socket.clone()),
             transport: TransportKind::Mqueue,
             name: "hoard".into(),
+            reconnect: crate::client::Reconnect::off(),
         }) {
             Ok(c) => {
                 last_id = c.id();
@@ -1045,6 +1047,7 @@ fn mqueues(spec: &AttackerSpec, ctl: &mut Ctl) -> Result<(), String> {
             socket: Some(spec.socket.clone()),
             transport: TransportKind::Socket,
             name: "hoard".into(),
+            reconnect: crate::client::Reconnect::off(),
         }) {
             last_id = c.id();
         }
@@ -1143,6 +1146,7 @@ fn bystander_messages(spec: &BystanderSpec, state: &Mutex<BystanderReport>) -> R
         socket: Some(spec.socket.clone()),
         transport: t,
         name: "bystander".into(),
+        reconnect: crate::client::Reconnect::off(),
     })
     .map_err(|e| format!("connect via {}: {e}", t.name()))?;
     c.set_flush_delay(Duration::ZERO);

@@ -93,6 +93,8 @@ fn connect(socket: &Path, t: TransportKind, name: &str) -> Result<Client, RunErr
         socket: Some(socket.to_path_buf()),
         transport: t,
         name: name.into(),
+        // A measurement must not hide a lost hub.
+        reconnect: crate::client::Reconnect::off(),
     })
     .map_err(|e| match e {
         // An old client or hub without this transport.

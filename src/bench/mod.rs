@@ -324,6 +324,7 @@ fn hub_version(socket: &Path) -> Option<String> {
         socket: Some(socket.to_path_buf()),
         transport: TransportKind::Socket,
         name: "bench".into(),
+        reconnect: crate::client::Reconnect::off(),
     })
     .ok()?;
     c.stats().ok().map(|s| s.version)

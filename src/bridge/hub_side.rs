@@ -248,7 +248,12 @@ impl<F: FnMut(Message)> HubSide<F> {
             Event::Error { code, text, .. } => {
                 tracing::warn!(component = %self.component, code, error = %text, "hub reported an error");
             }
-            Event::Ack { .. } | Event::Stats(_) | Event::Pong(_) => {}
+            // Reconnection is off here: HubSide reconnects itself.
+            Event::Ack { .. }
+            | Event::Stats(_)
+            | Event::Pong(_)
+            | Event::HubLost { .. }
+            | Event::HubBack { .. } => {}
         }
     }
 

@@ -310,6 +310,8 @@ pub fn start(
             socket: Some(socket.to_path_buf()),
             transport: TransportKind::Socket,
             name: component.clone(),
+            // HubSide reconnects itself (and republishes its state).
+            reconnect: crate::client::Reconnect::off(),
         },
         patterns: rules.export_patterns(),
         state_channel: state_channel(m),

@@ -418,6 +418,7 @@ fn connect(socket: Option<PathBuf>, c: &ConnectArgs, role: &str) -> Result<Clien
         socket,
         transport: kind,
         name: format!("ipchubctl {role}"),
+        ..Options::default()
     };
     let client = Client::connect(&opts)?;
     if !c.quiet {
@@ -747,6 +748,13 @@ fn subscribe(socket: Option<PathBuf>, a: SubArgs) -> anyhow::Result<i32> {
                 "ipchubctl: {n} messages missed (subscriber too slow; overflow = drop-oldest)"
             ),
             Event::Error { text, .. } => eprintln!("ipchubctl: hub error: {text}"),
+            Event::HubLost { reason } => {
+                eprintln!("ipchubctl: lost the hub ({reason}); reconnecting")
+            }
+            Event::HubBack { outage, .. } => eprintln!(
+                "ipchubctl: reconnected to the hub after {} ms; messages published meanwhile are missing",
+                outage.as_millis()
+            ),
             _ => {}
         }
     }
@@ -885,6 +893,8 @@ fn stats(socket: Option<PathBuf>, a: StatsArgs) -> anyhow::Result<i32> {
         socket,
         transport: TransportKind::Socket,
         name: "ipchubctl stats".into(),
+        // One question: fail at once if the hub goes away.
+        reconnect: crate::client::Reconnect::off(),
     };
     let mut client = Client::connect(&opts)?;
     let st = client.stats()?;

@@ -12,9 +12,18 @@
 //! ACK (with the delivery count) arrives later as [`Event::Ack`]. While it
 //! writes, the client also reads, so neither side can deadlock on full
 //! buffers.
+//!
+//! When the hub goes away (restart, upgrade, crash) the client reconnects
+//! by itself unless told not to ([`Options::reconnect`], see
+//! [`reconnect`](self::Reconnect)): it reports [`Event::HubLost`] and
+//! [`Event::HubBack`], restores its subscriptions, and holds publishes made
+//! meanwhile in a bounded buffer.
 
 mod link;
+mod reconnect;
 mod rings;
+
+pub use reconnect::Reconnect;
 
 use std::collections::VecDeque;
 use std::io;
@@ -72,6 +81,17 @@ pub enum ClientError {
     Closed(String),
     #[error("timed out waiting for the hub")]
     Timeout,
+    #[error("no hub connected and the reconnect buffer is full ({messages} messages, {bytes} bytes held; at most {max_messages} messages and {max_bytes} bytes: Options.reconnect.buffer_messages/buffer_bytes)")]
+    BufferFull {
+        messages: usize,
+        bytes: usize,
+        max_messages: usize,
+        max_bytes: usize,
+    },
+    #[error("the hub went away before confirming request {seq}: it may or may not have taken effect ({reason})")]
+    Lost { seq: u64, reason: String },
+    #[error("gave up reconnecting after {after:?} without a hub: {reason}")]
+    GaveUp { after: Duration, reason: String },
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -94,6 +114,9 @@ pub struct Options {
     pub transport: TransportKind,
     /// Shown in statistics.
     pub name: String,
+    /// What to do when the hub goes away: reconnect (the default) or
+    /// fail fast ([`Reconnect::off`]).
+    pub reconnect: Reconnect,
 }
 
 impl Default for Options {
@@ -102,6 +125,7 @@ impl Default for Options {
             socket: None,
             transport: TransportKind::Socket,
             name: String::new(),
+            reconnect: Reconnect::default(),
         }
     }
 }
@@ -137,6 +161,21 @@ pub enum Event {
     },
     Stats(Box<HubStats>),
     Pong(u64),
+    /// The connection to the hub was lost (restart, upgrade, crash); the
+    /// client is reconnecting (only with [`Options::reconnect`] enabled).
+    HubLost {
+        reason: String,
+    },
+    /// Connected to a hub again, every subscription asked for anew.
+    /// Messages published by others while no hub ran are missing (nobody
+    /// routed them); `unconfirmed` of this client's publishes went to the
+    /// lost hub without a confirmation and may be missing too; `resent`
+    /// held ones were sent to the new hub.
+    HubBack {
+        outage: Duration,
+        resent: u64,
+        unconfirmed: u64,
+    },
 }
 
 /// Per-publish settings.
@@ -169,11 +208,29 @@ pub struct Client {
     flush_delay: Duration,
     unflushed_since: Option<Instant>,
     since_clock: u32,
+    /// How we connected, to do it again.
+    opts: Options,
+    /// Patterns subscribed to, in order: restored on a new connection.
+    subs: Vec<String>,
+    /// Between hubs (reconnecting).
+    down: Option<reconnect::Down>,
+    ledger: reconnect::Ledger,
 }
 
-impl Client {
+/// One connection's parts.
+mod conn {
+    use super::*;
+
+    pub(super) struct Conn {
+        pub(super) ctrl: Option<OwnedFd>,
+        pub(super) link: Box<dyn Link>,
+        pub(super) id: u32,
+        pub(super) max_message: u32,
+        pub(super) rings_offered: bool,
+    }
+
     /// Connect and perform the handshake for `opts.transport`.
-    pub fn connect(opts: &Options) -> Result<Client, ClientError> {
+    pub(super) fn open(opts: &Options) -> Result<Conn, ClientError> {
         let path = crate::paths::client_socket_path(opts.socket.as_deref());
         let sock = UnixStream::connect(&path).map_err(|e| connect_error(&path, e))?;
         sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
@@ -223,6 +280,26 @@ impl Client {
         sock.set_nonblocking(true)?;
         let sock = OwnedFd::from(sock);
         let (ctrl, link) = link::client_link(opts.transport, sock, &kv, fds, queues)?;
+        Ok(Conn {
+            ctrl,
+            link,
+            id,
+            max_message,
+            rings_offered,
+        })
+    }
+}
+
+impl Client {
+    /// Connect and perform the handshake for `opts.transport`.
+    pub fn connect(opts: &Options) -> Result<Client, ClientError> {
+        let conn::Conn {
+            ctrl,
+            link,
+            id,
+            max_message,
+            rings_offered,
+        } = conn::open(opts)?;
         Ok(Client {
             ctrl,
             link,
@@ -239,7 +316,27 @@ impl Client {
             flush_delay: FLUSH_DELAY,
             unflushed_since: None,
             since_clock: 0,
+            opts: opts.clone(),
+            subs: Vec::new(),
+            down: None,
+            ledger: reconnect::Ledger::default(),
         })
+    }
+
+    /// Between hubs, and not inside the restore of a new connection.
+    fn between_hubs(&self) -> bool {
+        self.down.is_some() && !self.ledger.restoring
+    }
+
+    /// While between hubs: try once more if an attempt is due, never wait.
+    fn try_reconnect_now(&mut self) -> Result<(), ClientError> {
+        if !self.between_hubs() {
+            return Ok(());
+        }
+        match self.reconnect(Some(Instant::now())) {
+            Ok(()) | Err(ClientError::Timeout) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Take the connection apart: the control socket (None for the socket
@@ -249,7 +346,7 @@ impl Client {
     pub fn into_raw(mut self) -> (Option<OwnedFd>, Box<dyn Link>) {
         // What is still buffered goes with the link (its new owner decides).
         self.out = OutQueue::new(0, 0);
-        let link = std::mem::replace(&mut self.link, Box::new(Detached));
+        let link = std::mem::replace(&mut self.link, Box::new(Detached { max_frame: None }));
         (self.ctrl.take(), link)
     }
 
@@ -360,10 +457,23 @@ impl Client {
                 });
             }
         }
+        self.try_reconnect_now()?;
+        if self.between_hubs() {
+            return self.hold_publish(channel, payload, opts, None);
+        }
         self.check_open()?;
         let seq = self.next_seq();
-        if self.ring_publish(channel, payload, opts, seq)? {
-            return Ok(seq);
+        match self.ring_publish(channel, payload, opts, seq) {
+            Ok(true) => return Ok(seq),
+            Ok(false) => {}
+            Err(e) => match self.loss(&e) {
+                // Not written: held for the next hub like any publish now.
+                Some(reason) => {
+                    self.go_down(reason);
+                    return self.hold_publish(channel, payload, opts, Some(seq));
+                }
+                None => return Err(e),
+            },
         }
         let flags = if opts.ack { ACK_REQUESTED } else { 0 };
         self.queue_frame(
@@ -374,8 +484,15 @@ impl Client {
             payload,
             seq,
         );
+        self.ledger.note_publish(seq, opts.ack);
         if self.out.total_bytes() >= AUTO_FLUSH_BYTES || self.delay_spent() {
-            self.flush()?;
+            if let Err(e) = self.flush_inner() {
+                match self.loss(&e) {
+                    // Unwritten publishes, this one included, are held.
+                    Some(reason) => self.go_down(reason),
+                    None => return Err(e),
+                }
+            }
         }
         Ok(seq)
     }
@@ -395,34 +512,106 @@ impl Client {
                 priority: 0,
             },
         )?;
-        self.wait_ack(seq).map(|d| d.unwrap_or(0))
+        self.wait_ack(seq, false).map(|d| d.unwrap_or(0))
     }
 
     /// Subscribe to a pattern (wildcards allowed) and wait for the hub's answer.
+    /// Between hubs, it first waits for one.
     pub fn subscribe(&mut self, pattern: &str) -> Result<(), ClientError> {
-        if Pattern::parse(pattern)?.is_exact() && self.ring_subscribe(pattern)? {
+        let exact = Pattern::parse(pattern)?.is_exact();
+        loop {
+            if self.between_hubs() {
+                self.reconnect(None)?;
+            }
+            let epoch = self.ledger.epoch;
+            let res = self.subscribe_once(pattern, exact);
+            if self.ledger.epoch != epoch {
+                // Lost meanwhile: the restore asks the next hub (if this
+                // went through first; otherwise ask again).
+                if self.subs.iter().any(|p| p == pattern) {
+                    return Ok(());
+                }
+                continue;
+            }
+            match res {
+                Err(e) => match self.loss(&e) {
+                    Some(reason) => self.go_down(reason),
+                    None => return Err(e),
+                },
+                Ok(()) => {
+                    if !self.subs.iter().any(|p| p == pattern) {
+                        self.subs.push(pattern.to_string());
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn subscribe_once(&mut self, pattern: &str, exact: bool) -> Result<(), ClientError> {
+        if exact && self.ring_subscribe(pattern)? {
             return Ok(());
         }
         let seq = self.next_seq();
         self.queue_frame(FrameType::Subscribe, 0, 0, pattern, b"", seq);
-        self.wait_ack(seq).map(|_| ())
+        self.wait_ack(seq, true).map(|_| ())
     }
 
+    /// Between hubs, the pattern is only forgotten (not restored).
     pub fn unsubscribe(&mut self, pattern: &str) -> Result<(), ClientError> {
+        let had = self.subs.iter().position(|p| p == pattern);
+        if self.between_hubs() {
+            return match had {
+                Some(i) => {
+                    self.subs.remove(i);
+                    Ok(())
+                }
+                None => Err(ClientError::Refused {
+                    code: ErrorCode::NotSubscribed as u16,
+                    text: format!("not subscribed to '{pattern}'"),
+                }),
+            };
+        }
+        let epoch = self.ledger.epoch;
+        let res = self.unsubscribe_once(pattern);
+        if let Some(i) = had {
+            if res.is_ok() || self.ledger.epoch != epoch {
+                self.subs.remove(i);
+            }
+        }
+        match res {
+            Err(e) if self.ledger.epoch != epoch || self.loss(&e).is_some() => {
+                if let Some(reason) = self.loss(&e) {
+                    self.go_down(reason);
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn unsubscribe_once(&mut self, pattern: &str) -> Result<(), ClientError> {
         if self.ring_unsubscribe(pattern)? {
             return Ok(());
         }
         let seq = self.next_seq();
         self.queue_frame(FrameType::Unsubscribe, 0, 0, pattern, b"", seq);
-        self.wait_ack(seq).map(|_| ())
+        self.wait_ack(seq, true).map(|_| ())
     }
 
     /// Ask the hub for its statistics.
     pub fn stats(&mut self) -> Result<HubStats, ClientError> {
-        let seq = self.next_seq();
+        let mut seq = self.next_seq();
         self.queue_frame(FrameType::StatsRequest, 0, 0, "", b"", seq);
         let deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+        let mut epoch = self.ledger.epoch;
         loop {
+            if epoch != self.ledger.epoch && !self.between_hubs() {
+                // The request went down with the hub: ask the new one.
+                epoch = self.ledger.epoch;
+                seq = self.next_seq();
+                self.queue_frame(FrameType::StatsRequest, 0, 0, "", b"", seq);
+            }
             if let Some(pos) = self
                 .events
                 .iter()
@@ -441,7 +630,10 @@ impl Client {
 
     /// Wait for the answer to request `seq`: `Some(delivered)` for an ACK.
     /// Other events that arrive meanwhile stay queued for [`next_event`](Self::next_event).
-    fn wait_ack(&mut self, seq: u64) -> Result<Option<u32>, ClientError> {
+    /// `restorable`: a request the restore repeats (subscriptions), whose
+    /// wait ends when the connection does.
+    fn wait_ack(&mut self, seq: u64, restorable: bool) -> Result<Option<u32>, ClientError> {
+        let epoch = self.ledger.epoch;
         loop {
             if let Some(pos) = self
                 .events
@@ -454,6 +646,22 @@ impl Client {
             }
             if let Some(e) = self.take_error(seq) {
                 return Err(e);
+            }
+            if self.ledger.epoch != epoch {
+                if restorable {
+                    return Err(ClientError::Lost {
+                        seq,
+                        reason: "connection lost".into(),
+                    });
+                }
+                // A publish still held is resent (its ACK comes from the
+                // next hub); an earlier one went down with the old hub.
+                if seq < self.ledger.resend_from {
+                    return Err(ClientError::Lost {
+                        seq,
+                        reason: "the hub took it and went away".into(),
+                    });
+                }
             }
             self.pump(None)?;
         }
@@ -473,7 +681,23 @@ impl Client {
     /// Write every buffered frame, reading meanwhile: a hub that cannot
     /// hand us our ACKs stops reading us, so a writer that never read would
     /// deadlock. What arrives waits in the event queue.
+    /// Between hubs, it waits for one (see [`Reconnect`]).
     pub fn flush(&mut self) -> Result<(), ClientError> {
+        loop {
+            if self.between_hubs() {
+                self.reconnect(None)?;
+            }
+            match self.flush_inner() {
+                Err(e) => match self.loss(&e) {
+                    Some(reason) => self.go_down(reason),
+                    None => return Err(e),
+                },
+                ok => return ok,
+            }
+        }
+    }
+
+    fn flush_inner(&mut self) -> Result<(), ClientError> {
         self.unflushed_since = None;
         while !self.out.is_empty() {
             self.check_open()?;
@@ -516,9 +740,18 @@ impl Client {
     }
 
     /// Events already received, without waiting (after a non-blocking read).
+    /// Between hubs, it tries to reconnect once if an attempt is due (the
+    /// descriptor of [`AsRawFd`] is then -1: poll with a timeout).
     pub fn poll_events(&mut self) -> Result<Option<Event>, ClientError> {
         if self.events.is_empty() {
-            self.read_available()?;
+            if self.between_hubs() {
+                self.try_reconnect_now()?;
+            } else if let Err(e) = self.read_available() {
+                match self.loss(&e) {
+                    Some(reason) => self.go_down(reason),
+                    None => return Err(e),
+                }
+            }
         }
         Ok(self.events.pop_front())
     }
@@ -554,8 +787,26 @@ impl Client {
         }
     }
 
-    /// Flush, then wait until at least one new event arrived (or the deadline).
+    /// Flush, then wait until at least one new event arrived (or the
+    /// deadline). A lost hub is an event ([`Event::HubLost`]), and so is
+    /// its return, which this waits for (up to the deadline).
     fn pump(&mut self, deadline: Option<Instant>) -> Result<(), ClientError> {
+        if self.between_hubs() {
+            return self.reconnect(deadline);
+        }
+        match self.pump_once(deadline) {
+            Err(e) => match self.loss(&e) {
+                Some(reason) => {
+                    self.go_down(reason);
+                    Ok(())
+                }
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    fn pump_once(&mut self, deadline: Option<Instant>) -> Result<(), ClientError> {
         let before = self.events.len();
         self.unflushed_since = None;
         loop {
@@ -609,6 +860,10 @@ impl Client {
                             priority: f.header.priority,
                         }),
                         FrameType::Ack => {
+                            self.ledger.answered(seq);
+                            if self.ledger.restore_seqs.remove(&seq) {
+                                continue; // a subscription restored
+                            }
                             let delivered = f
                                 .payload
                                 .get(..4)
@@ -624,6 +879,11 @@ impl Client {
                         }
                         FrameType::Error => {
                             let (code, text) = parse_error_payload(f.payload);
+                            if seq == 0 && reconnect::is_kick(code) {
+                                self.ledger.kicked = true;
+                            }
+                            self.ledger.answered(seq);
+                            self.ledger.restore_seqs.remove(&seq);
                             Event::Error { seq, code, text }
                         }
                         FrameType::StatsReply => match serde_json::from_slice(f.payload) {
@@ -726,8 +986,11 @@ impl Client {
     }
 }
 
-/// The link of a client taken apart by `into_raw`: never used, only dropped.
-struct Detached;
+/// The link of a client taken apart by `into_raw`, or of one between hubs:
+/// never read or written, only dropped (or asked its frame limit).
+struct Detached {
+    max_frame: Option<usize>,
+}
 
 impl Link for Detached {
     fn read_into(
@@ -748,6 +1011,9 @@ impl Link for Detached {
     }
     fn write_fd(&self) -> std::os::fd::RawFd {
         -1
+    }
+    fn max_frame(&self) -> Option<usize> {
+        self.max_frame
     }
 }
 

@@ -46,6 +46,8 @@ pub(super) struct ClientRing {
 pub(super) struct Rings {
     /// False: never ask for a ring (`Client::set_channel_rings(false)`).
     pub(super) enabled: bool,
+    /// The application turned rings off: kept across reconnections.
+    user_off: bool,
     /// The hub offered channel rings in WELCOME.
     offered: bool,
     list: Vec<ClientRing>,
@@ -69,6 +71,18 @@ impl Rings {
         Rings {
             enabled: offered,
             offered,
+            ..Rings::default()
+        }
+    }
+
+    /// Fresh state for a new connection to a hub that does (or does not)
+    /// offer rings: the old hub's rings are gone with it, the
+    /// application's choice stays.
+    pub(super) fn renewed(&self, offered: bool) -> Rings {
+        Rings {
+            enabled: offered && !self.user_off,
+            offered,
+            user_off: self.user_off,
             ..Rings::default()
         }
     }
@@ -150,6 +164,7 @@ impl Client {
     /// through the hub as on other transports.
     pub fn set_channel_rings(&mut self, on: bool) {
         self.rings.enabled = on && self.rings.offered;
+        self.rings.user_off = !on;
     }
 
     /// Take `channel`'s ring lock and keep it, as a publisher that dies in

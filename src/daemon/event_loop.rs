@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, info, warn};
 
@@ -62,6 +62,10 @@ pub struct LoopOptions {
     pub runtime_dir: PathBuf,
     /// Socket file to remove at exit (None when systemd owns it).
     pub unlink_on_exit: Option<PathBuf>,
+    /// The control socket's path (handed to a successor on SIGUSR2).
+    pub socket_path: PathBuf,
+    /// Planned restarts (SIGUSR2) this process has been through.
+    pub generation: u64,
 }
 
 struct Client {
@@ -127,7 +131,7 @@ impl EventLoop {
         let mut listener = mio::net::UnixListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let hub = Hub::new(opts.config.clone());
@@ -372,6 +376,9 @@ impl EventLoop {
                 SIGHUP => {
                     let _ = self.reload();
                 }
+                // Planned restart: re-execute with the state handed over
+                // (returns only if that failed; the hub then carries on).
+                SIGUSR2 => self.handover(),
                 _ => {
                     info!(signal = sig, "shutting down on signal");
                     stop = true;

@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod event_loop;
+pub mod handover;
 pub mod handshake;
 pub mod listener;
 pub mod logging;
@@ -42,8 +43,9 @@ pub struct Args {
 
 /// The daemon's whole life; `main` is a shim over this.
 pub fn main_with(args: Args) -> anyhow::Result<()> {
-    // Socket activation first: it edits the environment, which must happen
-    // before any thread exists.
+    // A planned restart's state, then socket activation: both edit the
+    // environment, which must happen before any thread exists.
+    let handed = handover::take();
     let passed = systemd::take_listen_fds().context("reading LISTEN_FDS")?;
     let config = Config::load(args.config.as_deref())?;
     if args.check_config {
@@ -60,30 +62,67 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     logging::init(&config.log.level);
-
-    let (listener, unlink, socket_path) = match passed.into_iter().find(|p| p.name != "fifo") {
-        Some(p) => {
-            let l = UnixListener::from(p.fd);
-            let path = l
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(PathBuf::from))
-                .unwrap_or_else(|| crate::paths::socket_path(args.socket.as_deref()));
-            tracing::info!(socket = %path.display(), "using socket passed by systemd");
-            (l, None, path)
+    let mut handed = match handed {
+        Some(Ok(state)) => {
+            tracing::info!(
+                from = %state.hub_version,
+                generation = state.generation,
+                "planned restart: took over the hand-over state"
+            );
+            Some(state)
         }
-        None => {
-            let path = crate::paths::socket_path(args.socket.as_deref());
-            // Nothing is bound in a directory others could tamper with.
-            let runtime = crate::paths::SafeDir::runtime(&crate::paths::runtime_dir_for(&path))
-                .context("checking the runtime directory")?;
-            crate::transport::fifo::check_dirs(&runtime)
-                .context("checking the runtime directory")?;
-            let l = listener::bind(&path)?;
-            tracing::info!(socket = %path.display(), "listening");
-            (l, Some(path.clone()), path)
+        Some(Err(e)) => {
+            // Never a crash loop: start as after a crash, and let the
+            // clients reconnect by themselves.
+            tracing::warn!("hand-over state unusable ({e}); starting fresh, clients reconnect");
+            None
         }
+        None => None,
     };
+    let generation = handed.as_ref().map_or(0, |s| s.generation);
+    let kept = handed
+        .as_mut()
+        .map(|s| (std::mem::take(&mut s.clients), s.next_client_id));
+
+    let (listener, unlink, socket_path) =
+        match (handed, passed.into_iter().find(|p| p.name != "fifo")) {
+            (Some(state), _) => {
+                let fd = state.fd("listener").expect("checked by handover::take");
+                // SAFETY: the predecessor handed this descriptor over by this
+                // number (checked open by handover::take); nothing else here owns it.
+                let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+                let l = UnixListener::from(fd);
+                // Inherited without close-on-exec: set it again, so children
+                // we spawn do not hold the hub's socket.
+                let _ = nix::fcntl::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&l),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                );
+                tracing::info!(socket = %state.socket_path.display(), "listening (handed over)");
+                (l, state.unlink_on_exit, state.socket_path)
+            }
+            (None, Some(p)) => {
+                let l = UnixListener::from(p.fd);
+                let path = l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(PathBuf::from))
+                    .unwrap_or_else(|| crate::paths::socket_path(args.socket.as_deref()));
+                tracing::info!(socket = %path.display(), "using socket passed by systemd");
+                (l, None, path)
+            }
+            (None, None) => {
+                let path = crate::paths::socket_path(args.socket.as_deref());
+                // Nothing is bound in a directory others could tamper with.
+                let runtime = crate::paths::SafeDir::runtime(&crate::paths::runtime_dir_for(&path))
+                    .context("checking the runtime directory")?;
+                crate::transport::fifo::check_dirs(&runtime)
+                    .context("checking the runtime directory")?;
+                let l = listener::bind(&path)?;
+                tracing::info!(socket = %path.display(), "listening");
+                (l, Some(path.clone()), path)
+            }
+        };
     // The runtime directory, the directories above it and the hub's own
     // subdirectories are verified (refused, naming the path, if others could
     // tamper with them); then leftovers of a hub killed with -9 go: its FIFOs
@@ -107,9 +146,15 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
             config_path: args.config.clone(),
             runtime_dir,
             unlink_on_exit: unlink,
+            socket_path: socket_path.clone(),
+            generation,
         },
     )
     .context("starting the event loop")?;
+    if let Some((clients, next_id)) = kept {
+        tracing::info!(clients = clients.len(), "planned restart: clients kept");
+        ev.restore_clients(clients, next_id);
+    }
     start_components(&mut ev, &socket_path, args.config.as_deref());
     systemd::ready(&format!("listening on {}", socket_path.display()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ipchubd ready");

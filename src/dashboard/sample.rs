@@ -55,6 +55,8 @@ impl HubLink {
             socket: self.socket.clone(),
             transport: TransportKind::Socket,
             name: "ipchubctl dashboard".into(),
+            // The poller replaces its connection itself and shows the hub down meanwhile.
+            reconnect: crate::client::Reconnect::off(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod control;
 pub mod loglimit;
 pub mod queue;
 pub mod rings;
+pub mod snapshot;
 pub mod stats;
 mod trie;
 

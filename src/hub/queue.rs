@@ -221,6 +221,40 @@ impl OutQueue {
         discarded
     }
 
+    /// Every queued frame whole (the written part of the head included)
+    /// and how many bytes of the head were written: a planned restart
+    /// hands the queue over as this.
+    pub fn export_raw(&self) -> (Vec<u8>, usize) {
+        (self.buf.iter().copied().collect(), self.head_written)
+    }
+
+    /// After pushing an exported queue's frames: `n` bytes of the front
+    /// frame were written already. False (and nothing changed) unless
+    /// `n` is less than the front frame.
+    pub fn set_head_written(&mut self, n: usize) -> bool {
+        match self.frames.front() {
+            Some(m) if n < m.len as usize => {
+                self.head_written = n;
+                true
+            }
+            None if n == 0 => true,
+            _ => false,
+        }
+    }
+
+    /// Drop a front frame partly handed to a transport that then failed
+    /// (the client library salvaging its queue after losing the hub: the
+    /// rest of a torn frame must not start a new connection). Returns
+    /// whether there was one.
+    pub fn drop_partial_head(&mut self) -> bool {
+        if self.head_written == 0 {
+            return false;
+        }
+        let rest = self.frames.front().map_or(0, |m| m.len as usize) - self.head_written;
+        self.consume(rest);
+        true
+    }
+
     /// The unwritten bytes, as at most two slices (for `writev`).
     pub fn as_slices(&self) -> (&[u8], &[u8]) {
         let (a, b) = self.buf.as_slices();

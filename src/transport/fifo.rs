@@ -66,6 +66,11 @@ impl Link for FifoLink {
     fn write_fd(&self) -> std::os::fd::RawFd {
         self.inner.write_fd()
     }
+    /// The open FIFOs carry on without their names (which a new hub's start
+    /// removes anyway): a pipe-like stream pair.
+    fn handover_fds(&self) -> Option<[std::os::fd::RawFd; 2]> {
+        self.inner.handover_fds()
+    }
 }
 
 /// Verify `<runtime>/fifo` (created if missing) and `<runtime>/pub` (if

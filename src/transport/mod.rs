@@ -53,6 +53,12 @@ pub trait Link: Send {
     fn read_fd(&self) -> RawFd;
     /// The descriptor that becomes writable when output may proceed (may equal `read_fd`).
     fn write_fd(&self) -> RawFd;
+    /// The read and write descriptors a successor hub rebuilds this link
+    /// from (planned restart, `daemon/handover.rs`), when they are all it
+    /// needs; `None`: the link cannot be handed over (its client reconnects).
+    fn handover_fds(&self) -> Option<[RawFd; 2]> {
+        None
+    }
     /// True when room to write is signalled by `read_fd` becoming readable
     /// (shared memory: one eventfd means "input ready or output space"), so
     /// a waiter must not poll for POLLOUT, and must retry `flush` after

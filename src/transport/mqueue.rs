@@ -190,6 +190,10 @@ impl Link for MqueueLink {
         self.rx.raw()
     }
 
+    fn handover_fds(&self) -> Option<[RawFd; 2]> {
+        Some([self.rx.raw(), self.tx.raw()])
+    }
+
     fn write_fd(&self) -> RawFd {
         self.tx.raw()
     }
@@ -345,6 +349,15 @@ pub fn adopt(peer: &Peer<'_>, fds: Vec<OwnedFd>) -> Result<Offer, SetupError> {
         link: Some(Box::new(MqueueLink { rx: up, tx: down })),
         welcome,
         fds: Vec::new(),
+    })
+}
+
+/// Hub side after a planned restart: the `up` and `down` queues a
+/// predecessor handed over (`Link::handover_fds`), checked again.
+pub fn restore(up: OwnedFd, down: OwnedFd) -> Result<MqueueLink, SetupError> {
+    Ok(MqueueLink {
+        rx: adopt_one(up, "the up queue", libc::O_RDONLY)?,
+        tx: adopt_one(down, "the down queue", libc::O_WRONLY)?,
     })
 }
 

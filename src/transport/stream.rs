@@ -110,4 +110,8 @@ impl Link for StreamLink {
     fn write_fd(&self) -> RawFd {
         self.wfd().as_raw_fd()
     }
+
+    fn handover_fds(&self) -> Option<[RawFd; 2]> {
+        Some([self.read_fd(), self.write_fd()])
+    }
 }

@@ -138,6 +138,7 @@ impl Hub {
             socket: Some(self.socket.clone()),
             transport: t,
             name: "test".into(),
+            ..Options::default()
         }
     }
 

@@ -157,7 +157,12 @@ fn fail(err: &ClientError) -> c_int {
         }
         ClientError::BadPriority(_) => IPCHUB_ERR_BAD_PRIORITY,
         ClientError::Protocol(_) => IPCHUB_ERR_PROTOCOL,
-        ClientError::Closed(_) => IPCHUB_ERR_CLOSED,
+        // Reconnection is off in this binding: these come only from a
+        // client that gave up or lost its hub, i.e. a closed one.
+        ClientError::Closed(_)
+        | ClientError::BufferFull { .. }
+        | ClientError::Lost { .. }
+        | ClientError::GaveUp { .. } => IPCHUB_ERR_CLOSED,
         ClientError::Timeout => IPCHUB_ERR_TIMED_OUT,
         ClientError::Io(_) => IPCHUB_ERR_IO,
     };
@@ -334,6 +339,8 @@ pub unsafe extern "C" fn ipchub_connect(
             socket,
             transport,
             name: name.unwrap_or("").to_string(),
+            // Fail fast until the C API maps the reconnect events.
+            reconnect: ipchub::client::Reconnect::off(),
         };
         match Client::connect(&opts) {
             Ok(client) => {

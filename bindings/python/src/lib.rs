@@ -379,6 +379,8 @@ fn connect(
         socket,
         transport: transport_of(transport)?,
         name: name.unwrap_or_else(|| "python".into()),
+        // Fail fast until the module maps the reconnect events.
+        reconnect: ipchub::client::Reconnect::off(),
     };
     let client = py
         .allow_threads(|| Client::connect(&opts))

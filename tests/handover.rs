@@ -1,0 +1,380 @@
+//! Planned restart by SIGUSR2 (issue #16, behaviour 2): the hub
+//! re-executes itself in place with its listening socket and its socket
+//! clients (connections, subscriptions, queued messages) handed over in a
+//! sealed memfd; those see nothing, the others reconnect by themselves. A
+//! state the new binary cannot read falls back to a fresh start, logged,
+//! never a crash.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Hub, IPCHUBD};
+use ipchub::client::{Client, Event};
+use ipchub::daemon::handover;
+use ipchub::hub::TransportKind::{self, *};
+
+const TRANSPORTS: &[TransportKind] = &[Socket, Pipe, Fifo, Mqueue, Shm];
+const WAIT: Duration = Duration::from_secs(20);
+
+fn until(c: &mut Client, what: &str, want: impl Fn(&Event) -> bool) -> Vec<Event> {
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let left = WAIT.saturating_sub(t0.elapsed());
+        assert!(!left.is_zero(), "no {what}; saw {seen:?}");
+        match c.next_event(Some(left)) {
+            Ok(Some(ev)) => {
+                let done = want(&ev);
+                seen.push(ev);
+                if done {
+                    return seen;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => panic!("waiting for {what}: {e}; saw {seen:?}"),
+        }
+    }
+}
+
+fn sigusr2(hub: &Hub) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hub.pid()),
+        nix::sys::signal::SIGUSR2,
+    )
+    .unwrap();
+}
+
+/// The new image is up once its log says ready for the n-th time.
+fn wait_ready(hub: &Hub, n: usize) {
+    wait_for(
+        || hub.log().matches("ipchubd ready").count() >= n,
+        &format!("ready #{n}"),
+    );
+}
+
+#[test]
+fn sigusr2_restarts_in_place_keeping_socket_clients_and_the_others_come_back() {
+    let hub = Hub::start();
+    let pid = hub.pid();
+    let mut subs: Vec<Client> = TRANSPORTS
+        .iter()
+        .map(|&t| hub.subscriber(t, "planned"))
+        .collect();
+    // Meanwhile, connecting never fails: the socket is handed over, never
+    // closed, and connections wait in its backlog.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        let opts = ipchub::client::Options {
+            reconnect: ipchub::client::Reconnect::off(),
+            ..hub.options(Socket)
+        };
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = Client::connect(&opts) {
+                    return Err(format!("connect #{n} failed: {e}"));
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(n)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    sigusr2(&hub);
+    // Shared memory clients reconnect (not handed over yet).
+    for (s, t) in subs.iter_mut().zip(TRANSPORTS).skip(KEPT.len()) {
+        let evs = until(s, "HubLost", |e| matches!(e, Event::HubLost { .. }));
+        assert!(
+            matches!(evs.last(), Some(Event::HubLost { reason }) if reason.contains("restarting")),
+            "{}: {evs:?}",
+            t.name()
+        );
+        until(s, "HubBack", |e| matches!(e, Event::HubBack { .. }));
+    }
+    wait_ready(&hub, 2);
+    stop.store(true, Ordering::Relaxed);
+    let probes = prober.join().unwrap().unwrap();
+    assert!(probes > 0);
+    assert_eq!(hub.pid(), pid, "same process");
+    assert!(
+        hub.log().contains("took over the hand-over state"),
+        "{}",
+        hub.log()
+    );
+    // Everyone subscribed again; a publisher on each transport reaches all.
+    hub.wait_subscribers("planned", 5);
+    for &t in TRANSPORTS {
+        let mut p = hub.client_via(t);
+        assert_eq!(
+            p.publish_confirmed("planned", t.name().as_bytes()).unwrap(),
+            5
+        );
+        for s in subs.iter_mut() {
+            let m = s.recv(Some(WAIT)).unwrap().expect("message after restart");
+            assert_eq!(m.payload, t.name().as_bytes());
+        }
+    }
+    // The others kept their connections: no loss, nothing else.
+    for (s, t) in subs.iter_mut().zip(KEPT) {
+        assert_eq!(s.poll_events().unwrap(), None, "{}", t.name());
+    }
+}
+
+/// Nothing but messages, in order, each once.
+fn expect_stream(c: &mut Client, n: u32, who: &str) {
+    for i in 0..n {
+        match c.next_event(Some(WAIT)) {
+            Ok(Some(Event::Message(m))) => {
+                assert_eq!(m.payload, i.to_le_bytes(), "{who}: message {i}")
+            }
+            other => panic!("{who}: at {i}: {other:?}"),
+        }
+    }
+}
+
+/// The transports whose clients a planned restart keeps.
+const KEPT: &[TransportKind] = &[Socket, Pipe, Fifo, Mqueue];
+
+/// A publisher on `via` streams to subscribers on every kept transport
+/// through two restarts: every message once, in order, and nobody sees
+/// anything else (no loss, no reconnection).
+fn stream_through_planned_restarts(via: TransportKind) {
+    let hub = Hub::start_with("[queue]\noverflow = \"block\"\n");
+    // They read only at the end: their messages wait in the hub's queues
+    // (and are handed over with them).
+    let mut subs: Vec<Client> = KEPT.iter().map(|&t| hub.subscriber(t, "stream")).collect();
+    let mut p = hub.client_via(via);
+    const N: u32 = 30_000;
+    let progress = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let sent = progress.clone();
+    let publisher = std::thread::spawn(move || {
+        for i in 0..N {
+            p.publish("stream", &i.to_le_bytes()).unwrap();
+            if i % 100 == 99 {
+                // Paced, so the restarts fall in the middle of the stream.
+                p.flush().unwrap();
+                sent.store(i + 1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let delivered = p.publish_confirmed("stream-end", b"").unwrap();
+        let mut other = Vec::new();
+        while let Some(ev) = p.poll_events().unwrap() {
+            other.push(ev);
+        }
+        (delivered, other)
+    });
+    // Two restarts while it streams.
+    for (n, at) in [(2, 3000), (3, 12_000)] {
+        wait_for(
+            || progress.load(Ordering::Relaxed) >= at,
+            "publisher progress",
+        );
+        sigusr2(&hub);
+        assert!(
+            progress.load(Ordering::Relaxed) < N,
+            "restart #{n} mid-stream"
+        );
+        wait_ready(&hub, n);
+    }
+    let (delivered, other) = publisher.join().unwrap();
+    assert_eq!(delivered, 0);
+    assert!(other.is_empty(), "publisher saw {other:?}");
+    for (s, t) in subs.iter_mut().zip(KEPT) {
+        expect_stream(s, N, t.name());
+        assert_eq!(s.poll_events().unwrap(), None, "{}", t.name());
+    }
+    assert!(hub.log().contains("clients kept"), "{}", hub.log());
+}
+
+#[test]
+fn a_socket_publisher_streams_through_planned_restarts_exactly_once_in_order() {
+    stream_through_planned_restarts(Socket);
+}
+
+#[test]
+fn a_pipe_publisher_streams_through_planned_restarts_exactly_once_in_order() {
+    stream_through_planned_restarts(Pipe);
+}
+
+#[test]
+fn a_fifo_publisher_streams_through_planned_restarts_exactly_once_in_order() {
+    stream_through_planned_restarts(Fifo);
+}
+
+#[test]
+fn an_mqueue_publisher_streams_through_planned_restarts_exactly_once_in_order() {
+    stream_through_planned_restarts(Mqueue);
+}
+
+/// Messages queued in the hub for a subscriber that is not reading are
+/// handed over and delivered once, in order, to the same client ids.
+#[test]
+fn queued_messages_cross_a_planned_restart() {
+    let hub = Hub::start();
+    let mut sub = hub.subscriber(Socket, "queued");
+    let mut p = hub.client_via(Socket);
+    let payload = vec![7u8; 1024];
+    const N: u32 = 3000;
+    for i in 0..N {
+        let mut m = i.to_le_bytes().to_vec();
+        m.extend_from_slice(&payload);
+        p.publish("queued", &m).unwrap();
+    }
+    assert_eq!(p.publish_confirmed("other", b"").unwrap(), 0);
+    // Far more than a socket buffer holds: most wait in the hub's queue.
+    let queued = p
+        .stats()
+        .unwrap()
+        .clients
+        .iter()
+        .find(|c| c.id == sub.id())
+        .map(|c| c.queue_messages)
+        .unwrap();
+    assert!(queued > 0, "messages queued in the hub");
+    sigusr2(&hub);
+    wait_ready(&hub, 2);
+    for i in 0..N {
+        let m = sub.recv(Some(WAIT)).unwrap().expect("queued message");
+        assert_eq!(m.payload[..4], i.to_le_bytes(), "message {i}");
+    }
+    assert_eq!(sub.poll_events().unwrap(), None);
+    let ids: Vec<u32> = p.stats().unwrap().clients.iter().map(|c| c.id).collect();
+    assert!(ids.contains(&sub.id()) && ids.contains(&p.id()), "{ids:?}");
+}
+
+fn vm_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn repeated_planned_restarts_leak_no_descriptors_or_memory() {
+    let hub = Hub::start();
+    let mut sub = hub.subscriber(Shm, "loop");
+    // Kept across every restart.
+    let mut kept = hub.subscriber(Socket, "loop");
+    let mut counts = Vec::new();
+    let mut rss = Vec::new();
+    for round in 0..8 {
+        sigusr2(&hub);
+        wait_ready(&hub, round + 2);
+        until(&mut sub, "HubBack", |e| matches!(e, Event::HubBack { .. }));
+        hub.wait_subscribers("loop", 2);
+        counts.push(hub.open_fds());
+        rss.push(vm_rss_kib(hub.pid()));
+    }
+    assert!(
+        counts.windows(2).all(|w| w[0] == w[1]),
+        "descriptors: {counts:?}"
+    );
+    assert!(rss.last().unwrap() <= &(rss[0] * 2), "VmRSS KiB: {rss:?}");
+    assert!(hub.log().contains("generation=8"), "{}", hub.log());
+    assert_eq!(
+        kept.poll_events().unwrap(),
+        None,
+        "no loss for the kept one"
+    );
+}
+
+/// Start ipchubd by hand with `IPCHUB_HANDOVER_FD` naming `state`, and an
+/// extra inherited descriptor (standing for the predecessor's listener).
+fn start_with_state(state: &[u8], seal: bool) -> (std::process::Child, tempfile::TempDir) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let dir = tempfile::Builder::new()
+        .prefix("ipchub-ho")
+        .tempdir()
+        .unwrap();
+    let cfg = dir.path().join("ipchub.toml");
+    std::fs::write(&cfg, "[dbus]\nenabled = false\n").unwrap();
+    let memfd = memfd_create(c"state", MemFdCreateFlag::MFD_ALLOW_SEALING).unwrap();
+    nix::unistd::write(&memfd, state).unwrap();
+    if seal {
+        fcntl(
+            memfd.as_raw_fd(),
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK,
+            ),
+        )
+        .unwrap();
+    }
+    let stray = std::os::unix::net::UnixListener::bind(dir.path().join("old.sock")).unwrap();
+    fcntl(stray.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+    let log = dir.path().join("log");
+    let child = Command::new(IPCHUBD)
+        .arg("--socket")
+        .arg(dir.path().join("ipchub.sock"))
+        .arg("--config")
+        .arg(&cfg)
+        .env(handover::ENV, memfd.as_raw_fd().to_string())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The stray fd's number, to look for in the child.
+    let stray_fd = stray.as_raw_fd();
+    let sock = dir.path().join("ipchub.sock");
+    wait_for(
+        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+        "the fresh hub listening",
+    );
+    let target = std::fs::read_link(format!("/proc/{}/fd/{stray_fd}", child.id()));
+    let ours = std::fs::read_link(format!("/proc/self/fd/{stray_fd}")).unwrap();
+    assert_ne!(target.ok(), Some(ours), "inherited descriptor closed");
+    (child, dir)
+}
+
+#[test]
+fn an_unreadable_state_falls_back_to_a_fresh_start() {
+    let good = handover::State {
+        hub_version: "0.0.0".into(),
+        generation: 1,
+        socket_path: "/nonexistent".into(),
+        unlink_on_exit: None,
+        fds: vec![handover::FdEntry {
+            name: "listener".into(),
+            fd: 3,
+        }],
+        next_client_id: 1,
+        clients: Vec::new(),
+    };
+    let mut foreign = handover::encode(&good);
+    foreign[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let mut corrupt = handover::encode(&good);
+    let n = corrupt.len();
+    corrupt[n / 2] ^= 0x55;
+    for (bytes, seal, says) in [
+        (&b"not a state at all"[..], false, "not a sealed memfd"),
+        (&foreign[..], true, "format version 2"),
+        (&corrupt[..], true, "corrupt"),
+    ] {
+        let (mut child, dir) = start_with_state(bytes, seal);
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert!(log.contains("hand-over state unusable"), "{log}");
+        assert!(log.contains(says), "{says}: {log}");
+        // A working hub.
+        let mut c = Client::connect(&ipchub::client::Options {
+            socket: Some(dir.path().join("ipchub.sock")),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.publish_confirmed("x", b"y").unwrap(), 0);
+        assert!(child.try_wait().unwrap().is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
