@@ -249,6 +249,7 @@ fn sub_prints_payload_lines_raw_bytes_formats_and_json_with_the_publisher() {
         socket: Some(hub.socket.clone()),
         transport: Socket,
         name: "the-publisher".into(),
+        ..Default::default()
     })
     .unwrap();
     // Excluded channels first: the --exclude subscriber must skip them.

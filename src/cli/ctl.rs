@@ -363,7 +363,10 @@ fn client_code(e: &ClientError) -> i32 {
         ClientError::Refused { code, .. } => refused_code(*code),
         ClientError::BadChannel(_) | ClientError::BadPriority(_) => exit::USAGE,
         ClientError::TooLarge { .. } | ClientError::TooLargeForTransport { .. } => exit::TOO_LARGE,
-        ClientError::Closed(_) => exit::CLOSED,
+        // The hub went away and the library could not carry on for us.
+        ClientError::Closed(_) | ClientError::Lost { .. } => exit::CLOSED,
+        ClientError::GaveUp { .. } => exit::UNREACHABLE,
+        ClientError::BufferFull { .. } => exit::FAILURE,
         ClientError::Timeout => exit::TIMEOUT,
         ClientError::Protocol(_) | ClientError::Io(_) => exit::FAILURE,
     }
