@@ -439,9 +439,10 @@ fn exit_statuses_are_distinct_and_errors_name_the_os_error_once() {
     let out = ctl(&hub, &["sub", "-c", "x", "--timeout", "-1"]);
     assert_eq!(out.status.code(), Some(2), "negative seconds");
 
-    // The hub going away under a subscriber.
+    // The hub going away under a subscriber that asked not to wait for it
+    // (by default it reconnects: tests/reconnect.rs).
     let mut hub = hub;
-    let sub = spawn(&hub, &["sub", "-c", "open"]);
+    let sub = spawn(&hub, &["sub", "-c", "open", "--no-reconnect"]);
     hub.wait_subscribers("open", 1);
     hub.stop();
     let out = finish(sub);

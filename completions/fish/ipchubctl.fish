@@ -47,6 +47,7 @@ complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s f -l file -d
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l repeat -d 'Publish the message (or file, or standard input) N times' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l interval -d 'Wait this long between repeated messages (fractions allowed)' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s q -l quiet -d 'Print no "Connected to hub" (or "Subscribed to") line on standard error'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l no-reconnect -d 'Exit (status 7) when the hub goes away, instead of reconnecting and carrying on once it is back (the default, said on standard error)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l no-confirm -d 'Do not ask for delivery counts (prints nothing per message)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l stdin -d 'Publish all of standard input, up to its end, as one message'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s l -l lines -d 'Publish each line of standard input as one message (the default without a message)'
@@ -64,6 +65,7 @@ complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -s F -l format 
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l timeout -d 'Stop after this many seconds in all (fractions allowed)' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l idle-timeout -d 'Give up after this many seconds without a message' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -s q -l quiet -d 'Print no "Connected to hub" (or "Subscribed to") line on standard error'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l no-reconnect -d 'Exit (status 7) when the hub goes away, instead of reconnecting and carrying on once it is back (the default, said on standard error)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l json -d 'Print one JSON object per message (channel, payload, sequence, publisher with its client id and, while it is connected, pid, uid and name; priority, time received)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l raw -d 'Write payload bytes unchanged, nothing else'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -s l -l lines -d 'Print each payload followed by a newline, nothing else'
@@ -77,6 +79,7 @@ shm\t''"
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand request" -s p -l priority -d 'Message priority 0..=31' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand request" -l timeout -d 'Give up after this many seconds without a reply' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand request" -s q -l quiet -d 'Print no "Connected to hub" (or "Subscribed to") line on standard error'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand request" -l no-reconnect -d 'Exit (status 7) when the hub goes away, instead of reconnecting and carrying on once it is back (the default, said on standard error)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand request" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand reply" -l exec -d 'Answer with the standard output of `sh -c CMD`, given the request\'s body on standard input' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand reply" -s n -l count -d 'Exit after answering this many requests' -r
@@ -87,6 +90,7 @@ fifo\t''
 mqueue\t''
 shm\t''"
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand reply" -s q -l quiet -d 'Print no "Connected to hub" (or "Subscribed to") line on standard error'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand reply" -l no-reconnect -d 'Exit (status 7) when the hub goes away, instead of reconnecting and carrying on once it is back (the default, said on standard error)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand reply" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand stats" -s s -l socket -d 'Control socket of the hub, as the --socket before the command (this one wins)' -r -F
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand stats" -l json -d 'Print the statistics as JSON'

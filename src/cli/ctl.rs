@@ -163,6 +163,10 @@ pub struct ConnectArgs {
     /// Print no "Connected to hub" (or "Subscribed to") line on standard error.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Exit (status 7) when the hub goes away, instead of reconnecting and
+    /// carrying on once it is back (the default, said on standard error).
+    #[arg(long)]
+    pub no_reconnect: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -421,6 +425,11 @@ fn connect(socket: Option<PathBuf>, c: &ConnectArgs, role: &str) -> Result<Clien
         socket,
         transport: kind,
         name: format!("ipchubctl {role}"),
+        reconnect: if c.no_reconnect {
+            crate::client::Reconnect::off()
+        } else {
+            Default::default()
+        },
         ..Options::default()
     };
     let client = Client::connect(&opts)?;
