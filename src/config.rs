@@ -100,6 +100,12 @@ pub struct HubConfig {
     /// Largest HELLO payload, in bytes: all the hub buffers for a connection
     /// before it is greeted.
     pub max_hello_size: u32,
+    /// Bytes of retained messages (payload, channel name and 64 bytes of
+    /// bookkeeping each) the hub keeps in all.
+    pub max_retained_bytes: usize,
+    /// Bytes of retained messages charged to one uid (the uid that
+    /// published each current value).
+    pub max_retained_bytes_per_uid: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +299,9 @@ pub struct ChannelRule {
     /// Channel pattern (wildcards allowed) this rule applies to.
     pub pattern: String,
     pub overflow: Option<Overflow>,
+    /// Keep every message of a matching channel as its retained value (as if
+    /// each were published with the retain flag).
+    pub retain: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -722,6 +731,8 @@ impl Default for HubConfig {
             block_timeout_ms: 10_000,
             handshake_timeout_ms: 5_000,
             max_hello_size: 4096,
+            max_retained_bytes: 64 << 20,
+            max_retained_bytes_per_uid: 4 << 20,
         }
     }
 }
@@ -811,6 +822,16 @@ impl Config {
             return Err(bad(
                 "hub.max_hello_size",
                 "must be between 256 and 65536".into(),
+            ));
+        }
+        if h.max_retained_bytes == 0 {
+            return Err(bad("hub.max_retained_bytes", "must be at least 1".into()));
+        }
+        if h.max_retained_bytes_per_uid == 0 || h.max_retained_bytes_per_uid > h.max_retained_bytes
+        {
+            return Err(bad(
+                "hub.max_retained_bytes_per_uid",
+                "must be at least 1 and at most hub.max_retained_bytes".into(),
             ));
         }
         if h.max_channels_per_uid == 0 {
@@ -973,6 +994,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `channel` keeps every message as its retained value (the
+    /// first `[[channel]]` block matching it that says `retain`).
+    pub fn retain_for(&self, channel: &str) -> bool {
+        self.channels
+            .iter()
+            .filter_map(|r| Some((Pattern::parse(&r.pattern).ok()?, r.retain?)))
+            .find(|(p, _)| p.matches(channel))
+            .is_some_and(|(_, r)| r)
     }
 
     /// The overflow policy for messages on `channel`.

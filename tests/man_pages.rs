@@ -481,6 +481,7 @@ fn full_sample() -> Config {
     c.channels.push(ChannelRule {
         pattern: "logs/#".into(),
         overflow: Some(Overflow::DropOldest),
+        retain: Some(true),
     });
     c
 }

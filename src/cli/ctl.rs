@@ -112,6 +112,10 @@ pub struct PubArgs {
     /// Do not ask for delivery counts (prints nothing per message).
     #[arg(long)]
     pub no_confirm: bool,
+    /// Keep the message as the channel's retained value, sent first to every
+    /// later subscriber; an empty message clears it.
+    #[arg(long)]
+    pub retain: bool,
     /// The message. Without it, each line of standard input is one message.
     pub message: Option<String>,
 }
@@ -135,6 +139,9 @@ pub struct SubArgs {
     /// Give up after this many seconds without a message.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
+    /// Skip the retained values of the channels (sent first by default).
+    #[arg(long)]
+    pub no_retained: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -210,7 +217,7 @@ fn publish(socket: Option<PathBuf>, a: PubArgs) -> anyhow::Result<i32> {
         };
     match &a.message {
         Some(m) => {
-            client.publish_with(&a.channel, m.as_bytes(), opts)?;
+            publish_one(&mut client, &a, m.as_bytes(), opts)?;
             outstanding += u64::from(opts.ack);
         }
         None => {
@@ -228,7 +235,7 @@ fn publish(socket: Option<PathBuf>, a: PubArgs) -> anyhow::Result<i32> {
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 }
-                client.publish_with(&a.channel, &line, opts)?;
+                publish_one(&mut client, &a, &line, opts)?;
                 outstanding += u64::from(opts.ack);
                 // Nothing more buffered from stdin: send now rather than wait
                 // for more lines that may come much later.
@@ -244,13 +251,30 @@ fn publish(socket: Option<PathBuf>, a: PubArgs) -> anyhow::Result<i32> {
     Ok(if failed { 1 } else { 0 })
 }
 
+/// One message of `pub`, retained if asked.
+fn publish_one(
+    client: &mut Client,
+    a: &PubArgs,
+    payload: &[u8],
+    opts: PublishOptions,
+) -> Result<u64, crate::client::ClientError> {
+    if a.retain {
+        client.publish_retained(&a.channel, payload, opts)
+    } else {
+        client.publish_with(&a.channel, payload, opts)
+    }
+}
+
 fn subscribe(socket: Option<PathBuf>, a: SubArgs) -> anyhow::Result<i32> {
     for c in &a.channel {
         crate::wire::Pattern::parse(c).map_err(|e| anyhow::anyhow!("invalid channel: {e}"))?;
     }
     let mut client = connect(socket, a.connect.transport, "sub")?;
     for c in &a.channel {
-        client.subscribe(c)?;
+        let opts = crate::client::SubscribeOptions {
+            retained: !a.no_retained,
+        };
+        client.subscribe_with(c, opts)?;
         eprintln!("Subscribed to '{c}'");
     }
     let timeout = a.timeout.map(Duration::from_secs_f64);
@@ -292,6 +316,9 @@ fn subscribe(socket: Option<PathBuf>, a: SubArgs) -> anyhow::Result<i32> {
                         serde_json::json!({ "client": m.origin }),
                     );
                     obj.insert("priority".into(), m.priority.into());
+                    if m.retained {
+                        obj.insert("retained".into(), true.into());
+                    }
                     writeln!(out, "{}", serde_json::Value::Object(obj))?;
                 } else {
                     write!(out, "[{}] ", m.channel)?;

@@ -116,6 +116,8 @@ pub struct Message {
     /// The publishing client's id.
     pub origin: u32,
     pub priority: u8,
+    /// A retained value sent on subscribing, not a live message.
+    pub retained: bool,
 }
 
 /// Everything the hub can send a client after the handshake.
@@ -146,6 +148,20 @@ pub struct PublishOptions {
     pub ack: bool,
     /// POSIX mqueue priority, 0..=31, carried end to end.
     pub priority: u8,
+}
+
+/// Per-subscription settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeOptions {
+    /// Receive the retained values of the matching channels first (each
+    /// marked [`Message::retained`]). On by default.
+    pub retained: bool,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions { retained: true }
+    }
 }
 
 pub struct Client {
@@ -335,6 +351,31 @@ impl Client {
         payload: &[u8],
         opts: PublishOptions,
     ) -> Result<u64, ClientError> {
+        self.publish_flagged(channel, payload, opts, false)
+    }
+
+    /// Publish and keep the message as the channel's retained value, which
+    /// every later subscriber receives first (unless it opts out); an empty
+    /// payload clears it, as in MQTT. Always goes through the hub, never
+    /// into a channel ring. Past `hub.max_retained_bytes_per_uid` or
+    /// `hub.max_retained_bytes` the hub refuses it (LIMIT_REACHED, as an
+    /// [`Event::Error`] with this publish's seq) and delivers nothing.
+    pub fn publish_retained(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        opts: PublishOptions,
+    ) -> Result<u64, ClientError> {
+        self.publish_flagged(channel, payload, opts, true)
+    }
+
+    fn publish_flagged(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        opts: PublishOptions,
+        retain: bool,
+    ) -> Result<u64, ClientError> {
         // A channel whose ring we write was validated when the ring was
         // opened: at millions of messages a second, that scan shows.
         if !self.rings.writer_for(channel) {
@@ -362,10 +403,13 @@ impl Client {
         }
         self.check_open()?;
         let seq = self.next_seq();
-        if self.ring_publish(channel, payload, opts, seq)? {
+        if !retain && self.ring_publish(channel, payload, opts, seq)? {
             return Ok(seq);
         }
-        let flags = if opts.ack { ACK_REQUESTED } else { 0 };
+        let mut flags = if opts.ack { ACK_REQUESTED } else { 0 };
+        if retain {
+            flags |= wire::RETAIN;
+        }
         self.queue_frame(
             FrameType::Publish,
             flags,
@@ -399,12 +443,31 @@ impl Client {
     }
 
     /// Subscribe to a pattern (wildcards allowed) and wait for the hub's answer.
+    /// The retained values of the matching channels come first (see
+    /// [`subscribe_with`](Self::subscribe_with) to skip them).
     pub fn subscribe(&mut self, pattern: &str) -> Result<(), ClientError> {
+        self.subscribe_with(pattern, SubscribeOptions::default())
+    }
+
+    /// Subscribe with options. The hub sends the retained values (if asked)
+    /// right behind its ACK, before any live message: no gap, no duplicate.
+    pub fn subscribe_with(
+        &mut self,
+        pattern: &str,
+        opts: SubscribeOptions,
+    ) -> Result<(), ClientError> {
+        // A channel with retained values has no ring (the hub refuses it),
+        // so reading through a ring never skips a retained value.
         if Pattern::parse(pattern)?.is_exact() && self.ring_subscribe(pattern)? {
             return Ok(());
         }
         let seq = self.next_seq();
-        self.queue_frame(FrameType::Subscribe, 0, 0, pattern, b"", seq);
+        let flags = if opts.retained {
+            wire::WITH_RETAINED
+        } else {
+            0
+        };
+        self.queue_frame(FrameType::Subscribe, flags, 0, pattern, b"", seq);
         self.wait_ack(seq).map(|_| ())
     }
 
@@ -607,6 +670,7 @@ impl Client {
                             seq,
                             origin: f.header.origin,
                             priority: f.header.priority,
+                            retained: f.header.flags & wire::RETAIN != 0,
                         }),
                         FrameType::Ack => {
                             let delivered = f

@@ -285,6 +285,7 @@ mod tests {
             dropped: 0,
             ring: false,
             ring_readers: 0,
+            retained_bytes: 0,
         }
     }
 

@@ -208,6 +208,7 @@ impl Hub {
                 owner: uid,
                 idle_at: None,
                 overflow: self.cfg.overflow_for(name),
+                retain: self.cfg.retain_for(name),
                 rule,
                 published: 0,
                 delivered: 0,

@@ -19,6 +19,7 @@ mod channels;
 pub mod control;
 pub mod loglimit;
 pub mod queue;
+mod retain;
 pub mod rings;
 pub mod stats;
 mod trie;
@@ -31,11 +32,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, Overflow};
 use crate::wire::frame::{error_payload, MAX_PRIORITY};
-use crate::wire::{channel, encode_header, ErrorCode, Frame, FrameType, Pattern, ACK_REQUESTED};
+use crate::wire::{
+    channel, encode_header, ErrorCode, Frame, FrameType, Pattern, ACK_REQUESTED, RETAIN,
+};
 use access::{Credentials, Op, Policy};
 pub use control::{ControlOp, ControlReply, HubEvent};
 use loglimit::{LogKind, LogLimiter};
 use queue::{Kind, OutQueue};
+pub use retain::RetainError;
 pub use rings::{RingRequest, RING_READ, RING_WRITE};
 pub use stats::{ChannelStats, ClientStats, HubStats, Totals, Viewer};
 use trie::SubTrie;
@@ -174,6 +178,8 @@ struct Channel {
     /// Set while it is a candidate for collection (see `Hub::idle`).
     idle_at: Option<u64>,
     overflow: Overflow,
+    /// `retain = true` in its `[[channel]]` block: every message is retained.
+    retain: bool,
     /// The access rule governing this channel (None: the default).
     rule: Option<usize>,
     published: u64,
@@ -227,6 +233,8 @@ pub struct Hub {
     components: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     /// Rate limits for log lines clients cause (`log.rate_limit_*`).
     log_limit: LogLimiter,
+    /// Retained messages (retain.rs).
+    retained: retain::RetainStore,
 }
 
 impl Hub {
@@ -257,6 +265,7 @@ impl Hub {
             transports: TransportKind::ALL.to_vec(),
             events: None,
             components: Default::default(),
+            retained: Default::default(),
         }
     }
 
@@ -322,6 +331,7 @@ impl Hub {
             .set_limits(cfg.log.rate_limit_burst, cfg.log.rate_limit_per_minute);
         for (name, ch) in self.channels.iter_mut() {
             ch.overflow = cfg.overflow_for(name);
+            ch.retain = cfg.retain_for(name);
             ch.rule = self.policy.rule_for(name);
         }
         // Access may have changed: every channel recomputes who reads it.
@@ -653,7 +663,15 @@ impl Hub {
             FrameType::Publish => self.publish(id, frame, now),
             FrameType::Subscribe => {
                 match self.subscribe(id, frame.channel) {
-                    Ok(()) => self.send_control(id, FrameType::Ack, seq, &[]),
+                    Ok(()) => {
+                        self.send_control(id, FrameType::Ack, seq, &[]);
+                        // Retained values right behind the ACK, in this same step.
+                        if frame.header.flags & crate::wire::WITH_RETAINED != 0 {
+                            if let Ok(pat) = Pattern::parse(frame.channel) {
+                                self.send_retained(id, &pat, frame.header.flags);
+                            }
+                        }
+                    }
                     Err((code, text)) => self.send_error(id, seq, code, &text),
                 }
                 Step::Continue
@@ -748,6 +766,37 @@ impl Hub {
             }
         }
         self.refresh(frame.channel);
+        let mut retain = {
+            let ch = &self.channels[frame.channel];
+            ch.ring != Some(id) && Hub::wants_retain(frame, ch)
+        };
+        if retain {
+            // Checked before anything is delivered: refused means not published.
+            let checked = self.check_retain(self.peers[&id].ident.uid, frame);
+            if let (Err(RetainError::RingChannel(_)), 0) = (&checked, frame.header.flags & RETAIN) {
+                // `retain = true` came with a reload, after the channel got
+                // its ring: the channel goes on, unretained, until the ring
+                // is gone (then it gets none).
+                retain = false;
+            } else if let Err(e) = checked {
+                if self
+                    .log_limit
+                    .allow(self.peers[&id].ident.uid, LogKind::Refused, now)
+                {
+                    tracing::warn!(
+                        client = id,
+                        channel = frame.channel,
+                        "retained publish refused: {e}"
+                    );
+                }
+                let code = match e {
+                    RetainError::RingChannel(_) => ErrorCode::NotPermitted,
+                    _ => ErrorCode::LimitReached,
+                };
+                self.send_error(id, seq, code, &e.to_string());
+                return Step::Continue;
+            }
+        }
         let ch = self.channels.get_mut(frame.channel).expect("just ensured");
         let len = frame.header.frame_len();
         // A channel with a ring: what others publish goes into the ring (its
@@ -883,6 +932,9 @@ impl Hub {
         }
         for (sub, reason) in condemned {
             self.doom(sub, ErrorCode::SlowConsumer, reason);
+        }
+        if retain {
+            self.store_retained(id, origin, frame);
         }
         if frame.header.flags & ACK_REQUESTED != 0 {
             self.send_control(id, FrameType::Ack, seq, &delivered.to_le_bytes());

@@ -58,6 +58,7 @@ impl Hub {
                 dropped: c.dropped,
                 ring: c.ring.is_some(),
                 ring_readers: c.direct.len(),
+                retained_bytes: self.retained.bytes_of(name).unwrap_or(0),
             })
             .collect();
         channels.sort_by(|a, b| a.name.cmp(&b.name));
@@ -109,7 +110,14 @@ impl Hub {
                 .collect(),
             client_count: self.client_count(),
             channel_count: self.channels.len(),
-            totals: self.totals.clone(),
+            totals: {
+                let (n, bytes) = self.retained.totals();
+                Totals {
+                    retained_messages: n as u64,
+                    retained_bytes: bytes as u64,
+                    ..self.totals.clone()
+                }
+            },
             channels,
             clients,
             // Components (the MQTT bridge's broker, its state) are the

@@ -48,6 +48,12 @@ pub struct Totals {
     pub bytes_out: u64,
     /// Messages lost to `drop-oldest` or to a `disconnect`ed subscriber.
     pub dropped: u64,
+    /// Retained values the hub keeps (one per channel at most), and their
+    /// bytes as charged against `hub.max_retained_bytes`.
+    #[serde(default)]
+    pub retained_messages: u64,
+    #[serde(default)]
+    pub retained_bytes: u64,
 }
 
 // Totals, `client_count` and `channel_count` are hub-wide in every view:
@@ -87,6 +93,10 @@ pub struct ChannelStats {
     /// Clients reading that ring in place (counted in `subscribers` too).
     #[serde(default)]
     pub ring_readers: usize,
+    /// Bytes of the channel's retained value as charged (payload, name and
+    /// 64 bytes), 0 when it has none.
+    #[serde(default)]
+    pub retained_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,8 @@
 //!  0  magic        2 bytes  "IH"
 //!  2  version      u8       1
 //!  3  type         u8       FrameType
-//!  4  flags        u8       bit 0 = ACK_REQUESTED (PUBLISH); other bits must be 0
+//!  4  flags        u8       bit 0 ACK_REQUESTED (PUBLISH), bit 1 RETAIN (PUBLISH,
+//!                           DATA), bit 2 WITH_RETAINED (SUBSCRIBE); others 0
 //!  5  priority     u8       0..=31, POSIX mqueue priority, carried end to end
 //!  6  channel_len  u16      <= 255
 //!  8  payload_len  u32      <= the hub's max message size
@@ -27,7 +28,15 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 24;
 /// PUBLISH flag: the hub answers with an ACK carrying the delivery count.
 pub const ACK_REQUESTED: u8 = 0x01;
-const KNOWN_FLAGS: u8 = ACK_REQUESTED;
+/// PUBLISH flag: keep this message as the channel's retained value (an
+/// empty payload clears it). On DATA: this is the retained value, sent on
+/// subscribing, not a live message.
+pub const RETAIN: u8 = 0x02;
+/// SUBSCRIBE flag: send me the retained values of the channels the pattern
+/// matches. Opt-in, so that clients written before retained messages never
+/// see a DATA flag they do not know.
+pub const WITH_RETAINED: u8 = 0x04;
+const KNOWN_FLAGS: u8 = ACK_REQUESTED | RETAIN | WITH_RETAINED;
 /// Highest priority POSIX guarantees (`MQ_PRIO_MAX` is at least 32).
 pub const MAX_PRIORITY: u8 = 31;
 
