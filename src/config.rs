@@ -106,6 +106,12 @@ pub struct HubConfig {
     /// Bytes of retained messages charged to one uid (the uid that
     /// published each current value).
     pub max_retained_bytes_per_uid: usize,
+    /// Bytes of channel history (payload, channel name and 64 bytes per
+    /// message) the hub keeps in memory in all.
+    pub max_history_bytes: usize,
+    /// Bytes of channel history charged to one uid (the publisher of each
+    /// stored message).
+    pub max_history_bytes_per_uid: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +308,44 @@ pub struct ChannelRule {
     /// Keep every message of a matching channel as its retained value (as if
     /// each were published with the retain flag).
     pub retain: Option<bool>,
+    /// Keep the channel's last messages in memory, each with a channel
+    /// sequence number, for replay to subscribers: at most this many
+    /// (any history key turns history on; default 1000) …
+    pub history_messages: Option<usize>,
+    /// … at most this many payload bytes (default 1048576) …
+    pub history_bytes: Option<usize>,
+    /// … and none older than this ("90s", "10m", "2h", "1d"; default: no age bound).
+    pub history_age: Option<String>,
+}
+
+/// A channel's history bounds (`[[channel]]` history keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryBounds {
+    pub messages: usize,
+    pub bytes: usize,
+    pub age: Option<std::time::Duration>,
+}
+
+/// Parse a duration such as "500ms", "90s", "10m", "2h", "1d" (a bare
+/// number is seconds).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as 90s, 10m, 2h or 1d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("'{text}': the unit must be ms, s, m, h or d")),
+    };
+    n.checked_mul(ms)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("'{text}' is too long"))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -733,6 +777,8 @@ impl Default for HubConfig {
             max_hello_size: 4096,
             max_retained_bytes: 64 << 20,
             max_retained_bytes_per_uid: 4 << 20,
+            max_history_bytes: 256 << 20,
+            max_history_bytes_per_uid: 32 << 20,
         }
     }
 }
@@ -832,6 +878,15 @@ impl Config {
             return Err(bad(
                 "hub.max_retained_bytes_per_uid",
                 "must be at least 1 and at most hub.max_retained_bytes".into(),
+            ));
+        }
+        if h.max_history_bytes == 0 {
+            return Err(bad("hub.max_history_bytes", "must be at least 1".into()));
+        }
+        if h.max_history_bytes_per_uid == 0 || h.max_history_bytes_per_uid > h.max_history_bytes {
+            return Err(bad(
+                "hub.max_history_bytes_per_uid",
+                "must be at least 1 and at most hub.max_history_bytes".into(),
             ));
         }
         if h.max_channels_per_uid == 0 {
@@ -937,6 +992,28 @@ impl Config {
         for (i, rule) in self.channels.iter().enumerate() {
             Pattern::parse(&rule.pattern)
                 .map_err(|e| bad(&format!("channel[{i}].pattern"), e.to_string()))?;
+            if rule.history_messages == Some(0) {
+                return Err(bad(
+                    &format!("channel[{i}].history_messages"),
+                    "must be at least 1 (leave the history keys out for no history)".into(),
+                ));
+            }
+            if rule.history_bytes == Some(0) {
+                return Err(bad(
+                    &format!("channel[{i}].history_bytes"),
+                    "must be at least 1 (leave the history keys out for no history)".into(),
+                ));
+            }
+            if let Some(age) = &rule.history_age {
+                let d = parse_duration(age)
+                    .map_err(|e| bad(&format!("channel[{i}].history_age"), e))?;
+                if d.is_zero() {
+                    return Err(bad(
+                        &format!("channel[{i}].history_age"),
+                        "must be more than 0".into(),
+                    ));
+                }
+            }
         }
         self.bridge
             .mqtt
@@ -1004,6 +1081,23 @@ impl Config {
             .filter_map(|r| Some((Pattern::parse(&r.pattern).ok()?, r.retain?)))
             .find(|(p, _)| p.matches(channel))
             .is_some_and(|(_, r)| r)
+    }
+
+    /// The history bounds of `channel`: the first `[[channel]]` block
+    /// matching it that has a history key; None: no history.
+    pub fn history_for(&self, channel: &str) -> Option<HistoryBounds> {
+        let r = self.channels.iter().find(|r| {
+            (r.history_messages.is_some() || r.history_bytes.is_some() || r.history_age.is_some())
+                && Pattern::parse(&r.pattern).is_ok_and(|p| p.matches(channel))
+        })?;
+        Some(HistoryBounds {
+            messages: r.history_messages.unwrap_or(1000),
+            bytes: r.history_bytes.unwrap_or(1 << 20),
+            age: r
+                .history_age
+                .as_deref()
+                .and_then(|a| parse_duration(a).ok()),
+        })
     }
 
     /// The overflow policy for messages on `channel`.
@@ -1312,6 +1406,50 @@ mod tests {
         assert_eq!(cfg.bridge.mqtt.enabled().count(), 1);
         let e = parse("[[bridge.mqtt]]\nname = \"a\"\nbogus = 1\n").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn channel_rules_pick_retain_and_history() {
+        let cfg = Config::parse(
+            "[[channel]]\npattern = \"s/#\"\nretain = true\n[[channel]]\npattern = \"e/#\"\nhistory_age = \"10m\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(cfg.retain_for("s/a") && !cfg.retain_for("e/a"));
+        assert_eq!(cfg.history_for("s/a"), None);
+        assert_eq!(
+            cfg.history_for("e/a"),
+            Some(HistoryBounds {
+                messages: 1000,
+                bytes: 1 << 20,
+                age: Some(std::time::Duration::from_secs(600)),
+            })
+        );
+        for (text, key) in [
+            ("history_age = \"10 parsecs\"", "channel[0].history_age"),
+            ("history_age = \"0s\"", "channel[0].history_age"),
+            ("history_messages = 0", "channel[0].history_messages"),
+            ("history_bytes = 0", "channel[0].history_bytes"),
+        ] {
+            let e = Config::parse(
+                &format!("[[channel]]\npattern = \"a\"\n{text}\n"),
+                Path::new("x.toml"),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let e = Config::parse(
+            "[hub]\nmax_retained_bytes_per_uid = 1000000000\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("hub.max_retained_bytes_per_uid"),
+            "{e}"
+        );
+        assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
+        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
+        assert!(parse_duration("h").is_err());
     }
 
     #[test]

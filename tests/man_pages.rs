@@ -482,6 +482,9 @@ fn full_sample() -> Config {
         pattern: "logs/#".into(),
         overflow: Some(Overflow::DropOldest),
         retain: Some(true),
+        history_messages: Some(10),
+        history_bytes: Some(4096),
+        history_age: Some("10m".into()),
     });
     c
 }

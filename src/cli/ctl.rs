@@ -142,6 +142,15 @@ pub struct SubArgs {
     /// Skip the retained values of the channels (sent first by default).
     #[arg(long)]
     pub no_retained: bool,
+    /// Replay the last N stored messages of each channel with history first.
+    #[arg(long, value_name = "N", conflicts_with_all = ["since", "from_seq"])]
+    pub last: Option<u64>,
+    /// Replay the stored messages of the last DURATION first (90s, 10m, 2h, 1d).
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration, conflicts_with = "from_seq")]
+    pub since: Option<Duration>,
+    /// Replay the stored messages from channel sequence number S on first.
+    #[arg(long, value_name = "S")]
+    pub from_seq: Option<u64>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -271,8 +280,16 @@ fn subscribe(socket: Option<PathBuf>, a: SubArgs) -> anyhow::Result<i32> {
     }
     let mut client = connect(socket, a.connect.transport, "sub")?;
     for c in &a.channel {
+        use crate::client::Replay;
+        let replay = match (a.last, a.since, a.from_seq) {
+            (Some(n), _, _) => Some(Replay::Last(n)),
+            (_, Some(d), _) => Some(Replay::SinceMs(d.as_millis().min(u64::MAX as u128) as u64)),
+            (_, _, Some(s)) => Some(Replay::FromSeq(s)),
+            _ => None,
+        };
         let opts = crate::client::SubscribeOptions {
             retained: !a.no_retained,
+            replay,
         };
         client.subscribe_with(c, opts)?;
         eprintln!("Subscribed to '{c}'");
@@ -318,6 +335,9 @@ fn subscribe(socket: Option<PathBuf>, a: SubArgs) -> anyhow::Result<i32> {
                     obj.insert("priority".into(), m.priority.into());
                     if m.retained {
                         obj.insert("retained".into(), true.into());
+                    }
+                    if let Some(cs) = m.channel_seq {
+                        obj.insert("channel_seq".into(), cs.into());
                     }
                     writeln!(out, "{}", serde_json::Value::Object(obj))?;
                 } else {

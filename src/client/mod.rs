@@ -118,6 +118,9 @@ pub struct Message {
     pub priority: u8,
     /// A retained value sent on subscribing, not a live message.
     pub retained: bool,
+    /// The channel's sequence number for this message, on channels with
+    /// history: resume after it with [`Replay::FromSeq`] (this + 1).
+    pub channel_seq: Option<u64>,
 }
 
 /// Everything the hub can send a client after the handshake.
@@ -156,11 +159,20 @@ pub struct SubscribeOptions {
     /// Receive the retained values of the matching channels first (each
     /// marked [`Message::retained`]). On by default.
     pub retained: bool,
+    /// Replay the stored history of the matching channels that have one
+    /// (`[[channel]]` history keys) before live messages; on those channels
+    /// it replaces the retained value.
+    pub replay: Option<Replay>,
 }
+
+pub use crate::hub::Replay;
 
 impl Default for SubscribeOptions {
     fn default() -> Self {
-        SubscribeOptions { retained: true }
+        SubscribeOptions {
+            retained: true,
+            replay: None,
+        }
     }
 }
 
@@ -462,12 +474,20 @@ impl Client {
             return Ok(());
         }
         let seq = self.next_seq();
-        let flags = if opts.retained {
-            wire::WITH_RETAINED
-        } else {
-            0
-        };
-        self.queue_frame(FrameType::Subscribe, flags, 0, pattern, b"", seq);
+        // Always ask for channel sequence numbers: this library reads them.
+        let mut flags = wire::CHANNEL_SEQ;
+        if opts.retained {
+            flags |= wire::WITH_RETAINED;
+        }
+        let payload = opts.replay.map(Replay::encode).unwrap_or_default();
+        self.queue_frame(
+            FrameType::Subscribe,
+            flags,
+            0,
+            pattern,
+            payload.as_bytes(),
+            seq,
+        );
         self.wait_ack(seq).map(|_| ())
     }
 
@@ -664,14 +684,18 @@ impl Client {
                     off += used;
                     let seq = f.header.seq;
                     let ev = match f.header.ty {
-                        FrameType::Data => Event::Message(Message {
-                            channel: f.channel.to_string(),
-                            payload: f.payload.to_vec(),
-                            seq,
-                            origin: f.header.origin,
-                            priority: f.header.priority,
-                            retained: f.header.flags & wire::RETAIN != 0,
-                        }),
+                        FrameType::Data => {
+                            let (channel_seq, payload) = split_channel_seq(&f)?;
+                            Event::Message(Message {
+                                channel: f.channel.to_string(),
+                                payload: payload.to_vec(),
+                                seq,
+                                origin: f.header.origin,
+                                priority: f.header.priority,
+                                retained: f.header.flags & wire::RETAIN != 0,
+                                channel_seq,
+                            })
+                        }
                         FrameType::Ack => {
                             let delivered = f
                                 .payload
@@ -856,4 +880,16 @@ impl AsRawFd for Client {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.link.read_fd()
     }
+}
+
+/// A DATA frame's channel sequence number (flag CHANNEL_SEQ: the first 8
+/// payload bytes) and the message itself.
+fn split_channel_seq<'a>(f: &wire::Frame<'a>) -> Result<(Option<u64>, &'a [u8]), ClientError> {
+    if f.header.flags & wire::CHANNEL_SEQ == 0 {
+        return Ok((None, f.payload));
+    }
+    let (cs, rest) = f.payload.split_first_chunk::<8>().ok_or_else(|| {
+        ClientError::Protocol("DATA with CHANNEL_SEQ shorter than 8 bytes".into())
+    })?;
+    Ok((Some(u64::from_le_bytes(*cs)), rest))
 }

@@ -286,6 +286,10 @@ mod tests {
             ring: false,
             ring_readers: 0,
             retained_bytes: 0,
+            stored_messages: 0,
+            stored_bytes: 0,
+            first_seq: 0,
+            last_seq: 0,
         }
     }
 

@@ -17,6 +17,7 @@
 pub mod access;
 mod channels;
 pub mod control;
+mod history;
 pub mod loglimit;
 pub mod queue;
 mod retain;
@@ -37,6 +38,7 @@ use crate::wire::{
 };
 use access::{Credentials, Op, Policy};
 pub use control::{ControlOp, ControlReply, HubEvent};
+pub use history::{HistoryError, HistoryFigures, Replay};
 use loglimit::{LogKind, LogLimiter};
 use queue::{Kind, OutQueue};
 pub use retain::RetainError;
@@ -159,6 +161,8 @@ struct Peer {
     /// A message too big for `max_frame` was already logged for it (once
     /// per client: the count is in its `dropped`).
     told_too_big: bool,
+    /// It asked for channel sequence numbers (SUBSCRIBE flag CHANNEL_SEQ).
+    wants_seq: bool,
 }
 
 struct Channel {
@@ -180,6 +184,8 @@ struct Channel {
     overflow: Overflow,
     /// `retain = true` in its `[[channel]]` block: every message is retained.
     retain: bool,
+    /// Its history bounds, if its `[[channel]]` block has history keys.
+    history: Option<crate::config::HistoryBounds>,
     /// The access rule governing this channel (None: the default).
     rule: Option<usize>,
     published: u64,
@@ -235,6 +241,8 @@ pub struct Hub {
     log_limit: LogLimiter,
     /// Retained messages (retain.rs).
     retained: retain::RetainStore,
+    /// Channel history in memory (history.rs).
+    history: history::HistoryStore,
 }
 
 impl Hub {
@@ -266,6 +274,7 @@ impl Hub {
             events: None,
             components: Default::default(),
             retained: Default::default(),
+            history: Default::default(),
         }
     }
 
@@ -332,11 +341,13 @@ impl Hub {
         for (name, ch) in self.channels.iter_mut() {
             ch.overflow = cfg.overflow_for(name);
             ch.retain = cfg.retain_for(name);
+            ch.history = cfg.history_for(name);
             ch.rule = self.policy.rule_for(name);
         }
         // Access may have changed: every channel recomputes who reads it.
         self.subscriptions_changed();
         self.cfg = cfg;
+        self.rebound_history();
     }
 
     /// Admit a new client; its transport may still change at handshake.
@@ -404,6 +415,7 @@ impl Hub {
                 counters: PeerCounters::default(),
                 max_frame: None,
                 told_too_big: false,
+                wants_seq: false,
             },
         );
         Ok(id)
@@ -662,13 +674,30 @@ impl Hub {
         match frame.header.ty {
             FrameType::Publish => self.publish(id, frame, now),
             FrameType::Subscribe => {
+                let replay = match Replay::parse(frame.payload) {
+                    Ok(r) => r,
+                    Err(text) => {
+                        self.send_error(id, seq, ErrorCode::Malformed, &text);
+                        return Step::Continue;
+                    }
+                };
                 match self.subscribe(id, frame.channel) {
                     Ok(()) => {
+                        if frame.header.flags & crate::wire::CHANNEL_SEQ != 0 {
+                            if let Some(p) = self.peers.get_mut(&id) {
+                                p.wants_seq = true;
+                            }
+                        }
                         self.send_control(id, FrameType::Ack, seq, &[]);
-                        // Retained values right behind the ACK, in this same step.
-                        if frame.header.flags & crate::wire::WITH_RETAINED != 0 {
+                        // Retained values and history right behind the ACK,
+                        // in this same step: no live message between.
+                        let flags = frame.header.flags;
+                        if flags & crate::wire::WITH_RETAINED != 0 || replay.is_some() {
                             if let Ok(pat) = Pattern::parse(frame.channel) {
-                                self.send_retained(id, &pat, frame.header.flags);
+                                self.send_retained(id, &pat, flags, replay.is_some());
+                                if let Some(r) = replay {
+                                    self.send_history(id, &pat, r);
+                                }
                             }
                         }
                     }
@@ -797,8 +826,27 @@ impl Hub {
                 return Step::Continue;
             }
         }
+        let history = {
+            let ch = &self.channels[frame.channel];
+            if ch.ring == Some(id) {
+                None
+            } else {
+                ch.history
+            }
+        };
+        if history.is_some() {
+            let uid = self.peers[&id].ident.uid;
+            if let Err(e) = self.check_history(uid, frame.channel, frame.payload.len(), now) {
+                if self.log_limit.allow(uid, LogKind::Refused, now) {
+                    tracing::warn!(client = id, channel = frame.channel, "publish refused: {e}");
+                }
+                self.send_error(id, seq, ErrorCode::LimitReached, &e.to_string());
+                return Step::Continue;
+            }
+        }
         let ch = self.channels.get_mut(frame.channel).expect("just ensured");
-        let len = frame.header.frame_len();
+        // Room for the channel sequence number some subscribers get.
+        let len = frame.header.frame_len() + if history.is_some() { 8 } else { 0 };
         // A channel with a ring: what others publish goes into the ring (its
         // peer is the only target here), and what the ring peer reads back
         // goes to the subscribers that do not read the ring themselves.
@@ -835,6 +883,20 @@ impl Hub {
             seq,
         );
         let parts: [&[u8]; 3] = [&header, frame.channel.as_bytes(), frame.payload];
+        // Channels with history: the variant carrying the channel sequence
+        // number, for subscribers that asked (built only here).
+        let chan_seq = history.map(|_| self.history.next_seq(frame.channel).to_le_bytes());
+        let seq_header = chan_seq.map(|_| {
+            encode_header(
+                FrameType::Data,
+                crate::wire::CHANNEL_SEQ,
+                frame.header.priority,
+                frame.channel.len(),
+                frame.payload.len() + 8,
+                origin,
+                seq,
+            )
+        });
         let mut delivered = 0u32;
         let mut dropped = 0u64;
         let mut condemned: Vec<(ClientId, String)> = Vec::new();
@@ -898,7 +960,12 @@ impl Hub {
                     Kind::Droppable
                 }
             };
-            p.out.push(kind, &parts);
+            match (&seq_header, &chan_seq) {
+                (Some(h), Some(cs)) if p.wants_seq => p
+                    .out
+                    .push(kind, &[h, frame.channel.as_bytes(), cs, frame.payload]),
+                _ => p.out.push(kind, &parts),
+            }
             sync_uid(&mut self.uid_bytes, p);
             p.counters.messages_out += 1;
             mark_dirty(&mut self.dirty, sub, p);
@@ -935,6 +1002,9 @@ impl Hub {
         }
         if retain {
             self.store_retained(id, origin, frame);
+        }
+        if let Some(b) = history {
+            self.store_history(id, origin, frame, b, now);
         }
         if frame.header.flags & ACK_REQUESTED != 0 {
             self.send_control(id, FrameType::Ack, seq, &delivered.to_le_bytes());

@@ -39,6 +39,7 @@ impl Hub {
             Viewer::User(creds) => p.ident.uid == creds.uid,
             Viewer::Public => false,
         };
+        let hist = |name: &str| self.history.figures(name).unwrap_or_default();
         let mut channels: Vec<ChannelStats> = self
             .channels
             .iter()
@@ -59,6 +60,10 @@ impl Hub {
                 ring: c.ring.is_some(),
                 ring_readers: c.direct.len(),
                 retained_bytes: self.retained.bytes_of(name).unwrap_or(0),
+                stored_messages: hist(name).messages,
+                stored_bytes: hist(name).bytes,
+                first_seq: hist(name).first_seq,
+                last_seq: hist(name).last_seq,
             })
             .collect();
         channels.sort_by(|a, b| a.name.cmp(&b.name));
@@ -112,9 +117,12 @@ impl Hub {
             channel_count: self.channels.len(),
             totals: {
                 let (n, bytes) = self.retained.totals();
+                let (hn, hbytes) = self.history.totals();
                 Totals {
                     retained_messages: n as u64,
                     retained_bytes: bytes as u64,
+                    history_messages: hn as u64,
+                    history_bytes: hbytes as u64,
                     ..self.totals.clone()
                 }
             },

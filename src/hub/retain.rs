@@ -162,7 +162,8 @@ impl Hub {
     /// may read, except those another of its patterns already matched (it
     /// has had their value, and receives each message once). What does not
     /// fit its queue is announced as MISSED and counted as dropped.
-    pub(super) fn send_retained(&mut self, id: ClientId, pat: &Pattern, flags: u8) {
+    /// With `replay`, channels that have history are left to the replay.
+    pub(super) fn send_retained(&mut self, id: ClientId, pat: &Pattern, flags: u8, replay: bool) {
         if flags & WITH_RETAINED == 0 || self.retained.is_empty() {
             return;
         }
@@ -187,6 +188,7 @@ impl Hub {
         names.retain(|name| {
             !peer.patterns.iter().any(|p| p != pat && p.matches(name))
                 && self.policy.allows(name, &peer.creds, Op::Subscribe)
+                && !(replay && self.has_history(name))
         });
         // Oldest name first would need a clock; name order is stable and
         // tells a subscriber nothing it may not read anyway.

@@ -54,6 +54,12 @@ pub struct Totals {
     pub retained_messages: u64,
     #[serde(default)]
     pub retained_bytes: u64,
+    /// Messages kept as channel history, and their bytes as charged
+    /// against `hub.max_history_bytes`.
+    #[serde(default)]
+    pub history_messages: u64,
+    #[serde(default)]
+    pub history_bytes: u64,
 }
 
 // Totals, `client_count` and `channel_count` are hub-wide in every view:
@@ -97,6 +103,17 @@ pub struct ChannelStats {
     /// 64 bytes), 0 when it has none.
     #[serde(default)]
     pub retained_bytes: usize,
+    /// Messages of its history kept now, their payload bytes, and the
+    /// channel sequence numbers of the oldest kept and of the last one
+    /// (0 without history).
+    #[serde(default)]
+    pub stored_messages: usize,
+    #[serde(default)]
+    pub stored_bytes: usize,
+    #[serde(default)]
+    pub first_seq: u64,
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,8 @@
 //!  2  version      u8       1
 //!  3  type         u8       FrameType
 //!  4  flags        u8       bit 0 ACK_REQUESTED (PUBLISH), bit 1 RETAIN (PUBLISH,
-//!                           DATA), bit 2 WITH_RETAINED (SUBSCRIBE); others 0
+//!                           DATA), bit 2 WITH_RETAINED (SUBSCRIBE), bit 3
+//!                           CHANNEL_SEQ (SUBSCRIBE, DATA); others 0
 //!  5  priority     u8       0..=31, POSIX mqueue priority, carried end to end
 //!  6  channel_len  u16      <= 255
 //!  8  payload_len  u32      <= the hub's max message size
@@ -36,7 +37,11 @@ pub const RETAIN: u8 = 0x02;
 /// matches. Opt-in, so that clients written before retained messages never
 /// see a DATA flag they do not know.
 pub const WITH_RETAINED: u8 = 0x04;
-const KNOWN_FLAGS: u8 = ACK_REQUESTED | RETAIN | WITH_RETAINED;
+/// SUBSCRIBE flag: prefix the DATA payloads of channels with history with
+/// their channel sequence number, for this client (from now on). On DATA:
+/// the payload starts with that number, a u64 (little-endian).
+pub const CHANNEL_SEQ: u8 = 0x08;
+const KNOWN_FLAGS: u8 = ACK_REQUESTED | RETAIN | WITH_RETAINED | CHANNEL_SEQ;
 /// Highest priority POSIX guarantees (`MQ_PRIO_MAX` is at least 32).
 pub const MAX_PRIORITY: u8 = 31;
 
