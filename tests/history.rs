@@ -138,7 +138,7 @@ fn the_seam_between_history_and_live_has_no_gap_and_no_duplicate() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 p.publish("log/seam", n.to_string().as_bytes()).unwrap();
-                if n % 64 == 0 {
+                if n.is_multiple_of(64) {
                     p.flush().unwrap();
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -154,13 +154,12 @@ fn the_seam_between_history_and_live_has_no_gap_and_no_duplicate() {
                 let what = format!("{round} {} {pattern}", t.name());
                 let mut s = replaying(&hub, t, pattern, Replay::Last(20));
                 let first = next_message(&mut s);
-                let mut want = first.channel_seq.expect("numbered") + 1;
-                assert_eq!(counter(&first), want - 1, "{what}");
-                for _ in 0..300 {
+                let start = first.channel_seq.expect("numbered");
+                assert_eq!(counter(&first), start, "{what}");
+                for want in start + 1..=start + 300 {
                     let m = next_message(&mut s);
                     assert_eq!(m.channel_seq, Some(want), "{what}: gap or duplicate");
                     assert_eq!(counter(&m), want, "{what}");
-                    want += 1;
                 }
             }
         }
