@@ -112,6 +112,10 @@ pub struct HubConfig {
     /// Bytes of channel history charged to one uid (the publisher of each
     /// stored message).
     pub max_history_bytes_per_uid: usize,
+    /// Where channels with storage = "disk" keep their logs; empty:
+    /// $STATE_DIRECTORY (systemd), else /var/lib/ipchub for root, else
+    /// $XDG_STATE_HOME/ipchub or ~/.local/state/ipchub.
+    pub state_dir: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +320,29 @@ pub struct ChannelRule {
     pub history_bytes: Option<usize>,
     /// … and none older than this ("90s", "10m", "2h", "1d"; default: no age bound).
     pub history_age: Option<String>,
+    /// Where the history lives: "memory" (lost on restart) or "disk" (a
+    /// log under the state directory, read back at start). "disk" turns
+    /// history on with the default bounds if no other history key does.
+    pub storage: Option<Storage>,
+    /// With storage = "disk": "always" (a publisher's ACK waits until the
+    /// message is on disk), "interval" (synced within a second; the
+    /// default) or "never" (the kernel writes back when it likes).
+    pub sync: Option<Sync>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Storage {
+    Memory,
+    Disk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sync {
+    Always,
+    Interval,
+    Never,
 }
 
 /// A channel's history bounds (`[[channel]]` history keys).
@@ -324,6 +351,8 @@ pub struct HistoryBounds {
     pub messages: usize,
     pub bytes: usize,
     pub age: Option<std::time::Duration>,
+    /// Some: kept on disk too, synced so.
+    pub disk: Option<Sync>,
 }
 
 /// Parse a duration such as "500ms", "90s", "10m", "2h", "1d" (a bare
@@ -779,6 +808,7 @@ impl Default for HubConfig {
             max_retained_bytes_per_uid: 4 << 20,
             max_history_bytes: 256 << 20,
             max_history_bytes_per_uid: 32 << 20,
+            state_dir: String::new(),
         }
     }
 }
@@ -998,6 +1028,12 @@ impl Config {
                     "must be at least 1 (leave the history keys out for no history)".into(),
                 ));
             }
+            if rule.sync.is_some() && rule.storage != Some(Storage::Disk) {
+                return Err(bad(
+                    &format!("channel[{i}].sync"),
+                    "applies only with storage = \"disk\"".into(),
+                ));
+            }
             if rule.history_bytes == Some(0) {
                 return Err(bad(
                     &format!("channel[{i}].history_bytes"),
@@ -1087,7 +1123,10 @@ impl Config {
     /// matching it that has a history key; None: no history.
     pub fn history_for(&self, channel: &str) -> Option<HistoryBounds> {
         let r = self.channels.iter().find(|r| {
-            (r.history_messages.is_some() || r.history_bytes.is_some() || r.history_age.is_some())
+            (r.history_messages.is_some()
+                || r.history_bytes.is_some()
+                || r.history_age.is_some()
+                || r.storage.is_some())
                 && Pattern::parse(&r.pattern).is_ok_and(|p| p.matches(channel))
         })?;
         Some(HistoryBounds {
@@ -1097,6 +1136,7 @@ impl Config {
                 .history_age
                 .as_deref()
                 .and_then(|a| parse_duration(a).ok()),
+            disk: (r.storage == Some(Storage::Disk)).then(|| r.sync.unwrap_or(Sync::Interval)),
         })
     }
 
@@ -1423,6 +1463,7 @@ mod tests {
                 messages: 1000,
                 bytes: 1 << 20,
                 age: Some(std::time::Duration::from_secs(600)),
+                disk: None,
             })
         );
         for (text, key) in [

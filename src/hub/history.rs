@@ -223,6 +223,62 @@ impl HistoryStore {
         }
     }
 
+    /// Read-back records (disk storage, at start): the channel's history
+    /// and its numbering continue from them. Ignored for a channel that
+    /// already has a history in memory.
+    pub(super) fn load(
+        &mut self,
+        channel: &str,
+        bounds: HistoryBounds,
+        records: Vec<crate::store::Record>,
+        now_ms: u64,
+    ) {
+        if records.is_empty() || self.channels.contains_key(channel) {
+            return;
+        }
+        let now = Instant::now();
+        let next_seq = records.last().map_or(1, |r| r.chan_seq + 1);
+        let mut h = ChannelHistory {
+            entries: VecDeque::new(),
+            payload_bytes: 0,
+            next_seq,
+            bounds,
+        };
+        for r in records {
+            let cost = r.payload.len() + channel.len() + ENTRY_OVERHEAD;
+            let age = Duration::from_millis(now_ms.saturating_sub(r.time_ms));
+            h.payload_bytes += r.payload.len();
+            self.bytes += cost;
+            *self.by_uid.entry(r.uid).or_insert(0) += cost;
+            h.entries.push_back(Entry {
+                chan_seq: r.chan_seq,
+                at: now.checked_sub(age).unwrap_or(now),
+                origin: r.origin,
+                seq: r.pub_seq,
+                priority: r.priority,
+                payload: r.payload.into(),
+                uid: r.uid,
+                cost,
+            });
+        }
+        self.channels.insert(channel.into(), h);
+        self.rebound(channel, Some(bounds), now);
+    }
+
+    /// A message got `channel`'s next number but could not be stored.
+    pub(super) fn skip_seq(&mut self, channel: &str, bounds: HistoryBounds) {
+        let h = self
+            .channels
+            .entry(channel.into())
+            .or_insert_with(|| ChannelHistory {
+                entries: VecDeque::new(),
+                payload_bytes: 0,
+                next_seq: 1,
+                bounds,
+            });
+        h.next_seq += 1;
+    }
+
     /// Channels that have a history now.
     pub(super) fn names(&self) -> Vec<Box<str>> {
         self.channels.keys().cloned().collect()

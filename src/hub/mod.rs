@@ -17,6 +17,7 @@
 pub mod access;
 mod channels;
 pub mod control;
+mod disk;
 mod history;
 pub mod loglimit;
 pub mod queue;
@@ -243,6 +244,8 @@ pub struct Hub {
     retained: retain::RetainStore,
     /// Channel history in memory (history.rs).
     history: history::HistoryStore,
+    /// Disk storage, once the daemon attached a state directory (disk.rs).
+    disk: Option<disk::DiskState>,
 }
 
 impl Hub {
@@ -275,6 +278,7 @@ impl Hub {
             components: Default::default(),
             retained: Default::default(),
             history: Default::default(),
+            disk: None,
         }
     }
 
@@ -348,6 +352,7 @@ impl Hub {
         self.subscriptions_changed();
         self.cfg = cfg;
         self.rebound_history();
+        self.close_logs_not_on_disk();
     }
 
     /// Admit a new client; its transport may still change at handshake.
@@ -1003,10 +1008,50 @@ impl Hub {
         if retain {
             self.store_retained(id, origin, frame);
         }
+        let mut answered = false;
         if let Some(b) = history {
-            self.store_history(id, origin, frame, b, now);
+            let chan_seq = self.history.next_seq(frame.channel);
+            let mut stored = true;
+            if b.disk.is_some() {
+                match self.write_log(id, origin, frame, b, chan_seq) {
+                    Ok(Some(ticket)) if frame.header.flags & ACK_REQUESTED != 0 => {
+                        // sync = "always": the ACK waits for the fsync.
+                        self.hold_ack(ticket, id, seq, delivered);
+                        answered = true;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let uid = self.peers.get(&id).map_or(0, |p| p.ident.uid);
+                        if self.log_limit.allow(uid, LogKind::Refused, now) {
+                            tracing::error!(
+                                client = id,
+                                channel = frame.channel,
+                                "message not stored: {e}"
+                            );
+                        }
+                        let text = format!(
+                            "delivered to {delivered} subscribers but not stored (channel sequence number {chan_seq} skipped): {e}"
+                        );
+                        self.send_error(id, seq, ErrorCode::LimitReached, &text);
+                        answered = true;
+                        stored = false;
+                    }
+                }
+            }
+            if stored {
+                self.store_history(id, origin, frame, b, now);
+                if b.disk.is_some() {
+                    let first = self
+                        .history
+                        .figures(frame.channel)
+                        .map_or(0, |f| f.first_seq);
+                    self.trim_log(frame.channel, first);
+                }
+            } else {
+                self.history.skip_seq(frame.channel, b);
+            }
         }
-        if frame.header.flags & ACK_REQUESTED != 0 {
+        if frame.header.flags & ACK_REQUESTED != 0 && !answered {
             self.send_control(id, FrameType::Ack, seq, &delivered.to_le_bytes());
         }
         Step::Continue

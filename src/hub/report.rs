@@ -123,6 +123,7 @@ impl Hub {
                     retained_bytes: bytes as u64,
                     history_messages: hn as u64,
                     history_bytes: hbytes as u64,
+                    storage_errors: self.storage_failures(),
                     ..self.totals.clone()
                 }
             },

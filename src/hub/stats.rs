@@ -60,6 +60,10 @@ pub struct Totals {
     pub history_messages: u64,
     #[serde(default)]
     pub history_bytes: u64,
+    /// Writes to channel logs (storage = "disk") that failed: disk full,
+    /// I/O errors, failed fsyncs.
+    #[serde(default)]
+    pub storage_errors: u64,
 }
 
 // Totals, `client_count` and `channel_count` are hub-wide in every view:
