@@ -485,6 +485,8 @@ fn full_sample() -> Config {
         history_messages: Some(10),
         history_bytes: Some(4096),
         history_age: Some("10m".into()),
+        storage: Some(ipchub::config::Storage::Disk),
+        sync: Some(ipchub::config::Sync::Always),
     });
     c
 }
