@@ -274,3 +274,41 @@ fn a_full_disk_is_a_clear_error_and_the_hub_serves_everything_else() {
     assert!(p.stats().unwrap().totals.storage_errors >= 1);
     drop(hub);
 }
+
+#[test]
+fn ipchubctl_history_lists_what_is_stored() {
+    let state = tempfile::tempdir().unwrap();
+    let mut hub = Hub::start_with(&format!(
+        "{}[[channel]]\npattern = \"m/#\"\nhistory_messages = 2\n",
+        config(state.path(), "never")
+    ));
+    let mut p = hub.client();
+    for v in ["one", "two", "three\x1b[2J"] {
+        p.publish_confirmed("d/h", v.as_bytes()).unwrap();
+        p.publish_confirmed("m/h", v.as_bytes()).unwrap();
+    }
+    hub.stop();
+    hub.restart();
+    let run = |args: &[&str]| {
+        let out = hub.ctl().args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = run(&["history", "d/h"]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        text,
+        "'d/h': 3 messages, 15 bytes, sequence numbers 1..3\n1\tone\n2\ttwo\n3\tthree\\u{1b}[2J\n"
+    );
+    // A memory channel forgot its history in the restart.
+    let (ok, text) = run(&["history", "m/h"]);
+    assert!(!ok || text.contains("no stored messages"), "{text}");
+    let (ok, text) = run(&["history", "d/h", "--json"]);
+    assert!(ok);
+    assert!(
+        text.lines().count() == 3 && text.contains("\"channel_seq\":2"),
+        "{text}"
+    );
+}

@@ -57,6 +57,9 @@ pub enum Command {
     /// page is open or /metrics is scraped. Metric names, types and labels:
     /// the DASHBOARD section below.
     Dashboard(crate::dashboard::DashboardArgs),
+    /// List the messages a channel's history holds (`[[channel]]` history
+    /// keys), oldest first: its channel sequence number, then the payload.
+    History(crate::cli::history::HistoryArgs),
     /// Check a configuration file without starting a hub.
     CheckConfig {
         /// The file to check.
@@ -165,6 +168,7 @@ pub fn main_with(args: Args) -> anyhow::Result<i32> {
         Command::Pub(p) => publish(args.socket, p),
         Command::Sub(s) => subscribe(args.socket, s),
         Command::Stats(s) => stats(args.socket, s),
+        Command::History(h) => crate::cli::history::run(args.socket, h),
         Command::Dashboard(d) => crate::dashboard::run(args.socket, &d),
         Command::CheckConfig { file } => {
             crate::config::Config::load(Some(&file))?;

@@ -1,3 +1,4 @@
 //! Command-line front ends built on the client library.
 
 pub mod ctl;
+pub mod history;

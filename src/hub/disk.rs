@@ -16,7 +16,9 @@ const MIN_SEGMENT: u64 = 64 << 10;
 pub(super) struct DiskState {
     root: PathBuf,
     logs: HashMap<Box<str>, ChannelLog>,
+    /// Started with the first log, so a hub storing nothing runs no thread.
     syncer: Option<Syncer>,
+    wake: Option<Box<dyn Fn() + Send>>,
     /// ACKs waiting for a sync ticket: (ticket, client, request seq, delivered).
     pending: std::collections::VecDeque<(u64, ClientId, u64, u32)>,
     /// Writes that failed (disk full, I/O error), for statistics and logs.
@@ -29,19 +31,11 @@ impl Hub {
     /// configuration still stores on disk.
     pub fn attach_storage(&mut self, wake: Box<dyn Fn() + Send>) {
         let root = store::state_dir(&self.cfg.hub.state_dir);
-        let syncer = match Syncer::start(wake) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(
-                    "cannot start the sync thread: {e}; sync = \"always\" publishes are refused"
-                );
-                None
-            }
-        };
         self.disk = Some(DiskState {
             root: root.clone(),
             logs: HashMap::default(),
-            syncer,
+            syncer: None,
+            wake: Some(wake),
             pending: Default::default(),
             failures: 0,
         });
@@ -62,6 +56,15 @@ impl Hub {
         };
         if disk.logs.contains_key(name) {
             return;
+        }
+        if let Some(wake) = disk.wake.take() {
+            match Syncer::start(wake) {
+                Ok(s) => disk.syncer = Some(s),
+                // Writes still work; nothing is ever fsynced: say so.
+                Err(e) => tracing::error!(
+                    "cannot start the sync thread: {e}; channel logs are not synced"
+                ),
+            }
         }
         let seg = (b.bytes as u64 / 4).max(MIN_SEGMENT);
         let max = self.cfg.hub.max_message_size as usize;
