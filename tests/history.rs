@@ -111,7 +111,7 @@ fn replay_without_history_config_is_nothing_and_plain_subscribers_see_no_prefix(
     // A bad replay request is a clear, non-fatal error.
     raw.send_frame(
         ipchub::wire::FrameType::Subscribe,
-        0,
+        ipchub::wire::REPLAY,
         "log/b",
         b"last=many",
         7,

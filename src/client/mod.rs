@@ -479,6 +479,9 @@ impl Client {
         if opts.retained {
             flags |= wire::WITH_RETAINED;
         }
+        if opts.replay.is_some() {
+            flags |= wire::REPLAY;
+        }
         let payload = opts.replay.map(Replay::encode).unwrap_or_default();
         self.queue_frame(
             FrameType::Subscribe,

@@ -679,7 +679,12 @@ impl Hub {
         match frame.header.ty {
             FrameType::Publish => self.publish(id, frame, now),
             FrameType::Subscribe => {
-                let replay = match Replay::parse(frame.payload) {
+                let request: &[u8] = if frame.header.flags & crate::wire::REPLAY != 0 {
+                    frame.payload
+                } else {
+                    &[]
+                };
+                let replay = match Replay::parse(request) {
                     Ok(r) => r,
                     Err(text) => {
                         self.send_error(id, seq, ErrorCode::Malformed, &text);
@@ -800,56 +805,22 @@ impl Hub {
             }
         }
         self.refresh(frame.channel);
-        let mut retain = {
-            let ch = &self.channels[frame.channel];
-            ch.ring != Some(id) && Hub::wants_retain(frame, ch)
+        let mut ch = self.channels.get_mut(frame.channel).expect("just ensured");
+        // What retained messages and history need, from the lookup routing
+        // makes anyway: with neither configured, one flag test and one
+        // `Option` test per message.
+        let mut retain = ch.ring != Some(id) && Hub::wants_retain(frame, ch);
+        let history = if ch.ring == Some(id) {
+            None
+        } else {
+            ch.history
         };
-        if retain {
-            // Checked before anything is delivered: refused means not published.
-            let checked = self.check_retain(self.peers[&id].ident.uid, frame);
-            if let (Err(RetainError::RingChannel(_)), 0) = (&checked, frame.header.flags & RETAIN) {
-                // `retain = true` came with a reload, after the channel got
-                // its ring: the channel goes on, unretained, until the ring
-                // is gone (then it gets none).
-                retain = false;
-            } else if let Err(e) = checked {
-                if self
-                    .log_limit
-                    .allow(self.peers[&id].ident.uid, LogKind::Refused, now)
-                {
-                    tracing::warn!(
-                        client = id,
-                        channel = frame.channel,
-                        "retained publish refused: {e}"
-                    );
-                }
-                let code = match e {
-                    RetainError::RingChannel(_) => ErrorCode::NotPermitted,
-                    _ => ErrorCode::LimitReached,
-                };
-                self.send_error(id, seq, code, &e.to_string());
-                return Step::Continue;
+        if retain || history.is_some() {
+            if let Some(step) = self.check_storing(id, frame, &mut retain, history.is_some(), now) {
+                return step;
             }
+            ch = self.channels.get_mut(frame.channel).expect("just ensured");
         }
-        let history = {
-            let ch = &self.channels[frame.channel];
-            if ch.ring == Some(id) {
-                None
-            } else {
-                ch.history
-            }
-        };
-        if history.is_some() {
-            let uid = self.peers[&id].ident.uid;
-            if let Err(e) = self.check_history(uid, frame.channel, frame.payload.len(), now) {
-                if self.log_limit.allow(uid, LogKind::Refused, now) {
-                    tracing::warn!(client = id, channel = frame.channel, "publish refused: {e}");
-                }
-                self.send_error(id, seq, ErrorCode::LimitReached, &e.to_string());
-                return Step::Continue;
-            }
-        }
-        let ch = self.channels.get_mut(frame.channel).expect("just ensured");
         // Room for the channel sequence number some subscribers get.
         let len = frame.header.frame_len() + if history.is_some() { 8 } else { 0 };
         // A channel with a ring: what others publish goes into the ring (its
@@ -1056,6 +1027,57 @@ impl Hub {
         }
         Step::Continue
     }
+    /// Before delivering a message that is to be retained or stored: may
+    /// it be (bounds, rings)? Some(step): refused, the ERROR is queued.
+    fn check_storing(
+        &mut self,
+        id: ClientId,
+        frame: &Frame<'_>,
+        retain: &mut bool,
+        history: bool,
+        now: Instant,
+    ) -> Option<Step> {
+        let seq = frame.header.seq;
+        if *retain {
+            // Checked before anything is delivered: refused means not published.
+            let checked = self.check_retain(self.peers[&id].ident.uid, frame);
+            if let (Err(RetainError::RingChannel(_)), 0) = (&checked, frame.header.flags & RETAIN) {
+                // `retain = true` came with a reload, after the channel got
+                // its ring: the channel goes on, unretained, until the ring
+                // is gone (then it gets none).
+                *retain = false;
+            } else if let Err(e) = checked {
+                if self
+                    .log_limit
+                    .allow(self.peers[&id].ident.uid, LogKind::Refused, now)
+                {
+                    tracing::warn!(
+                        client = id,
+                        channel = frame.channel,
+                        "retained publish refused: {e}"
+                    );
+                }
+                let code = match e {
+                    RetainError::RingChannel(_) => ErrorCode::NotPermitted,
+                    _ => ErrorCode::LimitReached,
+                };
+                self.send_error(id, seq, code, &e.to_string());
+                return Some(Step::Continue);
+            }
+        }
+        if history {
+            let uid = self.peers[&id].ident.uid;
+            if let Err(e) = self.check_history(uid, frame.channel, frame.payload.len(), now) {
+                if self.log_limit.allow(uid, LogKind::Refused, now) {
+                    tracing::warn!(client = id, channel = frame.channel, "publish refused: {e}");
+                }
+                self.send_error(id, seq, ErrorCode::LimitReached, &e.to_string());
+                return Some(Step::Continue);
+            }
+        }
+        None
+    }
+
     /// Evictions under drop-oldest are counted where they happen; this
     /// records messages a subscriber lost for other reasons (its transport
     /// refused them) so no loss goes uncounted.

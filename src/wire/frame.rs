@@ -8,7 +8,8 @@
 //!  3  type         u8       FrameType
 //!  4  flags        u8       bit 0 ACK_REQUESTED (PUBLISH), bit 1 RETAIN (PUBLISH,
 //!                           DATA), bit 2 WITH_RETAINED (SUBSCRIBE), bit 3
-//!                           CHANNEL_SEQ (SUBSCRIBE, DATA); others 0
+//!                           CHANNEL_SEQ (SUBSCRIBE, DATA), bit 4 REPLAY
+//!                           (SUBSCRIBE); others 0
 //!  5  priority     u8       0..=31, POSIX mqueue priority, carried end to end
 //!  6  channel_len  u16      <= 255
 //!  8  payload_len  u32      <= the hub's max message size
@@ -41,7 +42,11 @@ pub const WITH_RETAINED: u8 = 0x04;
 /// their channel sequence number, for this client (from now on). On DATA:
 /// the payload starts with that number, a u64 (little-endian).
 pub const CHANNEL_SEQ: u8 = 0x08;
-const KNOWN_FLAGS: u8 = ACK_REQUESTED | RETAIN | WITH_RETAINED | CHANNEL_SEQ;
+/// SUBSCRIBE flag: the payload is a replay request (`last=N`,
+/// `since_ms=T`, `from_seq=S`). Without it the payload means nothing, as
+/// it always did.
+pub const REPLAY: u8 = 0x10;
+const KNOWN_FLAGS: u8 = ACK_REQUESTED | RETAIN | WITH_RETAINED | CHANNEL_SEQ | REPLAY;
 /// Highest priority POSIX guarantees (`MQ_PRIO_MAX` is at least 32).
 pub const MAX_PRIORITY: u8 = 31;
 
