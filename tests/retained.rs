@@ -373,7 +373,12 @@ fn the_fuzz_corpus_still_decodes_and_new_flags_are_known() {
         }
     }
     assert!(frames > 0);
-    for flag in [wire::RETAIN, wire::WITH_RETAINED, wire::CHANNEL_SEQ, wire::REPLAY] {
+    for flag in [
+        wire::RETAIN,
+        wire::WITH_RETAINED,
+        wire::CHANNEL_SEQ,
+        wire::REPLAY,
+    ] {
         let mut v = Vec::new();
         wire::encode(&mut v, FrameType::Subscribe, flag, 0, "a", b"", 0, 1);
         assert!(wire::decode(&v, 4096).unwrap().is_some(), "{flag:#x}");

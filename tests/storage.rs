@@ -312,3 +312,40 @@ fn ipchubctl_history_lists_what_is_stored() {
         "{text}"
     );
 }
+
+/// Group commit: 8 publishers streaming under `sync = "always"` get every
+/// ACK only through fsync rounds, and share them (fewer rounds than ACKs).
+#[test]
+fn publishers_under_sync_always_share_fsyncs() {
+    let state = tempfile::tempdir().unwrap();
+    let hub = Hub::start_with(&config(state.path(), "always"));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let mut c: Client = hub.client();
+            std::thread::spawn(move || {
+                for i in 0..200u32 {
+                    c.publish_with("d/group", format!("{t}-{i}").as_bytes(), acked())
+                        .unwrap();
+                }
+                c.flush().unwrap();
+                let mut acks = 0;
+                while acks < 200 {
+                    match c.next_event(WAIT).unwrap() {
+                        Some(Event::Ack { .. }) => acks += 1,
+                        other => panic!("{other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let st = hub.client().stats().unwrap().totals;
+    assert_eq!(st.storage_synced_acks, 1600);
+    assert!(
+        st.storage_syncs < 1600,
+        "{} fsync rounds for 1600 ACKs: none shared",
+        st.storage_syncs
+    );
+}

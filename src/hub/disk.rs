@@ -23,6 +23,11 @@ pub(super) struct DiskState {
     pending: std::collections::VecDeque<(u64, ClientId, u64, u32)>,
     /// Writes that failed (disk full, I/O error), for statistics and logs.
     pub(super) failures: u64,
+    /// fsync rounds of `sync = "always"` (each serving every publisher
+    /// waiting at that moment: group commit).
+    syncs: u64,
+    /// ACKs those rounds made good.
+    synced_acks: u64,
 }
 
 impl Hub {
@@ -38,6 +43,8 @@ impl Hub {
             wake: Some(wake),
             pending: Default::default(),
             failures: 0,
+            syncs: 0,
+            synced_acks: 0,
         });
         for name in store::stored_channels(&root) {
             match self.cfg.history_for(&name) {
@@ -184,9 +191,11 @@ impl Hub {
                 Ok(t) => (t, None),
                 Err((t, e)) => (t, Some(e)),
             };
+            d.syncs += 1;
             while d.pending.front().is_some_and(|p| p.0 <= top) {
                 let (_, id, seq, delivered) = d.pending.pop_front().expect("checked");
                 answers.push((id, seq, delivered, failed.clone()));
+                d.synced_acks += 1;
             }
             if failed.is_some() {
                 d.failures += 1;
@@ -215,6 +224,13 @@ impl Hub {
         let cfg = &self.cfg;
         d.logs
             .retain(|name, _| cfg.history_for(name).is_some_and(|b| b.disk.is_some()));
+    }
+
+    /// fsync rounds for `sync = "always"`, and the ACKs they made good.
+    pub fn storage_syncs(&self) -> (u64, u64) {
+        self.disk
+            .as_ref()
+            .map_or((0, 0), |d| (d.syncs, d.synced_acks))
     }
 
     /// Failed log writes since start.

@@ -124,6 +124,8 @@ impl Hub {
                     history_messages: hn as u64,
                     history_bytes: hbytes as u64,
                     storage_errors: self.storage_failures(),
+                    storage_syncs: self.storage_syncs().0,
+                    storage_synced_acks: self.storage_syncs().1,
                     ..self.totals.clone()
                 }
             },

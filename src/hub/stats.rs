@@ -64,6 +64,12 @@ pub struct Totals {
     /// I/O errors, failed fsyncs.
     #[serde(default)]
     pub storage_errors: u64,
+    /// fsync rounds under `sync = "always"`, and the publisher ACKs they
+    /// made good (more ACKs than rounds: publishers shared fsyncs).
+    #[serde(default)]
+    pub storage_syncs: u64,
+    #[serde(default)]
+    pub storage_synced_acks: u64,
 }
 
 // Totals, `client_count` and `channel_count` are hub-wide in every view:
