@@ -349,3 +349,33 @@ fn publishers_under_sync_always_share_fsyncs() {
         st.storage_syncs
     );
 }
+
+#[test]
+fn a_retained_value_on_a_disk_channel_survives_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let mut hub = Hub::start_with(&config(state.path(), "always"));
+    let mut p = hub.client();
+    for (c, v) in [
+        ("d/kept", &b"v1"[..]),
+        ("d/kept", b"v2"),
+        ("d/gone", b"x"),
+        ("d/gone", b""),
+    ] {
+        let seq = p.publish_retained(c, v, acked()).unwrap();
+        match p.next_event(WAIT).unwrap() {
+            Some(Event::Ack { seq: s, .. }) => assert_eq!(s, seq),
+            other => panic!("{other:?}"),
+        }
+    }
+    p.publish_confirmed("d/kept", b"not retained").unwrap();
+    drop(p);
+    hub.kill9();
+    hub.restart();
+    let mut s = hub.client();
+    s.subscribe("d/kept").unwrap();
+    let m = s.recv(WAIT).unwrap().unwrap();
+    assert_eq!((&m.payload[..], m.retained), (&b"v2"[..], true));
+    let mut s = hub.client();
+    s.subscribe("d/gone").unwrap();
+    assert!(s.recv(Some(Duration::from_millis(300))).unwrap().is_none());
+}

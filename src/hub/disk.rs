@@ -88,6 +88,13 @@ impl Hub {
                 }
                 let n = r.records.len();
                 disk.logs.insert(name.into(), r.log);
+                // The last retained publish still in the log sets (or, if
+                // empty, cleared) the channel's retained value.
+                if let Some(last) = r.records.iter().rev().find(|r| r.retained) {
+                    if !last.payload.is_empty() {
+                        self.retained.restore(name, last);
+                    }
+                }
                 self.history.load(name, b, r.records, store::now_ms());
                 if n > 0 {
                     tracing::info!(
@@ -113,6 +120,7 @@ impl Hub {
         frame: &Frame<'_>,
         b: crate::config::HistoryBounds,
         chan_seq: u64,
+        retained: bool,
     ) -> Result<Option<u64>, String> {
         let mode = b.disk.unwrap_or(SyncMode::Never);
         if self
@@ -143,6 +151,7 @@ impl Hub {
                 pub_seq: frame.header.seq,
                 uid,
                 priority: frame.header.priority,
+                retained,
                 payload: frame.payload.to_vec(),
             },
             &mut bytes,

@@ -984,7 +984,7 @@ impl Hub {
             let chan_seq = self.history.next_seq(frame.channel);
             let mut stored = true;
             if b.disk.is_some() {
-                match self.write_log(id, origin, frame, b, chan_seq) {
+                match self.write_log(id, origin, frame, b, chan_seq, retain) {
                     Ok(Some(ticket)) if frame.header.flags & ACK_REQUESTED != 0 => {
                         // sync = "always": the ACK waits for the fsync.
                         self.hold_ack(ticket, id, seq, delivered);

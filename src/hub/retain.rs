@@ -63,6 +63,26 @@ impl RetainStore {
         self.values.get(channel).map(|r| r.cost)
     }
 
+    /// A retained value read back from a channel log at start (charged to
+    /// its publisher's uid as when it was set; the bounds were checked then).
+    pub(super) fn restore(&mut self, channel: &str, r: &crate::store::Record) {
+        self.remove(channel);
+        let cost = cost_of(channel, r.payload.len());
+        self.bytes += cost;
+        *self.by_uid.entry(r.uid).or_insert(0) += cost;
+        self.values.insert(
+            channel.into(),
+            Retained {
+                payload: r.payload.clone().into(),
+                origin: r.origin,
+                seq: r.pub_seq,
+                priority: r.priority,
+                uid: r.uid,
+                cost,
+            },
+        );
+    }
+
     fn remove(&mut self, channel: &str) {
         if let Some(old) = self.values.remove(channel) {
             self.bytes -= old.cost;

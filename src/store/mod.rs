@@ -30,7 +30,8 @@ pub use crate::config::Sync as SyncMode;
 /// How often `sync = "interval"` files are made durable.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 /// Record header: magic u32, crc32c u32, payload_len u32, origin u32,
-/// chan_seq u64, time_ms u64, pub_seq u64, uid u32, priority u8, 3 zero bytes.
+/// chan_seq u64, time_ms u64, pub_seq u64, uid u32, priority u8, flags u8
+/// (bit 0: retained), 2 zero bytes.
 pub const RECORD_HEADER: usize = 48;
 const MAGIC: u32 = u32::from_le_bytes(*b"IHRC");
 
@@ -56,6 +57,9 @@ pub struct Record {
     pub pub_seq: u64,
     pub uid: u32,
     pub priority: u8,
+    /// Published with the retain flag (it set or cleared the channel's
+    /// retained value).
+    pub retained: bool,
     pub payload: Vec<u8>,
 }
 
@@ -82,7 +86,7 @@ pub fn encode(r: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&r.time_ms.to_le_bytes());
     out.extend_from_slice(&r.pub_seq.to_le_bytes());
     out.extend_from_slice(&r.uid.to_le_bytes());
-    out.extend_from_slice(&[r.priority, 0, 0, 0]);
+    out.extend_from_slice(&[r.priority, u8::from(r.retained), 0, 0]);
     out.extend_from_slice(&r.payload);
     let crc = crc32c(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -121,6 +125,7 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Record, usize)>,
             pub_seq: u64_at(32),
             uid: u32_at(40),
             priority: buf[44],
+            retained: buf[45] & 1 != 0,
             payload: buf[RECORD_HEADER..total].to_vec(),
         },
         total,
@@ -532,6 +537,7 @@ mod tests {
             pub_seq: 9,
             uid: 0,
             priority: 2,
+            retained: true,
             payload: b"hello".to_vec(),
         };
         let mut v = Vec::new();
