@@ -100,6 +100,22 @@ pub struct HubConfig {
     /// Largest HELLO payload, in bytes: all the hub buffers for a connection
     /// before it is greeted.
     pub max_hello_size: u32,
+    /// Bytes of retained messages (payload, channel name and 64 bytes of
+    /// bookkeeping each) the hub keeps in all.
+    pub max_retained_bytes: usize,
+    /// Bytes of retained messages charged to one uid (the uid that
+    /// published each current value).
+    pub max_retained_bytes_per_uid: usize,
+    /// Bytes of channel history (payload, channel name and 64 bytes per
+    /// message) the hub keeps in memory in all.
+    pub max_history_bytes: usize,
+    /// Bytes of channel history charged to one uid (the publisher of each
+    /// stored message).
+    pub max_history_bytes_per_uid: usize,
+    /// Where channels with storage = "disk" keep their logs; empty:
+    /// $STATE_DIRECTORY (systemd), else /var/lib/ipchub for root, else
+    /// $XDG_STATE_HOME/ipchub or ~/.local/state/ipchub.
+    pub state_dir: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +309,72 @@ pub struct ChannelRule {
     /// Channel pattern (wildcards allowed) this rule applies to.
     pub pattern: String,
     pub overflow: Option<Overflow>,
+    /// Keep every message of a matching channel as its retained value (as if
+    /// each were published with the retain flag).
+    pub retain: Option<bool>,
+    /// Keep the channel's last messages in memory, each with a channel
+    /// sequence number, for replay to subscribers: at most this many
+    /// (any history key turns history on; default 1000) …
+    pub history_messages: Option<usize>,
+    /// … at most this many payload bytes (default 1048576) …
+    pub history_bytes: Option<usize>,
+    /// … and none older than this ("90s", "10m", "2h", "1d"; default: no age bound).
+    pub history_age: Option<String>,
+    /// Where the history lives: "memory" (lost on restart) or "disk" (a
+    /// log under the state directory, read back at start). "disk" turns
+    /// history on with the default bounds if no other history key does.
+    pub storage: Option<Storage>,
+    /// With storage = "disk": "always" (a publisher's ACK waits until the
+    /// message is on disk), "interval" (synced within a second; the
+    /// default) or "never" (the kernel writes back when it likes).
+    pub sync: Option<Sync>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Storage {
+    Memory,
+    Disk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sync {
+    Always,
+    Interval,
+    Never,
+}
+
+/// A channel's history bounds (`[[channel]]` history keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryBounds {
+    pub messages: usize,
+    pub bytes: usize,
+    pub age: Option<std::time::Duration>,
+    /// Some: kept on disk too, synced so.
+    pub disk: Option<Sync>,
+}
+
+/// Parse a duration such as "500ms", "90s", "10m", "2h", "1d" (a bare
+/// number is seconds).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as 90s, 10m, 2h or 1d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("'{text}': the unit must be ms, s, m, h or d")),
+    };
+    n.checked_mul(ms)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("'{text}' is too long"))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -722,6 +804,11 @@ impl Default for HubConfig {
             block_timeout_ms: 10_000,
             handshake_timeout_ms: 5_000,
             max_hello_size: 4096,
+            max_retained_bytes: 64 << 20,
+            max_retained_bytes_per_uid: 4 << 20,
+            max_history_bytes: 256 << 20,
+            max_history_bytes_per_uid: 32 << 20,
+            state_dir: String::new(),
         }
     }
 }
@@ -811,6 +898,25 @@ impl Config {
             return Err(bad(
                 "hub.max_hello_size",
                 "must be between 256 and 65536".into(),
+            ));
+        }
+        if h.max_retained_bytes == 0 {
+            return Err(bad("hub.max_retained_bytes", "must be at least 1".into()));
+        }
+        if h.max_retained_bytes_per_uid == 0 || h.max_retained_bytes_per_uid > h.max_retained_bytes
+        {
+            return Err(bad(
+                "hub.max_retained_bytes_per_uid",
+                "must be at least 1 and at most hub.max_retained_bytes".into(),
+            ));
+        }
+        if h.max_history_bytes == 0 {
+            return Err(bad("hub.max_history_bytes", "must be at least 1".into()));
+        }
+        if h.max_history_bytes_per_uid == 0 || h.max_history_bytes_per_uid > h.max_history_bytes {
+            return Err(bad(
+                "hub.max_history_bytes_per_uid",
+                "must be at least 1 and at most hub.max_history_bytes".into(),
             ));
         }
         if h.max_channels_per_uid == 0 {
@@ -916,6 +1022,34 @@ impl Config {
         for (i, rule) in self.channels.iter().enumerate() {
             Pattern::parse(&rule.pattern)
                 .map_err(|e| bad(&format!("channel[{i}].pattern"), e.to_string()))?;
+            if rule.history_messages == Some(0) {
+                return Err(bad(
+                    &format!("channel[{i}].history_messages"),
+                    "must be at least 1 (leave the history keys out for no history)".into(),
+                ));
+            }
+            if rule.sync.is_some() && rule.storage != Some(Storage::Disk) {
+                return Err(bad(
+                    &format!("channel[{i}].sync"),
+                    "applies only with storage = \"disk\"".into(),
+                ));
+            }
+            if rule.history_bytes == Some(0) {
+                return Err(bad(
+                    &format!("channel[{i}].history_bytes"),
+                    "must be at least 1 (leave the history keys out for no history)".into(),
+                ));
+            }
+            if let Some(age) = &rule.history_age {
+                let d = parse_duration(age)
+                    .map_err(|e| bad(&format!("channel[{i}].history_age"), e))?;
+                if d.is_zero() {
+                    return Err(bad(
+                        &format!("channel[{i}].history_age"),
+                        "must be more than 0".into(),
+                    ));
+                }
+            }
         }
         self.bridge
             .mqtt
@@ -1013,6 +1147,37 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// Whether `channel` keeps every message as its retained value (the
+    /// first `[[channel]]` block matching it that says `retain`).
+    pub fn retain_for(&self, channel: &str) -> bool {
+        self.channels
+            .iter()
+            .filter_map(|r| Some((Pattern::parse(&r.pattern).ok()?, r.retain?)))
+            .find(|(p, _)| p.matches(channel))
+            .is_some_and(|(_, r)| r)
+    }
+
+    /// The history bounds of `channel`: the first `[[channel]]` block
+    /// matching it that has a history key; None: no history.
+    pub fn history_for(&self, channel: &str) -> Option<HistoryBounds> {
+        let r = self.channels.iter().find(|r| {
+            (r.history_messages.is_some()
+                || r.history_bytes.is_some()
+                || r.history_age.is_some()
+                || r.storage.is_some())
+                && Pattern::parse(&r.pattern).is_ok_and(|p| p.matches(channel))
+        })?;
+        Some(HistoryBounds {
+            messages: r.history_messages.unwrap_or(1000),
+            bytes: r.history_bytes.unwrap_or(1 << 20),
+            age: r
+                .history_age
+                .as_deref()
+                .and_then(|a| parse_duration(a).ok()),
+            disk: (r.storage == Some(Storage::Disk)).then(|| r.sync.unwrap_or(Sync::Interval)),
+        })
     }
 
     /// The overflow policy for messages on `channel`.
@@ -1321,6 +1486,51 @@ mod tests {
         assert_eq!(cfg.bridge.mqtt.enabled().count(), 1);
         let e = parse("[[bridge.mqtt]]\nname = \"a\"\nbogus = 1\n").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn channel_rules_pick_retain_and_history() {
+        let cfg = Config::parse(
+            "[[channel]]\npattern = \"s/#\"\nretain = true\n[[channel]]\npattern = \"e/#\"\nhistory_age = \"10m\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(cfg.retain_for("s/a") && !cfg.retain_for("e/a"));
+        assert_eq!(cfg.history_for("s/a"), None);
+        assert_eq!(
+            cfg.history_for("e/a"),
+            Some(HistoryBounds {
+                messages: 1000,
+                bytes: 1 << 20,
+                age: Some(std::time::Duration::from_secs(600)),
+                disk: None,
+            })
+        );
+        for (text, key) in [
+            ("history_age = \"10 parsecs\"", "channel[0].history_age"),
+            ("history_age = \"0s\"", "channel[0].history_age"),
+            ("history_messages = 0", "channel[0].history_messages"),
+            ("history_bytes = 0", "channel[0].history_bytes"),
+        ] {
+            let e = Config::parse(
+                &format!("[[channel]]\npattern = \"a\"\n{text}\n"),
+                Path::new("x.toml"),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let e = Config::parse(
+            "[hub]\nmax_retained_bytes_per_uid = 1000000000\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("hub.max_retained_bytes_per_uid"),
+            "{e}"
+        );
+        assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
+        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
+        assert!(parse_duration("h").is_err());
     }
 
     #[test]

@@ -23,5 +23,6 @@ pub mod dbus;
 pub mod hub;
 pub mod paths;
 pub mod shm;
+pub mod store;
 pub mod transport;
 pub mod wire;

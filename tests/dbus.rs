@@ -1116,3 +1116,35 @@ fn components_show_each_bridge_state() {
         })
     });
 }
+
+#[test]
+fn channel_objects_show_retained_and_stored_messages() {
+    let bus = Bus::start();
+    let (hub, conn) = Hub::on(
+        &bus,
+        "[[channel]]\npattern = \"hist\"\nhistory_messages = 2\n",
+    );
+    let mut publisher = hub.client("pub");
+    for v in [&b"a"[..], b"b", b"c"] {
+        let seq = publisher
+            .publish_retained(
+                "hist",
+                v,
+                ipchub::client::PublishOptions {
+                    ack: true,
+                    priority: 0,
+                },
+            )
+            .unwrap();
+        match publisher.next_event(Some(PATIENCE)).unwrap() {
+            Some(Event::Ack { seq: s, .. }) => assert_eq!(s, seq),
+            other => panic!("{other:?}"),
+        }
+    }
+    let ch = proxy(&conn, "/org/ipchub/channel/hist", "org.ipchub.Channel1");
+    wait_for("LastSeq to reach 3", || prop::<u64>(&ch, "LastSeq") == 3);
+    assert_eq!(prop::<u64>(&ch, "FirstSeq"), 2);
+    assert_eq!(prop::<u64>(&ch, "StoredMessages"), 2);
+    assert_eq!(prop::<u64>(&ch, "StoredBytes"), 2);
+    assert_eq!(prop::<u64>(&ch, "RetainedBytes"), 1 + 4 + 64);
+}

@@ -512,6 +512,12 @@ fn full_sample() -> Config {
     c.channels.push(ChannelRule {
         pattern: "logs/#".into(),
         overflow: Some(Overflow::DropOldest),
+        retain: Some(true),
+        history_messages: Some(10),
+        history_bytes: Some(4096),
+        history_age: Some("10m".into()),
+        storage: Some(ipchub::config::Storage::Disk),
+        sync: Some(ipchub::config::Sync::Always),
     });
     c
 }

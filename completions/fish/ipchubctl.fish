@@ -33,6 +33,7 @@ complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "request" -d 'Se
 complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "reply" -d 'Answer requests on a channel: a fixed text, or the output of a command'
 complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "stats" -d 'Show the hub\'s statistics: totals, the channels you may read and your own clients (root and the hub\'s user: all of them)'
 complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "dashboard" -d 'Serve a live web dashboard and Prometheus /metrics for this hub'
+complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "history" -d 'List the messages a channel\'s history holds (`[[channel]]` history keys), oldest first: its channel sequence number, then the payload'
 complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "check-config" -d 'Check a configuration file without starting a hub'
 complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s c -l channel -d 'Channel to publish on, e.g. `sensors/kitchen/temp`' -r
@@ -51,6 +52,7 @@ complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l no-reconnect
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l no-confirm -d 'Do not ask for delivery counts (prints nothing per message)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l stdin -d 'Publish all of standard input, up to its end, as one message'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s l -l lines -d 'Publish each line of standard input as one message (the default without a message)'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l retain -d 'Keep the message as the channel\'s retained value, sent first to every later subscriber; an empty message clears it'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -s c -l channel -d 'Channel or pattern to subscribe to (`+` matches one level, `#` the rest); repeatable' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l exclude -d 'Leave out messages on channels matching this pattern; repeatable' -r
@@ -64,11 +66,15 @@ complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -s n -l count -
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -s F -l format -d 'Print each message as FORMAT (tokens above), then a newline' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l timeout -d 'Stop after this many seconds in all (fractions allowed)' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l idle-timeout -d 'Give up after this many seconds without a message' -r
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l last -d 'Replay the last N stored messages of each channel with history first' -r
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l since -d 'Replay the stored messages of the last DURATION first (90s, 10m, 2h, 1d)' -r
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l from-seq -d 'Replay the stored messages from channel sequence number S on first' -r
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -s q -l quiet -d 'Print no "Connected to hub" (or "Subscribed to") line on standard error'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l no-reconnect -d 'Exit (status 7) when the hub goes away, instead of reconnecting and carrying on once it is back (the default, said on standard error)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l json -d 'Print one JSON object per message (channel, payload, sequence, publisher with its client id and, while it is connected, pid, uid and name; priority, time received)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l raw -d 'Write payload bytes unchanged, nothing else'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -s l -l lines -d 'Print each payload followed by a newline, nothing else'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -l no-retained -d 'Skip the retained values of the channels (sent first by default)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand sub" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand request" -s s -l socket -d 'Control socket of the hub, as the --socket before the command (this one wins)' -r -F
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand request" -s t -l transport -d 'How to reach the hub for data' -r -f -a "socket\t''
@@ -106,12 +112,15 @@ complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand dashboard" -l max-st
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand dashboard" -l allow-remote -d 'Accept a TCP address that is not loopback (e.g. 0.0.0.0:9178). The dashboard shows what its user may see to whoever has the token'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand dashboard" -l no-token -d 'Serve TCP without a token: any local user (of any uid) can then read what this user may see'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand dashboard" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand history" -l json -d 'One JSON object per message (channel_seq, sequence, publisher, priority, payload)'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand history" -s h -l help -d 'Print help'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand check-config" -s h -l help -d 'Print help'
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard check-config help" -f -a "pub" -d 'Publish a message, a file, all of standard input, or one message per line of standard input'
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard check-config help" -f -a "sub" -d 'Subscribe and print messages as `[channel] payload`, payload lines, raw bytes, JSON or a format'
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard check-config help" -f -a "request" -d 'Send one request and print the reply (request/reply over channels)'
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard check-config help" -f -a "reply" -d 'Answer requests on a channel: a fixed text, or the output of a command'
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard check-config help" -f -a "stats" -d 'Show the hub\'s statistics: totals, the channels you may read and your own clients (root and the hub\'s user: all of them)'
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard check-config help" -f -a "dashboard" -d 'Serve a live web dashboard and Prometheus /metrics for this hub'
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard check-config help" -f -a "check-config" -d 'Check a configuration file without starting a hub'
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard check-config help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard history check-config help" -f -a "pub" -d 'Publish a message, a file, all of standard input, or one message per line of standard input'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard history check-config help" -f -a "sub" -d 'Subscribe and print messages as `[channel] payload`, payload lines, raw bytes, JSON or a format'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard history check-config help" -f -a "request" -d 'Send one request and print the reply (request/reply over channels)'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard history check-config help" -f -a "reply" -d 'Answer requests on a channel: a fixed text, or the output of a command'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard history check-config help" -f -a "stats" -d 'Show the hub\'s statistics: totals, the channels you may read and your own clients (root and the hub\'s user: all of them)'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard history check-config help" -f -a "dashboard" -d 'Serve a live web dashboard and Prometheus /metrics for this hub'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard history check-config help" -f -a "history" -d 'List the messages a channel\'s history holds (`[[channel]]` history keys), oldest first: its channel sequence number, then the payload'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard history check-config help" -f -a "check-config" -d 'Check a configuration file without starting a hub'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand help; and not __fish_seen_subcommand_from pub sub request reply stats dashboard history check-config help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -112,6 +112,9 @@ pub enum Command {
     /// page is open or /metrics is scraped. Metric names, types and labels:
     /// the DASHBOARD section below.
     Dashboard(crate::dashboard::DashboardArgs),
+    /// List the messages a channel's history holds (`[[channel]]` history
+    /// keys), oldest first: its channel sequence number, then the payload.
+    History(crate::cli::history::HistoryArgs),
     /// Check a configuration file without starting a hub.
     CheckConfig {
         /// The file to check.
@@ -201,6 +204,10 @@ pub struct PubArgs {
     /// Wait this long between repeated messages (fractions allowed).
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub interval: Option<f64>,
+    /// Keep the message as the channel's retained value, sent first to every
+    /// later subscriber; an empty message clears it.
+    #[arg(long)]
+    pub retain: bool,
     /// The message. Without it (or -f, --stdin), each line of standard input is one message.
     pub message: Option<String>,
 }
@@ -241,6 +248,18 @@ pub struct SubArgs {
     /// Give up after this many seconds without a message.
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub idle_timeout: Option<f64>,
+    /// Skip the retained values of the channels (sent first by default).
+    #[arg(long)]
+    pub no_retained: bool,
+    /// Replay the last N stored messages of each channel with history first.
+    #[arg(long, value_name = "N", conflicts_with_all = ["since", "from_seq"])]
+    pub last: Option<u64>,
+    /// Replay the stored messages of the last DURATION first (90s, 10m, 2h, 1d).
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration, conflicts_with = "from_seq")]
+    pub since: Option<Duration>,
+    /// Replay the stored messages from channel sequence number S on first.
+    #[arg(long, value_name = "S")]
+    pub from_seq: Option<u64>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -331,6 +350,7 @@ pub fn main_with(args: Args) -> anyhow::Result<i32> {
         Command::Request(r) => request(r.hub.socket.clone().or(top), r),
         Command::Reply(r) => reply(r.hub.socket.clone().or(top), r),
         Command::Stats(s) => stats(s.hub.socket.clone().or(top), s),
+        Command::History(h) => crate::cli::history::run(top, h),
         Command::Dashboard(d) => crate::dashboard::run(top, &d),
         Command::CheckConfig { file } => {
             crate::config::Config::load(Some(&file))?;
@@ -430,7 +450,6 @@ fn connect(socket: Option<PathBuf>, c: &ConnectArgs, role: &str) -> Result<Clien
         } else {
             Default::default()
         },
-        ..Options::default()
     };
     let client = Client::connect(&opts)?;
     if !c.quiet {
@@ -603,7 +622,7 @@ fn publish(socket: Option<PathBuf>, a: PubArgs) -> anyhow::Result<i32> {
                     acks.report(&mut client, false, &mut out)?;
                     std::thread::sleep(interval);
                 }
-                client.publish_with(&a.channel, &m, opts)?;
+                publish_one(&mut client, &a, m.as_ref(), opts)?;
                 acks.outstanding += u64::from(opts.ack);
             }
         }
@@ -628,7 +647,7 @@ fn publish(socket: Option<PathBuf>, a: PubArgs) -> anyhow::Result<i32> {
                         max: max as u32,
                     })
                 } else {
-                    client.publish_with(&a.channel, &line, opts)
+                    publish_one(&mut client, &a, &line, opts)
                 };
                 match sent {
                     Ok(_) => acks.outstanding += u64::from(opts.ack),
@@ -664,6 +683,20 @@ enum Output {
     Format(Vec<Piece>),
 }
 
+/// One message of `pub`, retained if asked.
+fn publish_one(
+    client: &mut Client,
+    a: &PubArgs,
+    payload: &[u8],
+    opts: PublishOptions,
+) -> Result<u64, crate::client::ClientError> {
+    if a.retain {
+        client.publish_retained(&a.channel, payload, opts)
+    } else {
+        client.publish_with(&a.channel, payload, opts)
+    }
+}
+
 fn subscribe(socket: Option<PathBuf>, a: SubArgs) -> anyhow::Result<i32> {
     for c in &a.channel {
         Pattern::parse(c).map_err(|e| CtlError::Usage(format!("invalid channel: {e}")))?;
@@ -686,7 +719,18 @@ fn subscribe(socket: Option<PathBuf>, a: SubArgs) -> anyhow::Result<i32> {
     };
     let mut client = connect(socket, &a.connect, "sub")?;
     for c in &a.channel {
-        client.subscribe(c)?;
+        use crate::client::Replay;
+        let replay = match (a.last, a.since, a.from_seq) {
+            (Some(n), _, _) => Some(Replay::Last(n)),
+            (_, Some(d), _) => Some(Replay::SinceMs(d.as_millis().min(u64::MAX as u128) as u64)),
+            (_, _, Some(s)) => Some(Replay::FromSeq(s)),
+            _ => None,
+        };
+        let opts = crate::client::SubscribeOptions {
+            retained: !a.no_retained,
+            replay,
+        };
+        client.subscribe_with(c, opts)?;
         if !a.connect.quiet {
             eprintln!("Subscribed to '{c}'");
         }

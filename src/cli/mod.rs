@@ -2,4 +2,5 @@
 
 pub mod ctl;
 pub mod format;
+pub mod history;
 pub mod reqrep;

@@ -140,6 +140,11 @@ pub struct Message {
     /// The publishing client's id.
     pub origin: u32,
     pub priority: u8,
+    /// A retained value sent on subscribing, not a live message.
+    pub retained: bool,
+    /// The channel's sequence number for this message, on channels with
+    /// history: resume after it with [`Replay::FromSeq`] (this + 1).
+    pub channel_seq: Option<u64>,
 }
 
 /// Everything the hub can send a client after the handshake.
@@ -185,6 +190,29 @@ pub struct PublishOptions {
     pub ack: bool,
     /// POSIX mqueue priority, 0..=31, carried end to end.
     pub priority: u8,
+}
+
+/// Per-subscription settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeOptions {
+    /// Receive the retained values of the matching channels first (each
+    /// marked [`Message::retained`]). On by default.
+    pub retained: bool,
+    /// Replay the stored history of the matching channels that have one
+    /// (`[[channel]]` history keys) before live messages; on those channels
+    /// it replaces the retained value.
+    pub replay: Option<Replay>,
+}
+
+pub use crate::hub::Replay;
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            retained: true,
+            replay: None,
+        }
+    }
 }
 
 pub struct Client {
@@ -432,6 +460,31 @@ impl Client {
         payload: &[u8],
         opts: PublishOptions,
     ) -> Result<u64, ClientError> {
+        self.publish_flagged(channel, payload, opts, false)
+    }
+
+    /// Publish and keep the message as the channel's retained value, which
+    /// every later subscriber receives first (unless it opts out); an empty
+    /// payload clears it, as in MQTT. Always goes through the hub, never
+    /// into a channel ring. Past `hub.max_retained_bytes_per_uid` or
+    /// `hub.max_retained_bytes` the hub refuses it (LIMIT_REACHED, as an
+    /// [`Event::Error`] with this publish's seq) and delivers nothing.
+    pub fn publish_retained(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        opts: PublishOptions,
+    ) -> Result<u64, ClientError> {
+        self.publish_flagged(channel, payload, opts, true)
+    }
+
+    fn publish_flagged(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        opts: PublishOptions,
+        retain: bool,
+    ) -> Result<u64, ClientError> {
         // A channel whose ring we write was validated when the ring was
         // opened: at millions of messages a second, that scan shows.
         if !self.rings.writer_for(channel) {
@@ -463,7 +516,14 @@ impl Client {
         }
         self.check_open()?;
         let seq = self.next_seq();
-        match self.ring_publish(channel, payload, opts, seq) {
+        // A channel with a retained value has no ring: a retained publish
+        // always goes through the hub.
+        let ring = if retain {
+            Ok(false)
+        } else {
+            self.ring_publish(channel, payload, opts, seq)
+        };
+        match ring {
             Ok(true) => return Ok(seq),
             Ok(false) => {}
             Err(e) => match self.loss(&e) {
@@ -475,7 +535,10 @@ impl Client {
                 None => return Err(e),
             },
         }
-        let flags = if opts.ack { ACK_REQUESTED } else { 0 };
+        let mut flags = if opts.ack { ACK_REQUESTED } else { 0 };
+        if retain {
+            flags |= wire::RETAIN;
+        }
         self.queue_frame(
             FrameType::Publish,
             flags,
@@ -516,15 +579,29 @@ impl Client {
     }
 
     /// Subscribe to a pattern (wildcards allowed) and wait for the hub's answer.
-    /// Between hubs, it first waits for one.
+    /// Between hubs, it first waits for one. The retained values of the
+    /// matching channels come first (see [`subscribe_with`](Self::subscribe_with)
+    /// to skip them).
     pub fn subscribe(&mut self, pattern: &str) -> Result<(), ClientError> {
+        self.subscribe_with(pattern, SubscribeOptions::default())
+    }
+
+    /// Subscribe with options. The hub sends the retained values (if asked)
+    /// right behind its ACK, before any live message: no gap, no duplicate.
+    /// After a reconnect the pattern is asked for anew, without retained
+    /// values or replay.
+    pub fn subscribe_with(
+        &mut self,
+        pattern: &str,
+        opts: SubscribeOptions,
+    ) -> Result<(), ClientError> {
         let exact = Pattern::parse(pattern)?.is_exact();
         loop {
             if self.between_hubs() {
                 self.reconnect(None)?;
             }
             let epoch = self.ledger.epoch;
-            let res = self.subscribe_once(pattern, exact);
+            let res = self.subscribe_once(pattern, exact, &opts);
             if self.ledger.epoch != epoch {
                 // Lost meanwhile: the restore asks the next hub (if this
                 // went through first; otherwise ask again).
@@ -548,12 +625,35 @@ impl Client {
         }
     }
 
-    fn subscribe_once(&mut self, pattern: &str, exact: bool) -> Result<(), ClientError> {
+    fn subscribe_once(
+        &mut self,
+        pattern: &str,
+        exact: bool,
+        opts: &SubscribeOptions,
+    ) -> Result<(), ClientError> {
+        // A channel with retained values has no ring (the hub refuses it),
+        // so reading through a ring never skips a retained value.
         if exact && self.ring_subscribe(pattern)? {
             return Ok(());
         }
         let seq = self.next_seq();
-        self.queue_frame(FrameType::Subscribe, 0, 0, pattern, b"", seq);
+        // Always ask for channel sequence numbers: this library reads them.
+        let mut flags = wire::CHANNEL_SEQ;
+        if opts.retained {
+            flags |= wire::WITH_RETAINED;
+        }
+        if opts.replay.is_some() {
+            flags |= wire::REPLAY;
+        }
+        let payload = opts.replay.map(Replay::encode).unwrap_or_default();
+        self.queue_frame(
+            FrameType::Subscribe,
+            flags,
+            0,
+            pattern,
+            payload.as_bytes(),
+            seq,
+        );
         self.wait_ack(seq, true).map(|_| ())
     }
 
@@ -852,13 +952,18 @@ impl Client {
                     off += used;
                     let seq = f.header.seq;
                     let ev = match f.header.ty {
-                        FrameType::Data => Event::Message(Message {
-                            channel: f.channel.to_string(),
-                            payload: f.payload.to_vec(),
-                            seq,
-                            origin: f.header.origin,
-                            priority: f.header.priority,
-                        }),
+                        FrameType::Data => {
+                            let (channel_seq, payload) = split_channel_seq(&f)?;
+                            Event::Message(Message {
+                                channel: f.channel.to_string(),
+                                payload: payload.to_vec(),
+                                seq,
+                                origin: f.header.origin,
+                                priority: f.header.priority,
+                                retained: f.header.flags & wire::RETAIN != 0,
+                                channel_seq,
+                            })
+                        }
                         FrameType::Ack => {
                             self.ledger.answered(seq);
                             if self.ledger.restore_seqs.remove(&seq) {
@@ -1058,4 +1163,16 @@ impl AsRawFd for Client {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.link.read_fd()
     }
+}
+
+/// A DATA frame's channel sequence number (flag CHANNEL_SEQ: the first 8
+/// payload bytes) and the message itself.
+fn split_channel_seq<'a>(f: &wire::Frame<'a>) -> Result<(Option<u64>, &'a [u8]), ClientError> {
+    if f.header.flags & wire::CHANNEL_SEQ == 0 {
+        return Ok((None, f.payload));
+    }
+    let (cs, rest) = f.payload.split_first_chunk::<8>().ok_or_else(|| {
+        ClientError::Protocol("DATA with CHANNEL_SEQ shorter than 8 bytes".into())
+    })?;
+    Ok((Some(u64::from_le_bytes(*cs)), rest))
 }

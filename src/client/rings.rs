@@ -578,6 +578,8 @@ pub(super) fn ring_frames_to_events(mut buf: &[u8], events: &mut VecDeque<Event>
                 seq: f.header.seq,
                 origin: f.header.origin,
                 priority: f.header.priority,
+                retained: false,
+                channel_seq: None,
             })),
             FrameType::Missed => {
                 let n = f

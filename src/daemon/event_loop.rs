@@ -134,8 +134,13 @@ impl EventLoop {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let hub = Hub::new(opts.config.clone());
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let mut hub = Hub::new(opts.config.clone());
+        // Disk storage's sync thread reports through the control waker.
+        let wake = waker.clone();
+        hub.attach_storage(Box::new(move || {
+            let _ = wake.wake();
+        }));
         let (control_tx, control_rx) = std::sync::mpsc::channel();
         Ok(EventLoop {
             waker,

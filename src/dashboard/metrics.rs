@@ -285,6 +285,11 @@ mod tests {
             dropped: 0,
             ring: false,
             ring_readers: 0,
+            retained_bytes: 0,
+            stored_messages: 0,
+            stored_bytes: 0,
+            first_seq: 0,
+            last_seq: 0,
         }
     }
 

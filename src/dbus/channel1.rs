@@ -38,6 +38,11 @@ pub fn notified_properties(s: &ChannelStats) -> Vec<(&'static str, Value<'static
         ("Delivered", Value::from(s.delivered)),
         ("Bytes", Value::from(s.bytes)),
         ("Dropped", Value::from(s.dropped)),
+        ("RetainedBytes", Value::from(s.retained_bytes as u64)),
+        ("StoredMessages", Value::from(s.stored_messages as u64)),
+        ("StoredBytes", Value::from(s.stored_bytes as u64)),
+        ("FirstSeq", Value::from(s.first_seq)),
+        ("LastSeq", Value::from(s.last_seq)),
     ]
 }
 
@@ -91,5 +96,35 @@ impl Channel1 {
     #[zbus(property)]
     fn dropped(&self) -> u64 {
         self.stats.dropped
+    }
+
+    /// Bytes of its retained value as charged (payload, name, 64); 0: none.
+    #[zbus(property)]
+    fn retained_bytes(&self) -> u64 {
+        self.stats.retained_bytes as u64
+    }
+
+    /// Messages of its history kept now (`[[channel]]` history keys).
+    #[zbus(property)]
+    fn stored_messages(&self) -> u64 {
+        self.stats.stored_messages as u64
+    }
+
+    /// Payload bytes of its history kept now.
+    #[zbus(property)]
+    fn stored_bytes(&self) -> u64 {
+        self.stats.stored_bytes as u64
+    }
+
+    /// Channel sequence number of the oldest message kept (0: none).
+    #[zbus(property)]
+    fn first_seq(&self) -> u64 {
+        self.stats.first_seq
+    }
+
+    /// Channel sequence number of the last message (0: none yet).
+    #[zbus(property)]
+    fn last_seq(&self) -> u64 {
+        self.stats.last_seq
     }
 }

@@ -208,6 +208,8 @@ impl Hub {
                 owner: uid,
                 idle_at: None,
                 overflow: self.cfg.overflow_for(name),
+                retain: self.cfg.retain_for(name),
+                history: self.cfg.history_for(name),
                 rule,
                 published: 0,
                 delivered: 0,

@@ -98,6 +98,7 @@ impl Hub {
                 dirty: true,
                 greeted: false,
                 counters: PeerCounters::default(),
+                wants_seq: false,
                 max_frame: None,
                 told_too_big: false,
             },

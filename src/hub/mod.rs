@@ -17,8 +17,11 @@
 pub mod access;
 mod channels;
 pub mod control;
+mod disk;
+mod history;
 pub mod loglimit;
 pub mod queue;
+mod retain;
 pub mod rings;
 pub mod snapshot;
 pub mod stats;
@@ -32,11 +35,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, Overflow};
 use crate::wire::frame::{error_payload, MAX_PRIORITY};
-use crate::wire::{channel, encode_header, ErrorCode, Frame, FrameType, Pattern, ACK_REQUESTED};
+use crate::wire::{
+    channel, encode_header, ErrorCode, Frame, FrameType, Pattern, ACK_REQUESTED, RETAIN,
+};
 use access::{Credentials, Op, Policy};
 pub use control::{ControlOp, ControlReply, HubEvent};
+pub use history::{HistoryError, HistoryFigures, Replay};
 use loglimit::{LogKind, LogLimiter};
 use queue::{Kind, OutQueue};
+pub use retain::RetainError;
 pub use rings::{RingRequest, RING_READ, RING_WRITE};
 pub use stats::{ChannelStats, ClientStats, HubStats, Totals, Viewer};
 use trie::SubTrie;
@@ -156,6 +163,8 @@ struct Peer {
     /// A message too big for `max_frame` was already logged for it (once
     /// per client: the count is in its `dropped`).
     told_too_big: bool,
+    /// It asked for channel sequence numbers (SUBSCRIBE flag CHANNEL_SEQ).
+    wants_seq: bool,
 }
 
 struct Channel {
@@ -175,6 +184,10 @@ struct Channel {
     /// Set while it is a candidate for collection (see `Hub::idle`).
     idle_at: Option<u64>,
     overflow: Overflow,
+    /// `retain = true` in its `[[channel]]` block: every message is retained.
+    retain: bool,
+    /// Its history bounds, if its `[[channel]]` block has history keys.
+    history: Option<crate::config::HistoryBounds>,
     /// The access rule governing this channel (None: the default).
     rule: Option<usize>,
     published: u64,
@@ -228,6 +241,12 @@ pub struct Hub {
     components: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     /// Rate limits for log lines clients cause (`log.rate_limit_*`).
     log_limit: LogLimiter,
+    /// Retained messages (retain.rs).
+    retained: retain::RetainStore,
+    /// Channel history in memory (history.rs).
+    history: history::HistoryStore,
+    /// Disk storage, once the daemon attached a state directory (disk.rs).
+    disk: Option<disk::DiskState>,
 }
 
 impl Hub {
@@ -258,6 +277,9 @@ impl Hub {
             transports: TransportKind::ALL.to_vec(),
             events: None,
             components: Default::default(),
+            retained: Default::default(),
+            history: Default::default(),
+            disk: None,
         }
     }
 
@@ -323,11 +345,15 @@ impl Hub {
             .set_limits(cfg.log.rate_limit_burst, cfg.log.rate_limit_per_minute);
         for (name, ch) in self.channels.iter_mut() {
             ch.overflow = cfg.overflow_for(name);
+            ch.retain = cfg.retain_for(name);
+            ch.history = cfg.history_for(name);
             ch.rule = self.policy.rule_for(name);
         }
         // Access may have changed: every channel recomputes who reads it.
         self.subscriptions_changed();
         self.cfg = cfg;
+        self.rebound_history();
+        self.close_logs_not_on_disk();
     }
 
     /// Admit a new client; its transport may still change at handshake.
@@ -395,6 +421,7 @@ impl Hub {
                 counters: PeerCounters::default(),
                 max_frame: None,
                 told_too_big: false,
+                wants_seq: false,
             },
         );
         Ok(id)
@@ -653,8 +680,38 @@ impl Hub {
         match frame.header.ty {
             FrameType::Publish => self.publish(id, frame, now),
             FrameType::Subscribe => {
+                let request: &[u8] = if frame.header.flags & crate::wire::REPLAY != 0 {
+                    frame.payload
+                } else {
+                    &[]
+                };
+                let replay = match Replay::parse(request) {
+                    Ok(r) => r,
+                    Err(text) => {
+                        self.send_error(id, seq, ErrorCode::Malformed, &text);
+                        return Step::Continue;
+                    }
+                };
                 match self.subscribe(id, frame.channel) {
-                    Ok(()) => self.send_control(id, FrameType::Ack, seq, &[]),
+                    Ok(()) => {
+                        if frame.header.flags & crate::wire::CHANNEL_SEQ != 0 {
+                            if let Some(p) = self.peers.get_mut(&id) {
+                                p.wants_seq = true;
+                            }
+                        }
+                        self.send_control(id, FrameType::Ack, seq, &[]);
+                        // Retained values and history right behind the ACK,
+                        // in this same step: no live message between.
+                        let flags = frame.header.flags;
+                        if flags & crate::wire::WITH_RETAINED != 0 || replay.is_some() {
+                            if let Ok(pat) = Pattern::parse(frame.channel) {
+                                self.send_retained(id, &pat, flags, replay.is_some());
+                                if let Some(r) = replay {
+                                    self.send_history(id, &pat, r);
+                                }
+                            }
+                        }
+                    }
                     Err((code, text)) => self.send_error(id, seq, code, &text),
                 }
                 Step::Continue
@@ -749,8 +806,24 @@ impl Hub {
             }
         }
         self.refresh(frame.channel);
-        let ch = self.channels.get_mut(frame.channel).expect("just ensured");
-        let len = frame.header.frame_len();
+        let mut ch = self.channels.get_mut(frame.channel).expect("just ensured");
+        // What retained messages and history need, from the lookup routing
+        // makes anyway: with neither configured, one flag test and one
+        // `Option` test per message.
+        let mut retain = ch.ring != Some(id) && Hub::wants_retain(frame, ch);
+        let history = if ch.ring == Some(id) {
+            None
+        } else {
+            ch.history
+        };
+        if retain || history.is_some() {
+            if let Some(step) = self.check_storing(id, frame, &mut retain, history.is_some(), now) {
+                return step;
+            }
+            ch = self.channels.get_mut(frame.channel).expect("just ensured");
+        }
+        // Room for the channel sequence number some subscribers get.
+        let len = frame.header.frame_len() + if history.is_some() { 8 } else { 0 };
         // A channel with a ring: what others publish goes into the ring (its
         // peer is the only target here), and what the ring peer reads back
         // goes to the subscribers that do not read the ring themselves.
@@ -787,6 +860,20 @@ impl Hub {
             seq,
         );
         let parts: [&[u8]; 3] = [&header, frame.channel.as_bytes(), frame.payload];
+        // Channels with history: the variant carrying the channel sequence
+        // number, for subscribers that asked (built only here).
+        let chan_seq = history.map(|_| self.history.next_seq(frame.channel).to_le_bytes());
+        let seq_header = chan_seq.map(|_| {
+            encode_header(
+                FrameType::Data,
+                crate::wire::CHANNEL_SEQ,
+                frame.header.priority,
+                frame.channel.len(),
+                frame.payload.len() + 8,
+                origin,
+                seq,
+            )
+        });
         let mut delivered = 0u32;
         let mut dropped = 0u64;
         let mut condemned: Vec<(ClientId, String)> = Vec::new();
@@ -850,7 +937,12 @@ impl Hub {
                     Kind::Droppable
                 }
             };
-            p.out.push(kind, &parts);
+            match (&seq_header, &chan_seq) {
+                (Some(h), Some(cs)) if p.wants_seq => p
+                    .out
+                    .push(kind, &[h, frame.channel.as_bytes(), cs, frame.payload]),
+                _ => p.out.push(kind, &parts),
+            }
             sync_uid(&mut self.uid_bytes, p);
             p.counters.messages_out += 1;
             mark_dirty(&mut self.dirty, sub, p);
@@ -885,11 +977,108 @@ impl Hub {
         for (sub, reason) in condemned {
             self.doom(sub, ErrorCode::SlowConsumer, reason);
         }
-        if frame.header.flags & ACK_REQUESTED != 0 {
+        if retain {
+            self.store_retained(id, origin, frame);
+        }
+        let mut answered = false;
+        if let Some(b) = history {
+            let chan_seq = self.history.next_seq(frame.channel);
+            let mut stored = true;
+            if b.disk.is_some() {
+                match self.write_log(id, origin, frame, b, chan_seq, retain) {
+                    Ok(Some(ticket)) if frame.header.flags & ACK_REQUESTED != 0 => {
+                        // sync = "always": the ACK waits for the fsync.
+                        self.hold_ack(ticket, id, seq, delivered);
+                        answered = true;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let uid = self.peers.get(&id).map_or(0, |p| p.ident.uid);
+                        if self.log_limit.allow(uid, LogKind::Refused, now) {
+                            tracing::error!(
+                                client = id,
+                                channel = frame.channel,
+                                "message not stored: {e}"
+                            );
+                        }
+                        let text = format!(
+                            "delivered to {delivered} subscribers but not stored (channel sequence number {chan_seq} skipped): {e}"
+                        );
+                        self.send_error(id, seq, ErrorCode::LimitReached, &text);
+                        answered = true;
+                        stored = false;
+                    }
+                }
+            }
+            if stored {
+                self.store_history(id, origin, frame, b, now);
+                if b.disk.is_some() {
+                    let first = self
+                        .history
+                        .figures(frame.channel)
+                        .map_or(0, |f| f.first_seq);
+                    self.trim_log(frame.channel, first);
+                }
+            } else {
+                self.history.skip_seq(frame.channel, b);
+            }
+        }
+        if frame.header.flags & ACK_REQUESTED != 0 && !answered {
             self.send_control(id, FrameType::Ack, seq, &delivered.to_le_bytes());
         }
         Step::Continue
     }
+    /// Before delivering a message that is to be retained or stored: may
+    /// it be (bounds, rings)? Some(step): refused, the ERROR is queued.
+    fn check_storing(
+        &mut self,
+        id: ClientId,
+        frame: &Frame<'_>,
+        retain: &mut bool,
+        history: bool,
+        now: Instant,
+    ) -> Option<Step> {
+        let seq = frame.header.seq;
+        if *retain {
+            // Checked before anything is delivered: refused means not published.
+            let checked = self.check_retain(self.peers[&id].ident.uid, frame);
+            if let (Err(RetainError::RingChannel(_)), 0) = (&checked, frame.header.flags & RETAIN) {
+                // `retain = true` came with a reload, after the channel got
+                // its ring: the channel goes on, unretained, until the ring
+                // is gone (then it gets none).
+                *retain = false;
+            } else if let Err(e) = checked {
+                if self
+                    .log_limit
+                    .allow(self.peers[&id].ident.uid, LogKind::Refused, now)
+                {
+                    tracing::warn!(
+                        client = id,
+                        channel = frame.channel,
+                        "retained publish refused: {e}"
+                    );
+                }
+                let code = match e {
+                    RetainError::RingChannel(_) => ErrorCode::NotPermitted,
+                    _ => ErrorCode::LimitReached,
+                };
+                self.send_error(id, seq, code, &e.to_string());
+                return Some(Step::Continue);
+            }
+        }
+        if history {
+            let uid = self.peers[&id].ident.uid;
+            if let Err(e) = self.check_history(uid, frame.channel, frame.payload.len(), now) {
+                if self.log_limit.allow(uid, LogKind::Refused, now) {
+                    tracing::warn!(client = id, channel = frame.channel, "publish refused: {e}");
+                }
+                self.send_error(id, seq, ErrorCode::LimitReached, &e.to_string());
+                return Some(Step::Continue);
+            }
+        }
+        None
+    }
+
     /// Evictions under drop-oldest are counted where they happen; this
     /// records messages a subscriber lost for other reasons (its transport
     /// refused them) so no loss goes uncounted.

@@ -39,6 +39,7 @@ impl Hub {
             Viewer::User(creds) => p.ident.uid == creds.uid,
             Viewer::Public => false,
         };
+        let hist = |name: &str| self.history.figures(name).unwrap_or_default();
         let mut channels: Vec<ChannelStats> = self
             .channels
             .iter()
@@ -58,6 +59,11 @@ impl Hub {
                 dropped: c.dropped,
                 ring: c.ring.is_some(),
                 ring_readers: c.direct.len(),
+                retained_bytes: self.retained.bytes_of(name).unwrap_or(0),
+                stored_messages: hist(name).messages,
+                stored_bytes: hist(name).bytes,
+                first_seq: hist(name).first_seq,
+                last_seq: hist(name).last_seq,
             })
             .collect();
         channels.sort_by(|a, b| a.name.cmp(&b.name));
@@ -109,7 +115,20 @@ impl Hub {
                 .collect(),
             client_count: self.client_count(),
             channel_count: self.channels.len(),
-            totals: self.totals.clone(),
+            totals: {
+                let (n, bytes) = self.retained.totals();
+                let (hn, hbytes) = self.history.totals();
+                Totals {
+                    retained_messages: n as u64,
+                    retained_bytes: bytes as u64,
+                    history_messages: hn as u64,
+                    history_bytes: hbytes as u64,
+                    storage_errors: self.storage_failures(),
+                    storage_syncs: self.storage_syncs().0,
+                    storage_synced_acks: self.storage_syncs().1,
+                    ..self.totals.clone()
+                }
+            },
             channels,
             clients,
             // Components (the MQTT bridge's broker, its state) are the

@@ -82,6 +82,12 @@ impl Hub {
         let (uid, pid) = (peer.ident.uid, peer.ident.pid);
         self.ensure_channel(channel, uid)?;
         let ch = &self.channels[channel];
+        if ch.retain || ch.history.is_some() || self.retained.has(channel) {
+            return Err((
+                ErrorCode::RingUnavailable,
+                format!("channel '{channel}' has retained messages: the hub relays it, retained value first"),
+            ));
+        }
         if ch.overflow == Overflow::Disconnect {
             return Err((
                 ErrorCode::RingUnavailable,

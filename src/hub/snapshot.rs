@@ -27,6 +27,10 @@ pub struct ClientSnapshot {
     pub messages_in: u64,
     pub messages_out: u64,
     pub dropped: u64,
+    /// It asked for channel sequence numbers in DATA (absent from older
+    /// states: false).
+    #[serde(default)]
+    pub wants_seq: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,7 @@ impl Hub {
             messages_in: p.counters.messages_in,
             messages_out: p.counters.messages_out,
             dropped: p.counters.dropped,
+            wants_seq: p.wants_seq,
         })
     }
 
@@ -130,6 +135,7 @@ impl Hub {
                 },
                 max_frame: None,
                 told_too_big: false,
+                wants_seq: s.wants_seq,
             },
         );
         self.set_next_client_id(s.id.wrapping_add(1));

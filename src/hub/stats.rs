@@ -48,6 +48,28 @@ pub struct Totals {
     pub bytes_out: u64,
     /// Messages lost to `drop-oldest` or to a `disconnect`ed subscriber.
     pub dropped: u64,
+    /// Retained values the hub keeps (one per channel at most), and their
+    /// bytes as charged against `hub.max_retained_bytes`.
+    #[serde(default)]
+    pub retained_messages: u64,
+    #[serde(default)]
+    pub retained_bytes: u64,
+    /// Messages kept as channel history, and their bytes as charged
+    /// against `hub.max_history_bytes`.
+    #[serde(default)]
+    pub history_messages: u64,
+    #[serde(default)]
+    pub history_bytes: u64,
+    /// Writes to channel logs (storage = "disk") that failed: disk full,
+    /// I/O errors, failed fsyncs.
+    #[serde(default)]
+    pub storage_errors: u64,
+    /// fsync rounds under `sync = "always"`, and the publisher ACKs they
+    /// made good (more ACKs than rounds: publishers shared fsyncs).
+    #[serde(default)]
+    pub storage_syncs: u64,
+    #[serde(default)]
+    pub storage_synced_acks: u64,
 }
 
 // Totals, `client_count` and `channel_count` are hub-wide in every view:
@@ -87,6 +109,21 @@ pub struct ChannelStats {
     /// Clients reading that ring in place (counted in `subscribers` too).
     #[serde(default)]
     pub ring_readers: usize,
+    /// Bytes of the channel's retained value as charged (payload, name and
+    /// 64 bytes), 0 when it has none.
+    #[serde(default)]
+    pub retained_bytes: usize,
+    /// Messages of its history kept now, their payload bytes, and the
+    /// channel sequence numbers of the oldest kept and of the last one
+    /// (0 without history).
+    #[serde(default)]
+    pub stored_messages: usize,
+    #[serde(default)]
+    pub stored_bytes: usize,
+    #[serde(default)]
+    pub first_seq: u64,
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,10 @@
 //!  0  magic        2 bytes  "IH"
 //!  2  version      u8       1
 //!  3  type         u8       FrameType
-//!  4  flags        u8       bit 0 = ACK_REQUESTED (PUBLISH); other bits must be 0
+//!  4  flags        u8       bit 0 ACK_REQUESTED (PUBLISH), bit 1 RETAIN (PUBLISH,
+//!                           DATA), bit 2 WITH_RETAINED (SUBSCRIBE), bit 3
+//!                           CHANNEL_SEQ (SUBSCRIBE, DATA), bit 4 REPLAY
+//!                           (SUBSCRIBE); others 0
 //!  5  priority     u8       0..=31, POSIX mqueue priority, carried end to end
 //!  6  channel_len  u16      <= 255
 //!  8  payload_len  u32      <= the hub's max message size
@@ -27,7 +30,23 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 24;
 /// PUBLISH flag: the hub answers with an ACK carrying the delivery count.
 pub const ACK_REQUESTED: u8 = 0x01;
-const KNOWN_FLAGS: u8 = ACK_REQUESTED;
+/// PUBLISH flag: keep this message as the channel's retained value (an
+/// empty payload clears it). On DATA: this is the retained value, sent on
+/// subscribing, not a live message.
+pub const RETAIN: u8 = 0x02;
+/// SUBSCRIBE flag: send me the retained values of the channels the pattern
+/// matches. Opt-in, so that clients written before retained messages never
+/// see a DATA flag they do not know.
+pub const WITH_RETAINED: u8 = 0x04;
+/// SUBSCRIBE flag: prefix the DATA payloads of channels with history with
+/// their channel sequence number, for this client (from now on). On DATA:
+/// the payload starts with that number, a u64 (little-endian).
+pub const CHANNEL_SEQ: u8 = 0x08;
+/// SUBSCRIBE flag: the payload is a replay request (`last=N`,
+/// `since_ms=T`, `from_seq=S`). Without it the payload means nothing, as
+/// it always did.
+pub const REPLAY: u8 = 0x10;
+const KNOWN_FLAGS: u8 = ACK_REQUESTED | RETAIN | WITH_RETAINED | CHANNEL_SEQ | REPLAY;
 /// Highest priority POSIX guarantees (`MQ_PRIO_MAX` is at least 32).
 pub const MAX_PRIORITY: u8 = 31;
 

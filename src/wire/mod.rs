@@ -11,5 +11,5 @@ pub mod frame;
 pub use channel::{ChannelError, Pattern};
 pub use frame::{
     decode, encode, encode_header, DecodeError, ErrorCode, Frame, FrameType, Header, ACK_REQUESTED,
-    HEADER_LEN, MAGIC, VERSION,
+    CHANNEL_SEQ, HEADER_LEN, MAGIC, REPLAY, RETAIN, VERSION, WITH_RETAINED,
 };

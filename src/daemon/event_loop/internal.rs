@@ -137,6 +137,8 @@ impl EventLoop {
     }
 
     pub(super) fn run_control(&mut self) {
+        // The sync thread shares this waker: ACKs it made good go out.
+        self.hub.collect_durable();
         while let Ok((op, reply)) = self.control_rx.try_recv() {
             let answer = match op {
                 ControlOp::Stats => ControlReply::Stats(Box::new(self.hub.stats())),
