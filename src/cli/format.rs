@@ -220,6 +220,12 @@ pub fn json(m: &Message, publisher: Option<&Publisher>, at: Stamp) -> serde_json
     }
     obj.insert("publisher".into(), p.into());
     obj.insert("priority".into(), m.priority.into());
+    if m.retained {
+        obj.insert("retained".into(), true.into());
+    }
+    if let Some(cs) = m.channel_seq {
+        obj.insert("channel_seq".into(), cs.into());
+    }
     obj.insert("time".into(), at.iso(true).into());
     obj.insert(
         "time_unix".into(),
