@@ -430,7 +430,6 @@ fn connect(socket: Option<PathBuf>, c: &ConnectArgs, role: &str) -> Result<Clien
         } else {
             Default::default()
         },
-        ..Options::default()
     };
     let client = Client::connect(&opts)?;
     if !c.quiet {
