@@ -154,8 +154,16 @@ fn stream_through_planned_restarts(via: TransportKind) {
     const N: u32 = 30_000;
     let progress = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let sent = progress.clone();
+    // The publisher stops at each restart point until the restart was
+    // asked for, so the restarts fall mid-stream however the machine is
+    // loaded.
+    let gate = Arc::new(std::sync::atomic::AtomicU32::new(3000));
+    let open_until = gate.clone();
     let publisher = std::thread::spawn(move || {
         for i in 0..N {
+            while i >= open_until.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             p.publish("stream", &i.to_le_bytes()).unwrap();
             if i % 100 == 99 {
                 // Paced, so the restarts fall in the middle of the stream.
@@ -172,7 +180,7 @@ fn stream_through_planned_restarts(via: TransportKind) {
         (delivered, other)
     });
     // Two restarts while it streams.
-    for (n, at) in [(2, 3000), (3, 12_000)] {
+    for (n, at, next) in [(2, 3000, 12_000), (3, 12_000, N)] {
         wait_for(
             || progress.load(Ordering::Relaxed) >= at,
             "publisher progress",
@@ -182,6 +190,7 @@ fn stream_through_planned_restarts(via: TransportKind) {
             progress.load(Ordering::Relaxed) < N,
             "restart #{n} mid-stream"
         );
+        gate.store(next, Ordering::Release);
         wait_ready(&hub, n);
     }
     let (delivered, other) = publisher.join().unwrap();
