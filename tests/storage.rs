@@ -109,7 +109,13 @@ fn kill_9_during_writes_loses_no_acknowledged_message() {
         let acked_all: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let threads: Vec<_> = (0..4)
             .map(|t| {
-                let mut c: Client = hub.client();
+                // Fail fast when the hub dies: a reconnecting client would
+                // hold its publishes for the next hub instead.
+                let mut c: Client = Client::connect(&ipchub::client::Options {
+                    reconnect: ipchub::client::Reconnect::off(),
+                    ..hub.options(ipchub::hub::TransportKind::Socket)
+                })
+                .unwrap();
                 let acked_all = acked_all.clone();
                 std::thread::spawn(move || {
                     let mut sent = std::collections::HashMap::new();
