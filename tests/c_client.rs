@@ -15,7 +15,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use bindings::{c_subscriber, output_within, run_ok, sdk, wait_pattern};
+use bindings::{arrival, c_subscriber, output_within, run_ok, sdk, wait_pattern};
 use common::Hub;
 use ipchub::hub::TransportKind;
 
@@ -218,16 +218,4 @@ fn the_examples_are_clean_under_valgrind() {
             format!("[{channel}] one (priority 4)\n[{channel}] two (priority 4)\n")
         );
     }
-}
-
-/// What a subscriber received, in an order the transport promises: a
-/// message queue hands out waiting messages highest priority first, so on
-/// mqueue messages of different priorities that were queued together may
-/// arrive in either order; elsewhere arrival order is publish order.
-fn arrival<T: Ord>(t: TransportKind, items: impl IntoIterator<Item = T>) -> Vec<T> {
-    let mut v: Vec<T> = items.into_iter().collect();
-    if t == TransportKind::Mqueue {
-        v.sort();
-    }
-    v
 }

@@ -11,7 +11,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use bindings::{c_subscriber, output_within, python, run_ok, sdk, wait_pattern};
+use bindings::{arrival, c_subscriber, output_within, python, run_ok, sdk, wait_pattern};
 use common::Hub;
 use ipchub::hub::TransportKind;
 
@@ -180,16 +180,4 @@ fn python_and_c_exchange_messages_on_every_transport() {
             assert_eq!(out, want, "{who} on {name}");
         }
     }
-}
-
-/// What a subscriber received, in an order the transport promises: a
-/// message queue hands out waiting messages highest priority first, so on
-/// mqueue messages of different priorities that were queued together may
-/// arrive in either order; elsewhere arrival order is publish order.
-fn arrival<T: Ord>(t: TransportKind, items: impl IntoIterator<Item = T>) -> Vec<T> {
-    let mut v: Vec<T> = items.into_iter().collect();
-    if t == TransportKind::Mqueue {
-        v.sort();
-    }
-    v
 }

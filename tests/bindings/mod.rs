@@ -266,3 +266,15 @@ pub fn c_subscriber(sdk: &Sdk, hub: &Hub, t: TransportKind, pattern: &str, n: us
     );
     child
 }
+
+/// What a subscriber received, in an order the transport promises: a
+/// message queue hands out waiting messages highest priority first, so on
+/// mqueue messages of different priorities that were queued together may
+/// arrive in either order; elsewhere arrival order is publish order.
+pub fn arrival<T: Ord>(t: TransportKind, items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = items.into_iter().collect();
+    if t == TransportKind::Mqueue {
+        v.sort();
+    }
+    v
+}
