@@ -232,6 +232,42 @@ fn bad_channel_names_are_refused_clearly_and_the_client_goes_on() {
     assert_eq!(raw.read_frame().unwrap().0, FrameType::Ack);
 }
 
+/// The client remembers the last channel it validated for publishing
+/// (issue #15: validation was a third of a publisher's CPU); every other
+/// name is still checked, before and after the remembered one, and one
+/// that differs from it only in its tail is not taken for it.
+#[test]
+fn publishing_checks_each_new_channel_though_it_remembers_the_last() {
+    let hub = Hub::start();
+    let mut sub = hub.subscriber(Socket, "valid/#");
+    let mut p = hub.client();
+    for bad in [
+        "valid/+",
+        "valid/a/",
+        "valid/a/#",
+        "valid/..",
+        "",
+        "valid/a b",
+    ] {
+        p.publish("valid/a", b"ok").unwrap();
+        match p.publish(bad, b"no") {
+            Err(ClientError::BadChannel(_)) => {}
+            other => panic!("{bad:?}: {other:?}"),
+        }
+        p.publish("valid/a", b"ok").unwrap();
+    }
+    p.publish_confirmed("valid/b", b"end").unwrap();
+    for _ in 0..12 {
+        let m = sub.recv(Some(Duration::from_secs(10))).unwrap().unwrap();
+        assert_eq!(
+            (m.channel.as_str(), m.payload.as_slice()),
+            ("valid/a", &b"ok"[..])
+        );
+    }
+    let m = sub.recv(Some(Duration::from_secs(10))).unwrap().unwrap();
+    assert_eq!(m.channel, "valid/b");
+}
+
 /// Each malformed input gets an ERROR naming it and a disconnect; a
 /// bystander subscriber keeps receiving throughout.
 #[test]
