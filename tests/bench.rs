@@ -503,6 +503,7 @@ fn help_explains_every_figure_and_benchmarks_md_agrees() {
         "--hub-binary",
         "--mqtt-url",
         "--dbus-address",
+        "--scale",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
         assert!(doc.contains(flag), "BENCHMARKS.md lacks {flag}");

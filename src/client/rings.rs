@@ -482,7 +482,7 @@ impl Client {
     pub(super) fn read_rings(&mut self) -> Result<(), ClientError> {
         let mut buf = std::mem::take(&mut self.rings.scratch);
         let res = self.read_rings_into(&mut buf);
-        ring_frames_to_events(&buf, &mut self.events);
+        ring_frames_to_events(&buf, &mut self.events, &mut self.recv_buffers.spare);
         buf.clear();
         self.rings.scratch = buf;
         res
@@ -574,16 +574,21 @@ fn ring_event(buf: &mut Vec<u8>, ev: ReadEvent, channel: &str) -> bool {
 }
 
 /// DATA and MISSED frames (what rings yield) as events.
-pub(super) fn ring_frames_to_events(mut buf: &[u8], events: &mut VecDeque<Event>) {
+pub(super) fn ring_frames_to_events(
+    mut buf: &[u8],
+    events: &mut VecDeque<Event>,
+    spare: &mut Vec<super::Message>,
+) {
     while let Ok(Some((f, used))) = wire::decode(buf, u32::MAX) {
         match f.header.ty {
-            FrameType::Data => events.push_back(Event::Message(super::Message {
-                channel: f.channel.to_string(),
-                payload: f.payload.to_vec(),
-                seq: f.header.seq,
-                origin: f.header.origin,
-                priority: f.header.priority,
-            })),
+            FrameType::Data => events.push_back(Event::Message(super::message_from(
+                spare,
+                f.channel,
+                f.payload,
+                f.header.seq,
+                f.header.origin,
+                f.header.priority,
+            ))),
             FrameType::Missed => {
                 let n = f
                     .payload
