@@ -492,7 +492,13 @@ fn reused_receive_buffers_hold_exactly_each_message() {
         let len = (i as usize * 37) % 3001;
         (0..len).map(|k| (i as usize + k) as u8).collect()
     };
-    let chan = |i: u32| if i % 3 == 0 { "reuse/a" } else { "reuse/bbbb" };
+    let chan = |i: u32| {
+        if i.is_multiple_of(3) {
+            "reuse/a"
+        } else {
+            "reuse/bbbb"
+        }
+    };
     for t in [Socket, Shm] {
         let mut sub = hub.client_via(t);
         sub.subscribe("reuse/a").unwrap();

@@ -342,6 +342,9 @@ pub fn text(r: &ScaleReport) -> String {
     s
 }
 
+/// A figure of a point, when it has one.
+type Figure = dyn Fn(&Point) -> Option<f64>;
+
 /// Two log-log panels: ns per message and one-way p50 against what is held
 /// (0 patterns is drawn at 1), one line per dimension.
 pub fn svg(r: &ScaleReport) -> String {
@@ -352,7 +355,7 @@ pub fn svg(r: &ScaleReport) -> String {
     const LEFTS: [f64; 2] = [80.0, 580.0];
     let x_of = |p: &Point| (p.held.max(1)) as f64;
     let xs: Vec<f64> = r.points.iter().map(x_of).collect();
-    let panels: [(&str, &dyn Fn(&Point) -> Option<f64>); 2] = [
+    let panels: [(&str, &Figure); 2] = [
         ("ns per message (1 / msgs/s)", &|p| p.ns_per_msg),
         ("one-way p50 (µs)", &|p| p.one_way_p50_ns.map(|v| v / 1e3)),
     ];
@@ -374,7 +377,7 @@ pub fn svg(r: &ScaleReport) -> String {
     );
     for (i, (title, get)) in panels.iter().enumerate() {
         let left = LEFTS[i];
-        let ys: Vec<f64> = r.points.iter().filter_map(|p| get(p)).collect();
+        let ys: Vec<f64> = r.points.iter().filter_map(get).collect();
         let xa = LogAxis::decades(&xs, left, left + PW);
         let ya = LogAxis::decades(&ys, TOP + PH, TOP);
         let _ = writeln!(
