@@ -311,6 +311,14 @@ fn iceoryx2_zeromq_and_nats_each_produce_a_row() {
                 }
             }
         }
+        // The hub is held against them too.
+        let ratio = r["ratios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["transport"] == "socket" && x["reference"] == "nats")
+            .expect("socket vs nats ratio");
+        assert!(ratio["throughput"].as_f64().unwrap() > 0.0, "{ratio:#}");
     }
 }
 
