@@ -280,6 +280,102 @@ fn peers_run_through_their_own_daemons() {
     assert_eq!(ratio["throughput_bar"], 5.0);
 }
 
+/// iceoryx2, ZeroMQ and NATS each produce their row, 1 → 1 and 1 → N.
+/// Built with `--features peers` all three must measure every message;
+/// without it iceoryx2 and ZeroMQ are rows saying how to get them.
+#[test]
+fn iceoryx2_zeromq_and_nats_each_produce_a_row() {
+    for subscribers in ["1", "2"] {
+        let r = report(&[
+            "--transports",
+            "socket",
+            "--baselines",
+            "none",
+            "--peers",
+            "iceoryx2,zeromq,nats",
+            "--subscribers",
+            subscribers,
+        ]);
+        let n: u64 = subscribers.parse().unwrap();
+        assert_eq!(rows(&r, "peer").len(), 3, "{r:#}");
+        for name in ["iceoryx2", "zeromq", "nats"] {
+            let p = row(&r, "peer", name);
+            if name == "nats" || cfg!(feature = "peers") {
+                assert_lossless(&p["throughput"], 80, n);
+                assert_eq!(p["latency"]["status"], "ok", "{p:#}");
+            } else {
+                for m in ["throughput", "latency"] {
+                    assert_eq!(p[m]["status"], "not_available", "{p:#}");
+                    let reason = p[m]["reason"].as_str().unwrap();
+                    assert!(reason.contains("--features peers"), "{reason}");
+                }
+            }
+        }
+        // The hub is held against them too.
+        let ratio = r["ratios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["transport"] == "socket" && x["reference"] == "nats")
+            .expect("socket vs nats ratio");
+        assert!(ratio["throughput"].as_f64().unwrap() > 0.0, "{ratio:#}");
+    }
+}
+
+/// `--scale --quick`: every step of every dimension is measured on a hub
+/// the bench started with raised limits it reports, and drawn.
+#[test]
+fn scale_mode_measures_every_step_and_draws_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("scale.svg");
+    let out = Command::new(BENCH)
+        .args(["--scale", "--quick", "--json", "--svg"])
+        .arg(&svg)
+        .output()
+        .expect("run ipchub-bench --scale");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ipchub-bench --scale failed: {stderr}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r["schema"], "ipchub-bench-scale/1");
+    assert!(r["hub_config"]
+        .as_str()
+        .unwrap()
+        .contains("max_subscriptions_per_uid"));
+    let points = r["points"].as_array().unwrap();
+    for (dim, steps) in [
+        ("clients", vec![1, 10]),
+        ("channels", vec![1, 10, 100]),
+        ("patterns", vec![0, 1, 10, 100]),
+    ] {
+        let held: Vec<u64> = points
+            .iter()
+            .filter(|p| p["dimension"] == dim)
+            .map(|p| p["held"].as_u64().unwrap())
+            .collect();
+        assert_eq!(held, steps, "{dim}: {r:#}");
+    }
+    for p in points {
+        assert!(p["error"].is_null(), "{p:#}");
+        assert!(p["ns_per_msg"].as_f64().unwrap() > 0.0, "{p:#}");
+        assert!(p["one_way_p50_ns"].as_f64().unwrap() > 0.0, "{p:#}");
+    }
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg"), "{chart}");
+    assert_eq!(chart.matches("<polyline").count(), 6, "{chart}");
+    // The text table says which limits were raised.
+    let out = Command::new(BENCH)
+        .args(["--scale", "--quick", "--messages", "200"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("raised per-uid limits"), "{text}");
+    assert!(text.contains("hub.max_channels_per_uid"), "{text}");
+    assert!(text.contains("non-matching patterns held"), "{text}");
+}
+
 #[test]
 fn a_running_hub_is_used_with_socket() {
     let hub = common::Hub::start();
@@ -415,6 +511,7 @@ fn help_explains_every_figure_and_benchmarks_md_agrees() {
         "--hub-binary",
         "--mqtt-url",
         "--dbus-address",
+        "--scale",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
         assert!(doc.contains(flag), "BENCHMARKS.md lacks {flag}");

@@ -232,6 +232,42 @@ fn bad_channel_names_are_refused_clearly_and_the_client_goes_on() {
     assert_eq!(raw.read_frame().unwrap().0, FrameType::Ack);
 }
 
+/// The client remembers the last channel it validated for publishing
+/// (issue #15: validation was a third of a publisher's CPU); every other
+/// name is still checked, before and after the remembered one, and one
+/// that differs from it only in its tail is not taken for it.
+#[test]
+fn publishing_checks_each_new_channel_though_it_remembers_the_last() {
+    let hub = Hub::start();
+    let mut sub = hub.subscriber(Socket, "valid/#");
+    let mut p = hub.client();
+    for bad in [
+        "valid/+",
+        "valid/a/",
+        "valid/a/#",
+        "valid/..",
+        "",
+        "valid/a b",
+    ] {
+        p.publish("valid/a", b"ok").unwrap();
+        match p.publish(bad, b"no") {
+            Err(ClientError::BadChannel(_)) => {}
+            other => panic!("{bad:?}: {other:?}"),
+        }
+        p.publish("valid/a", b"ok").unwrap();
+    }
+    p.publish_confirmed("valid/b", b"end").unwrap();
+    for _ in 0..12 {
+        let m = sub.recv(Some(Duration::from_secs(10))).unwrap().unwrap();
+        assert_eq!(
+            (m.channel.as_str(), m.payload.as_slice()),
+            ("valid/a", &b"ok"[..])
+        );
+    }
+    let m = sub.recv(Some(Duration::from_secs(10))).unwrap().unwrap();
+    assert_eq!(m.channel, "valid/b");
+}
+
 /// Each malformed input gets an ERROR naming it and a disconnect; a
 /// bystander subscriber keeps receiving throughout.
 #[test]
@@ -447,4 +483,74 @@ fn buffered_publishes_leave_within_the_flush_delay_without_a_flush() {
             .payload,
         b"now"
     );
+}
+
+/// The receive paths that reuse buffers (`recv_batch`, `recv_ref`,
+/// `recycle`): every message arrives whole and only its own bytes, whether
+/// the one before it was longer or shorter, on another channel, relayed
+/// (socket) or read from a channel ring (shm).
+#[test]
+fn reused_receive_buffers_hold_exactly_each_message() {
+    use ipchub::hub::TransportKind::Shm;
+    let hub = Hub::start();
+    const N: u32 = 4000;
+    let body = |i: u32| -> Vec<u8> {
+        let len = (i as usize * 37) % 3001;
+        (0..len).map(|k| (i as usize + k) as u8).collect()
+    };
+    let chan = |i: u32| {
+        if i.is_multiple_of(3) {
+            "reuse/a"
+        } else {
+            "reuse/bbbb"
+        }
+    };
+    for t in [Socket, Shm] {
+        let mut sub = hub.client_via(t);
+        sub.subscribe("reuse/a").unwrap();
+        sub.subscribe("reuse/bbbb").unwrap();
+        let mut p = hub.client_via(t);
+        let publisher = std::thread::spawn(move || {
+            for i in 0..N {
+                p.publish(chan(i), &body(i)).unwrap();
+            }
+            p.flush().unwrap();
+            p
+        });
+        // Order holds per channel (on shm each channel has its own ring).
+        let mut next = [0u32, 1u32];
+        let got = std::cell::Cell::new(0u32);
+        let mut check = |channel: &str, payload: &[u8]| {
+            let k = usize::from(channel != "reuse/a");
+            let i = next[k];
+            assert_eq!(channel, chan(i), "{t:?} message {i}");
+            assert_eq!(payload, body(i).as_slice(), "{t:?} message {i}");
+            next[k] += 1;
+            while chan(next[k]) != channel {
+                next[k] += 1;
+            }
+            got.set(got.get() + 1);
+        };
+        while got.get() < N / 2 {
+            let n = sub
+                .recv_batch(Some(Duration::from_secs(10)), |m| {
+                    check(&m.channel, &m.payload)
+                })
+                .unwrap();
+            assert!(n > 0, "{t:?}: nothing within 10 s after {}", got.get());
+        }
+        while got.get() < N {
+            let m = sub
+                .recv_ref(Some(Duration::from_secs(10)))
+                .unwrap()
+                .expect("a message within 10 s");
+            let (c, p) = (m.channel.clone(), m.payload.clone());
+            check(&c, &p);
+        }
+        let _p = publisher.join().unwrap();
+        assert!(sub
+            .recv(Some(Duration::from_millis(100)))
+            .unwrap()
+            .is_none());
+    }
 }

@@ -37,7 +37,11 @@ What is compared:
                batched into 64 KiB writes), FIFO, POSIX mqueue, shm ring, TCP
                and UDP on loopback.
   peers        D-Bus signals (throughput) and method calls (latency) through
-               a dbus-daemon; MQTT QoS 0 through a Mosquitto broker.
+               a dbus-daemon; MQTT QoS 0 through a Mosquitto broker;
+               iceoryx2 publish-subscribe over shared memory (polling
+               subscriber); ZeroMQ XPUB/SUB over ipc:// (libzmq); NATS
+               through a nats-server started on loopback. iceoryx2 and
+               ZeroMQ need the build feature `peers`.
   ratios       hub / raw baseline of the same mechanism, and hub / peer.
 A mechanism that cannot run here is listed as \"not available\" with the
 reason; one that broke while running as \"failed\".";
@@ -145,9 +149,20 @@ pub struct Args {
     pub attacks: bool,
 
     /// With --attacks: small attacks (seconds, for tests), not the sizes
-    /// of issue #13.
-    #[arg(long, requires = "attacks")]
+    /// of issue #13. With --scale: up to 10 clients, 100 channels and 100
+    /// patterns, short rounds.
+    #[arg(long)]
     pub quick: bool,
+
+    /// Instead of comparing mechanisms: measure the per-message cost
+    /// (ns per message, 1 / msgs/s) and one-way latency of a socket
+    /// publisher → hub → socket subscriber at 64 B while the hub holds more
+    /// and more idle clients (1 .. 10,000), channels (1 .. 100,000) and
+    /// non-matching wildcard patterns (0 .. 100,000), by powers of ten. The
+    /// bench starts its own hub with its per-uid limits raised to fit (the
+    /// report shows the configuration). --svg draws it.
+    #[arg(long, conflicts_with_all = ["socket", "csv", "attacks"])]
+    pub scale: bool,
 }
 
 /// The argument that makes this executable a worker: the bench re-executes
@@ -190,7 +205,7 @@ pub const BASELINES: [&str; 11] = [
     "udp",
 ];
 
-pub const PEERS: [&str; 2] = ["dbus", "mqtt"];
+pub const PEERS: [&str; 5] = ["dbus", "mqtt", "iceoryx2", "zeromq", "nats"];
 
 fn split(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').map(str::trim).filter(|p| !p.is_empty())
@@ -331,7 +346,10 @@ mod tests {
 
     #[test]
     fn name_lists_know_all_and_none() {
-        assert_eq!(parse_peers("all").unwrap().0, vec!["dbus", "mqtt"]);
+        assert_eq!(
+            parse_peers("all").unwrap().0,
+            vec!["dbus", "mqtt", "iceoryx2", "zeromq", "nats"]
+        );
         assert!(parse_peers("none").unwrap().0.is_empty());
         assert!(parse_baselines("pipe,nope").is_err());
     }

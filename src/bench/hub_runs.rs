@@ -69,6 +69,9 @@ impl Endpoint for HubEndpoint {
             match e {
                 Event::Message(m) => {
                     f(&m.payload);
+                    // Its buffers take the next message's bytes: no
+                    // allocation per message (Client::recycle).
+                    self.client.recycle(m);
                     n += 1;
                 }
                 // Lost messages show up as gaps in the sequence numbers.
@@ -228,6 +231,12 @@ impl HubProcess {
     /// Start `binary` with its defaults (overflow = block, so nothing is
     /// dropped), D-Bus off when this hub knows the key, logs to `dir`.
     pub fn start(binary: &Path, dir: &Path) -> Result<HubProcess, RunError> {
+        HubProcess::start_with(binary, dir, "")
+    }
+
+    /// The same with `extra` (TOML keys of sections other than [log] and
+    /// [dbus]) in its configuration: `--scale` raises the hub's limits.
+    pub fn start_with(binary: &Path, dir: &Path, extra: &str) -> Result<HubProcess, RunError> {
         if !binary.exists() {
             return Err(RunError::unavailable(format!(
                 "no ipchubd at {} (build it, or give --hub-binary or --socket)",
@@ -239,8 +248,8 @@ impl HubProcess {
         let log = dir.join("ipchubd.log");
         // The bench hub must not claim the hub's name on the system bus; a
         // hub too old to know [dbus] has no D-Bus side at all.
-        let quiet = "[log]\nlevel = \"warn\"\n\n[dbus]\nenabled = false\n";
-        std::fs::write(&config, quiet)?;
+        let quiet = format!("{extra}\n[log]\nlevel = \"warn\"\n\n[dbus]\nenabled = false\n");
+        std::fs::write(&config, &quiet)?;
         let known = Command::new(binary)
             .arg("--check-config")
             .arg("--config")
@@ -250,7 +259,7 @@ impl HubProcess {
             .status()
             .is_ok_and(|s| s.success());
         if !known {
-            std::fs::write(&config, "[log]\nlevel = \"warn\"\n")?;
+            std::fs::write(&config, format!("{extra}\n[log]\nlevel = \"warn\"\n"))?;
         }
         let child = Command::new(binary)
             .arg("--socket")

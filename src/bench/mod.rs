@@ -22,10 +22,12 @@ mod attacks;
 pub mod cli;
 mod hub_runs;
 mod measure;
+mod more_peers;
 mod peers;
 mod proc;
 mod raw;
 mod report;
+mod scale;
 mod session;
 mod svg;
 
@@ -79,8 +81,15 @@ pub fn main() -> ExitCode {
 
 /// The bench with parsed arguments.
 pub fn main_with(args: Args) -> ExitCode {
+    if args.quick && !(args.attacks || args.scale) {
+        eprintln!("ipchub-bench: --quick goes with --attacks or --scale");
+        return ExitCode::from(2);
+    }
     if args.attacks {
         return attacks::main(&args);
+    }
+    if args.scale {
+        return scale_main(&args);
     }
     match run(&args) {
         Ok(report) => {
@@ -100,6 +109,34 @@ pub fn main_with(args: Args) -> ExitCode {
             eprintln!("ipchub-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--scale`: its own report (text or JSON) and chart.
+fn scale_main(args: &Args) -> ExitCode {
+    let r = match scale::run(args, &plan_of(args)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ipchub-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = if args.json {
+        serde_json::to_string_pretty(&r).expect("serialisable") + "\n"
+    } else {
+        scale::text(&r)
+    };
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    if let Some(path) = &args.svg {
+        if let Err(e) = std::fs::write(path, scale::svg(&r)) {
+            eprintln!("ipchub-bench: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if r.hub_error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -175,6 +212,8 @@ struct Bench {
     _dbus_daemon: Option<DbusDaemon>,
     mqtt: Result<(String, u16), RunError>,
     _mosquitto: Option<Mosquitto>,
+    nats: Result<u16, RunError>,
+    _nats_server: Option<more_peers::NatsServer>,
     next_tag: u64,
 }
 
@@ -251,6 +290,16 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             ("127.0.0.1".to_string(), p)
         }),
     };
+    let mut nats_server = None;
+    let nats = if args.peers.has("nats") {
+        more_peers::NatsServer::start(&tmp.0).map(|n| {
+            let p = n.port;
+            nats_server = Some(n);
+            p
+        })
+    } else {
+        Err(RunError::unavailable("not requested"))
+    };
     if args.pin {
         // After the daemons started, so they do not inherit it.
         if let Err(e) = proc::pin_to_cpu(0) {
@@ -267,6 +316,8 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         _dbus_daemon: dbus_daemon,
         mqtt,
         _mosquitto: mosquitto,
+        nats,
+        _nats_server: nats_server,
         next_tag: 0,
     };
     let mut report = Report::new(args, &bench.plan);
@@ -426,6 +477,21 @@ fn peer_row(b: &mut Bench, kind: PeerKind, size: usize, bar: &indicatif::Progres
                 .as_ref()
                 .map_err(again)
                 .and_then(|m| peers::mqtt_session(&b.exe, m, role, size, &b.plan, tag))
+        }
+        PeerKind::Iceoryx2 => {
+            let tag = b.tag();
+            more_peers::iceoryx2_session(&b.exe, role, size, &b.plan, tag)
+        }
+        PeerKind::Zmq => {
+            let tag = b.tag();
+            more_peers::zmq_session(&b.exe, &b.tmp.0, role, size, &b.plan, tag)
+        }
+        PeerKind::Nats => {
+            let tag = b.tag();
+            b.nats
+                .as_ref()
+                .map_err(again)
+                .and_then(|&p| more_peers::nats_session(&b.exe, p, role, size, &b.plan, tag))
         }
     };
     let tput = session_for(b, Role::Sink).and_then(|s| session::throughput(s, size, &b.plan));

@@ -48,15 +48,27 @@ const MQTT_CHANNEL: usize = 1024;
 pub enum PeerKind {
     Dbus,
     Mqtt,
+    Iceoryx2,
+    Zmq,
+    Nats,
 }
 
 impl PeerKind {
-    pub const ALL: [PeerKind; 2] = [PeerKind::Dbus, PeerKind::Mqtt];
+    pub const ALL: [PeerKind; 5] = [
+        PeerKind::Dbus,
+        PeerKind::Mqtt,
+        PeerKind::Iceoryx2,
+        PeerKind::Zmq,
+        PeerKind::Nats,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             PeerKind::Dbus => "dbus",
             PeerKind::Mqtt => "mqtt",
+            PeerKind::Iceoryx2 => "iceoryx2",
+            PeerKind::Zmq => "zeromq",
+            PeerKind::Nats => "nats",
         }
     }
 
@@ -64,6 +76,9 @@ impl PeerKind {
         match self {
             PeerKind::Dbus => "D-Bus (dbus-daemon)",
             PeerKind::Mqtt => "MQTT QoS 0 (Mosquitto)",
+            PeerKind::Iceoryx2 => "iceoryx2 (shm, polling)",
+            PeerKind::Zmq => "ZeroMQ PUB/SUB ipc://",
+            PeerKind::Nats => "NATS (nats-server)",
         }
     }
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::measure::{self, Endpoint, RoundReport, RunError};
-use super::{hub_runs, peers, raw};
+use super::{hub_runs, more_peers, peers, raw};
 
 /// What a worker does with the messages it gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,8 @@ pub enum EndpointSpec {
     Raw(raw::RawSpec),
     Dbus(peers::DbusSpec),
     Mqtt(peers::MqttSpec),
+    /// iceoryx2, ZeroMQ, NATS.
+    Peer(more_peers::PeerSpec),
 }
 
 /// A worker's whole job, passed as JSON on its command line.
@@ -110,6 +112,7 @@ fn run_worker(spec: &WorkerSpec) -> Result<(), RunError> {
         EndpointSpec::Raw(s) => raw::open_worker(s, spec.role, spec.size)?,
         EndpointSpec::Dbus(s) => peers::open_dbus_worker(s, spec.role)?,
         EndpointSpec::Mqtt(s) => peers::open_mqtt_worker(s, spec.size)?,
+        EndpointSpec::Peer(s) => more_peers::open_worker(s, spec.size)?,
     };
     emit(&Line::Ready(info));
     match spec.role {

@@ -13,7 +13,7 @@ const PANEL_W: f64 = 400.0;
 const PANEL_H: f64 = 300.0;
 const TOP: f64 = 60.0;
 const LEFTS: [f64; 2] = [80.0, 580.0];
-const PALETTE: [&str; 10] = [
+pub(super) const PALETTE: [&str; 10] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
     "#7f7f7f", "#bcbd22",
 ];
@@ -25,23 +25,23 @@ struct Series<'a> {
     rows: Vec<&'a Row>,
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
 /// Log scale from `lo..hi` (positive) onto `a..b` pixels.
-struct LogAxis {
-    lo: f64,
-    hi: f64,
+pub(super) struct LogAxis {
+    pub(super) lo: f64,
+    pub(super) hi: f64,
     a: f64,
     b: f64,
 }
 
 impl LogAxis {
     /// Whole decades around the data (or one either side of a single value).
-    fn decades(values: &[f64], a: f64, b: f64) -> LogAxis {
+    pub(super) fn decades(values: &[f64], a: f64, b: f64) -> LogAxis {
         let (mut lo, mut hi) = values
             .iter()
             .filter(|v| **v > 0.0)
@@ -57,7 +57,7 @@ impl LogAxis {
         LogAxis { lo, hi, a, b }
     }
 
-    fn at(&self, v: f64) -> f64 {
+    pub(super) fn at(&self, v: f64) -> f64 {
         let t = (v.log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10());
         self.a + t * (self.b - self.a)
     }
@@ -235,7 +235,7 @@ fn dash(k: Kind) -> &'static str {
 }
 
 /// Axis labels: 0.01, 0.1, 1, 10, … 1k, 10k, 1M.
-fn tick(v: f64) -> String {
+pub(super) fn tick(v: f64) -> String {
     if v >= 1e6 {
         format!("{}M", v / 1e6)
     } else if v >= 1e3 {
