@@ -1,28 +1,29 @@
-//! ipchub: a local publish/subscribe hub for Linux.
+//! ipchub: a local publish/subscribe hub for Linux — the programs.
 //!
-//! The layers, bottom to top (dependencies point downward only):
-//! - [`wire`], frames and channel names, pure;
-//! - [`config`], the typed configuration tree;
-//! - [`hub`], the routing core (peers, subscriptions, bounded queues), no I/O;
-//! - [`transport`], the OS objects a peer's bytes travel through;
-//! - [`daemon`], the event loop and the systemd edge (`ipchubd`);
-//! - [`dbus`], the D-Bus control and statistics edge (its own thread);
-//! - [`client`], the client library every tool uses;
-//! - [`bridge`], bridges to other systems (MQTT), ordinary clients of the hub;
-//! - [`cli`], `ipchubctl`;
-//! - [`mod@bench`], `ipchub-bench`: transports against raw mechanisms and peers.
+//! This package builds `ipchubd`, `ipchubctl` and `ipchub-bench` and holds
+//! the integration tests. The code lives in the workspace's layer crates
+//! (docs/ARCHITECTURE.md), re-exported here under the module names the
+//! tests and the fuzz targets use:
+//! - [`wire`] ([`ipchub_wire`]), frames and channel names, pure;
+//! - [`shm`], [`transport`], [`paths`], [`queue`] ([`ipchub_os`]), the OS
+//!   objects bytes travel through, and the project's only unsafe code;
+//! - [`client`] ([`ipchub_client`]), the client library;
+//! - [`hub`], [`config`], [`daemon`], [`dbus`], [`bridge`], [`store`]
+//!   ([`ipchub_daemon`]), the daemon;
+//! - [`cli`], [`dashboard`] ([`ipchub_ctl`]), `ipchubctl`;
+//! - [`mod@bench`] ([`ipchub_bench`]), `ipchub-bench`.
 
-pub mod bench;
-pub mod bridge;
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod daemon;
-pub mod dashboard;
-pub mod dbus;
-pub mod hub;
-pub mod paths;
-pub mod shm;
-pub mod store;
-pub mod transport;
-pub mod wire;
+#![forbid(unsafe_code)]
+
+pub use ipchub_bench as bench;
+pub use ipchub_bench;
+pub use ipchub_client as client;
+pub use ipchub_client;
+pub use ipchub_ctl;
+pub use ipchub_ctl::{cli, dashboard};
+pub use ipchub_daemon;
+pub use ipchub_daemon::{bridge, config, daemon, dbus, hub, store};
+pub use ipchub_os;
+pub use ipchub_os::{paths, queue, shm, transport};
+pub use ipchub_wire as wire;
+pub use ipchub_wire;

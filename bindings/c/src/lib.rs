@@ -1,6 +1,6 @@
 //! The C API of the ipchub client library (`libipchub.so.0`, `ipchub.h`).
 //!
-//! A thin layer over [`ipchub::client::Client`]: every transport, shared
+//! A thin layer over [`::ipchub_client::Client`]: every transport, shared
 //! memory channel rings included, with the Rust client's own code. Every
 //! entry point catches panics (none crosses into C), checks its pointers,
 //! and reports failure as a negative `IPCHUB_ERR_*` code with a message kept
@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ipchub::client::{Client, ClientError, Event, Message, Options, PublishOptions};
-use ipchub::hub::TransportKind;
+use ::ipchub_client::TransportKind;
+use ::ipchub_client::{Client, ClientError, Event, Message, Options, PublishOptions};
 
 /// Success.
 pub const IPCHUB_OK: c_int = 0;
@@ -340,7 +340,7 @@ pub unsafe extern "C" fn ipchub_connect(
             transport,
             name: name.unwrap_or("").to_string(),
             // Fail fast until the C API maps the reconnect events.
-            reconnect: ipchub::client::Reconnect::off(),
+            reconnect: ::ipchub_client::Reconnect::off(),
         };
         match Client::connect(&opts) {
             Ok(client) => {

@@ -2,7 +2,9 @@
 //!
 //! Every transport works, shared-memory channel rings included, with the
 //! same code `ipchubctl` runs. Waiting calls release the GIL and look for
-//! signals (Ctrl-C) every [`SIGNAL_CHECK`]. Type hints: `ipchub.pyi`.
+//! signals (Ctrl-C) every `SIGNAL_CHECK`. Type hints: `ipchub.pyi`.
+
+#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -10,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ipchub::client::{Client, ClientError, Event, Message as RawMessage, Options, PublishOptions};
-use ipchub::hub::TransportKind;
+use ipchub_client::TransportKind;
+use ipchub_client::{Client, ClientError, Event, Message as RawMessage, Options, PublishOptions};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -380,7 +382,7 @@ fn connect(
         transport: transport_of(transport)?,
         name: name.unwrap_or_else(|| "python".into()),
         // Fail fast until the module maps the reconnect events.
-        reconnect: ipchub::client::Reconnect::off(),
+        reconnect: ipchub_client::Reconnect::off(),
     };
     let client = py
         .allow_threads(|| Client::connect(&opts))

@@ -1,0 +1,399 @@
+//! Planned restart by re-execution: the state a hub hands to its successor.
+//!
+//! On SIGUSR2 the hub writes its state into a sealed memfd, clears
+//! close-on-exec on that memfd and on every descriptor the state names,
+//! and executes its own binary again (the same pid, so systemd and
+//! supervisors see no exit) with `IPCHUB_HANDOVER_FD` naming the memfd.
+//! The successor reads the state before anything else; one it cannot read
+//! (another format version, corruption, a descriptor that is not open) is
+//! logged and set aside: the successor closes every inherited descriptor
+//! and starts fresh, and the clients reconnect by themselves (the client
+//! library's reconnection), never a crash loop.
+//!
+//! Format (docs/ARCHITECTURE.md, "Planned restart"): the magic
+//! `IPCHUBST`, the format version (u32 LE), the body length (u64 LE), the
+//! body (JSON), and an FNV-1a 64 checksum of the body (u64 LE). A
+//! successor reads only the format version it was built for.
+//!
+//! Version 1 hands over the listening socket (by descriptor, so the socket
+//! file never disappears and clients connecting meanwhile wait in its
+//! backlog) and every client whose data path is descriptors alone
+//! (socket, pipe, FIFO, mqueue): its connection and data descriptors, its
+//! subscriptions, the frames queued for it and the input not handled yet,
+//! under its id. Shm clients are sent BYE "hub restarting", and their
+//! libraries reconnect.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The environment variable naming the state memfd in the successor.
+pub const ENV: &str = "IPCHUB_HANDOVER_FD";
+/// What this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"IPCHUBST";
+/// A state larger than this is not ours.
+const MAX_BODY: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("{ENV}={0} is not a descriptor number")]
+    BadEnv(String),
+    #[error("descriptor {0} is not a sealed memfd: {1}")]
+    NotSealed(RawFd, String),
+    #[error("not a hand-over state (bad magic)")]
+    Magic,
+    #[error("state format version {found}, this ipchubd reads {FORMAT_VERSION}")]
+    Version { found: u32 },
+    #[error("state truncated or oversized (body of {0} bytes)")]
+    Length(u64),
+    #[error("state corrupt (checksum mismatch)")]
+    Checksum,
+    #[error("state body unreadable: {0}")]
+    Body(String),
+    #[error("state names descriptor {fd} ('{name}'), which is not open")]
+    MissingFd { fd: RawFd, name: String },
+    #[error("state has no '{0}' descriptor")]
+    NoEntry(&'static str),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// One inherited descriptor: its number in the successor (unchanged by
+/// exec) and what it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FdEntry {
+    pub name: String,
+    pub fd: RawFd,
+}
+
+/// What version 1 hands over.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    /// The predecessor's `CARGO_PKG_VERSION`, for the log.
+    pub hub_version: String,
+    /// How many hand-overs this process has been through.
+    pub generation: u64,
+    /// The control socket's path, and whether the hub bound it itself
+    /// (then it removes the file at its final exit).
+    pub socket_path: PathBuf,
+    pub unlink_on_exit: Option<PathBuf>,
+    /// Every inherited descriptor, by name: `listener` is the control
+    /// socket, `client:<id>` a client's connection.
+    pub fds: Vec<FdEntry>,
+    /// The next client id to hand out.
+    #[serde(default)]
+    pub next_client_id: u32,
+    /// Clients whose connections are handed over.
+    #[serde(default)]
+    pub clients: Vec<HandedClient>,
+}
+
+/// A client kept across the restart: its connection, its routing state,
+/// and the input read from it but not handled yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandedClient {
+    pub fd: RawFd,
+    pub hub: crate::hub::snapshot::ClientSnapshot,
+    pub input: Vec<u8>,
+    /// The data path's read and write descriptors (pipe, FIFO, mqueue);
+    /// empty on the socket transport, where `fd` carries the data.
+    #[serde(default)]
+    pub data_fds: Vec<RawFd>,
+    /// Input read from the data path but not handled yet.
+    #[serde(default)]
+    pub data_input: Vec<u8>,
+}
+
+impl State {
+    pub fn fd(&self, name: &'static str) -> Result<RawFd, HandoverError> {
+        self.fds
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.fd)
+            .ok_or(HandoverError::NoEntry(name))
+    }
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The bytes of `state` in the hand-over format.
+pub fn encode(state: &State) -> Vec<u8> {
+    let body = serde_json::to_vec(state).expect("state serializes");
+    let mut out = Vec::with_capacity(body.len() + 28);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&fnv1a(&body).to_le_bytes());
+    out
+}
+
+/// Parse the hand-over format; every field is checked, nothing trusted.
+pub fn decode(bytes: &[u8]) -> Result<State, HandoverError> {
+    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+        return Err(HandoverError::Magic);
+    }
+    let found = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+    if found != FORMAT_VERSION {
+        return Err(HandoverError::Version { found });
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
+    if len > MAX_BODY || bytes.len() as u64 != 20 + len + 8 {
+        return Err(HandoverError::Length(len));
+    }
+    let body = &bytes[20..20 + len as usize];
+    let sum = u64::from_le_bytes(bytes[20 + len as usize..].try_into().unwrap());
+    if sum != fnv1a(body) {
+        return Err(HandoverError::Checksum);
+    }
+    serde_json::from_slice(body).map_err(|e| HandoverError::Body(e.to_string()))
+}
+
+/// Write `state` into a new memfd and seal it: nobody, ourselves included,
+/// changes it after this.
+pub fn write_memfd(state: &State) -> io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let fd = memfd_create(
+        c"ipchub-state",
+        MemFdCreateFlag::MFD_ALLOW_SEALING | MemFdCreateFlag::MFD_CLOEXEC,
+    )?;
+    let bytes = encode(state);
+    let mut off = 0;
+    while off < bytes.len() {
+        off += nix::unistd::write(&fd, &bytes[off..])?;
+    }
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(fd)
+}
+
+/// Read a state memfd: it must be sealed against writing and resizing.
+pub fn read_memfd(fd: &OwnedFd) -> Result<State, HandoverError> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let raw = fd.as_raw_fd();
+    let seals = fcntl(raw, FcntlArg::F_GET_SEALS)
+        .map_err(|e| HandoverError::NotSealed(raw, e.to_string()))?;
+    let need = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK;
+    if !SealFlag::from_bits_truncate(seals).contains(need) {
+        return Err(HandoverError::NotSealed(
+            raw,
+            "writable or resizable".into(),
+        ));
+    }
+    let size = nix::sys::stat::fstat(raw).map_err(io::Error::from)?.st_size as u64;
+    if size > MAX_BODY + 28 {
+        return Err(HandoverError::Length(size));
+    }
+    let mut bytes = vec![0u8; size as usize];
+    let mut off = 0;
+    while off < bytes.len() {
+        let n = nix::sys::uio::pread(fd.as_fd(), &mut bytes[off..], off as i64)
+            .map_err(io::Error::from)?;
+        if n == 0 {
+            return Err(HandoverError::Length(size));
+        }
+        off += n;
+    }
+    let state = decode(&bytes)?;
+    for c in &state.clients {
+        for &fd in std::iter::once(&c.fd).chain(&c.data_fds) {
+            if !state.fds.iter().any(|e| e.fd == fd) {
+                return Err(HandoverError::MissingFd {
+                    fd,
+                    name: format!("client:{} (not in the index)", c.hub.id),
+                });
+            }
+        }
+        if !matches!(c.data_fds.len(), 0 | 2) {
+            return Err(HandoverError::Body(format!(
+                "client {} has {} data descriptors",
+                c.hub.id,
+                c.data_fds.len()
+            )));
+        }
+    }
+    for e in &state.fds {
+        if e.fd < 3 || fcntl(e.fd, FcntlArg::F_GETFD).is_err() {
+            return Err(HandoverError::MissingFd {
+                fd: e.fd,
+                name: e.name.clone(),
+            });
+        }
+    }
+    Ok(state)
+}
+
+/// In the successor, before any thread exists: the state handed over, if
+/// any. `Some(Err)`: there was one and it is unusable; every inherited
+/// descriptor (all but stdio and systemd's `LISTEN_FDS`) is closed then, so
+/// the fresh start finds no stale listener in its way.
+pub fn take() -> Option<Result<State, HandoverError>> {
+    let val = std::env::var(ENV).ok()?;
+    // Called at the start of main, before any other thread exists (the
+    // same rule as systemd::take_listen_fds): editing the environment is
+    // then race-free.
+    std::env::remove_var(ENV);
+    let res = (|| {
+        let fd: RawFd = val
+            .parse()
+            .ok()
+            .filter(|&fd| fd > 2)
+            .ok_or_else(|| HandoverError::BadEnv(val.clone()))?;
+        // The predecessor passed us this descriptor by number.
+        let memfd =
+            ipchub_os::sys::claim_inherited(fd).map_err(|_| HandoverError::BadEnv(val.clone()))?;
+        let state = read_memfd(&memfd)?;
+        state.fd("listener")?;
+        Ok(state)
+    })();
+    match res {
+        Ok(state) => Some(Ok(state)),
+        Err(e) => {
+            close_inherited();
+            Some(Err(e))
+        }
+    }
+}
+
+/// Close every descriptor above stdio except those systemd passed
+/// (`LISTEN_FDS`, from 3): after an unusable hand-over, what the
+/// predecessor left open is unknown and must not hold its socket.
+fn close_inherited() {
+    let keep = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0);
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd: &RawFd| fd >= 3 + keep)
+        .collect();
+    for fd in fds {
+        // The directory's own descriptor is closed already (the iterator
+        // is gone); closing it again fails harmlessly with EBADF.
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+/// Clear close-on-exec on `fd` (`dup2(fd, fd)` would keep it).
+pub fn inherit(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    Ok(())
+}
+
+/// The binary to execute again: the path we were started from, which after
+/// a package upgrade holds the new version (`/proc/self/exe` would name the
+/// old, deleted one).
+pub fn own_binary() -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let s = exe.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    })
+}
+
+/// Execute our own binary again with the same arguments and `state_fd`
+/// named in the environment. Returns only on failure.
+pub fn exec(state_fd: OwnedFd) -> io::Error {
+    use std::os::unix::process::CommandExt;
+    let bin = match own_binary() {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    if let Err(e) = inherit(state_fd.as_raw_fd()) {
+        return e;
+    }
+    let fd = state_fd.as_raw_fd();
+    // The descriptor must stay open through exec: forgotten here; on
+    // failure the caller carries on with it leaked (one descriptor, once).
+    std::mem::forget(state_fd);
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    std::process::Command::new(bin)
+        .arg0(argv0)
+        .args(args)
+        .env(ENV, fd.to_string())
+        .exec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        State {
+            hub_version: "0.1.0".into(),
+            generation: 3,
+            socket_path: "/run/ipchub/ipchub.sock".into(),
+            unlink_on_exit: None,
+            fds: vec![FdEntry {
+                name: "listener".into(),
+                fd: 999_999,
+            }],
+            next_client_id: 1,
+            clients: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_state_round_trips_and_every_damage_is_refused() {
+        let bytes = encode(&sample());
+        assert_eq!(decode(&bytes).unwrap(), sample());
+        let mut v = bytes.clone();
+        v[8] = 2;
+        assert!(matches!(
+            decode(&v),
+            Err(HandoverError::Version { found: 2 })
+        ));
+        let mut v = bytes.clone();
+        let last = v.len() - 9;
+        v[last] ^= 1;
+        assert!(matches!(decode(&v), Err(HandoverError::Checksum)));
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(HandoverError::Length(_))
+        ));
+        assert!(matches!(
+            decode(b"garbage garbage garbage"),
+            Err(HandoverError::Magic)
+        ));
+    }
+
+    #[test]
+    fn the_memfd_is_sealed_and_an_unsealed_one_refused() {
+        let fd = write_memfd(&sample()).unwrap();
+        assert!(nix::unistd::write(&fd, b"x").is_err(), "sealed");
+        // Its descriptor 999999 is not open: refused, named.
+        assert!(matches!(
+            read_memfd(&fd),
+            Err(HandoverError::MissingFd { fd: 999_999, .. })
+        ));
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        let open = memfd_create(c"t", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        nix::unistd::write(&open, &encode(&sample())).unwrap();
+        assert!(matches!(
+            read_memfd(&open),
+            Err(HandoverError::NotSealed(..))
+        ));
+    }
+}

@@ -1,0 +1,183 @@
+//! `ipchubd`: configuration, the listening socket, logging, then the event loop.
+//!
+//! [`event_loop::EventLoop::run`] drives an already open listener, so the binary (socket-activated or
+//! self-bound) and tests share one entry point.
+
+pub mod control;
+pub mod event_loop;
+pub mod handover;
+pub mod handshake;
+pub mod listener;
+pub mod logging;
+pub mod spawn;
+pub mod systemd;
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::config::Config;
+use event_loop::{EventLoop, LoopOptions};
+
+/// ipchubd: the ipchub publish/subscribe daemon.
+///
+/// Routes messages on named channels between local processes over UNIX
+/// sockets, pipes, FIFOs, POSIX message queues and shared memory. Runs in the
+/// foreground; under systemd it uses the socket passed by ipchub.socket.
+#[derive(Debug, Parser)]
+#[command(name = "ipchubd", version, about, long_about)]
+pub struct Args {
+    /// Control socket to bind when not socket-activated [default: /run/ipchub/ipchub.sock as root,
+    /// else $XDG_RUNTIME_DIR/ipchub/ipchub.sock]
+    #[arg(long, short = 's', env = "IPCHUB_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Configuration file [default: /etc/ipchub/ipchub.toml if it exists, else built-in defaults]
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration and exit: status 0 if valid, else the error.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The daemon's whole life; `main` is a shim over this.
+pub fn main_with(args: Args) -> anyhow::Result<()> {
+    // A planned restart's state, then socket activation: both edit the
+    // environment, which must happen before any thread exists.
+    let handed = handover::take();
+    let passed = systemd::take_listen_fds().context("reading LISTEN_FDS")?;
+    let config = Config::load(args.config.as_deref())?;
+    if args.check_config {
+        // Worded as `ipchubctl check-config` says it.
+        let file = args
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
+        if file.exists() {
+            println!("{}: configuration OK", file.display());
+        } else {
+            println!("built-in defaults: configuration OK");
+        }
+        return Ok(());
+    }
+    logging::init(&config.log.level);
+    let mut handed = match handed {
+        Some(Ok(state)) => {
+            tracing::info!(
+                from = %state.hub_version,
+                generation = state.generation,
+                "planned restart: took over the hand-over state"
+            );
+            Some(state)
+        }
+        Some(Err(e)) => {
+            // Never a crash loop: start as after a crash, and let the
+            // clients reconnect by themselves.
+            tracing::warn!("hand-over state unusable ({e}); starting fresh, clients reconnect");
+            None
+        }
+        None => None,
+    };
+    let generation = handed.as_ref().map_or(0, |s| s.generation);
+    let kept = handed
+        .as_mut()
+        .map(|s| (std::mem::take(&mut s.clients), s.next_client_id));
+
+    let (listener, unlink, socket_path) =
+        match (handed, passed.into_iter().find(|p| p.name != "fifo")) {
+            (Some(state), _) => {
+                let fd = state.fd("listener").expect("checked by handover::take");
+                // The predecessor handed this descriptor over by this number.
+                let fd = ipchub_os::sys::claim_inherited(fd)?;
+                let l = UnixListener::from(fd);
+                // Inherited without close-on-exec: set it again, so children
+                // we spawn do not hold the hub's socket.
+                let _ = nix::fcntl::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&l),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                );
+                tracing::info!(socket = %state.socket_path.display(), "listening (handed over)");
+                (l, state.unlink_on_exit, state.socket_path)
+            }
+            (None, Some(p)) => {
+                let l = UnixListener::from(p.fd);
+                let path = l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(PathBuf::from))
+                    .unwrap_or_else(|| crate::paths::socket_path(args.socket.as_deref()));
+                tracing::info!(socket = %path.display(), "using socket passed by systemd");
+                (l, None, path)
+            }
+            (None, None) => {
+                let path = crate::paths::socket_path(args.socket.as_deref());
+                // Nothing is bound in a directory others could tamper with.
+                let runtime = crate::paths::SafeDir::runtime(&crate::paths::runtime_dir_for(&path))
+                    .context("checking the runtime directory")?;
+                crate::transport::fifo::check_dirs(&runtime)
+                    .context("checking the runtime directory")?;
+                let l = listener::bind(&path)?;
+                tracing::info!(socket = %path.display(), "listening");
+                (l, Some(path.clone()), path)
+            }
+        };
+    // The runtime directory, the directories above it and the hub's own
+    // subdirectories are verified (refused, naming the path, if others could
+    // tamper with them); then leftovers of a hub killed with -9 go: its FIFOs
+    // and message queues.
+    let runtime = crate::paths::SafeDir::runtime(&crate::paths::runtime_dir_for(&socket_path))
+        .context("checking the runtime directory")?;
+    crate::transport::fifo::prepare_dir(&runtime).context("checking the runtime directory")?;
+    let runtime_dir = runtime.path().to_path_buf();
+    drop(runtime);
+    let reaped = crate::transport::mqueue::reap_stale();
+    if reaped > 0 {
+        tracing::info!(
+            count = reaped,
+            "removed message queues left by a hub that is gone"
+        );
+    }
+    let mut ev = EventLoop::new(
+        listener,
+        LoopOptions {
+            config,
+            config_path: args.config.clone(),
+            runtime_dir,
+            unlink_on_exit: unlink,
+            socket_path: socket_path.clone(),
+            generation,
+        },
+    )
+    .context("starting the event loop")?;
+    if let Some((clients, next_id)) = kept {
+        tracing::info!(clients = clients.len(), "planned restart: clients kept");
+        ev.restore_clients(clients, next_id);
+    }
+    start_components(&mut ev, &socket_path, args.config.as_deref());
+    systemd::ready(&format!("listening on {}", socket_path.display()));
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "ipchubd ready");
+    ev.run().context("event loop failed")?;
+    Ok(())
+}
+
+/// Start the threads that sit beside the data thread (D-Bus, MQTT bridge).
+/// Each gets a [`control::ControlHandle`] and/or an event receiver from the
+/// loop, never the hub itself, so none of them can slow routing.
+fn start_components(
+    ev: &mut EventLoop,
+    socket_path: &std::path::Path,
+    config_path: Option<&std::path::Path>,
+) {
+    let dbus = ev.hub().config().dbus.clone();
+    if dbus.enabled {
+        let log = ev.hub().config().log.clone();
+        crate::dbus::start(dbus, &log, ev.control_handle(), ev.subscribe_events());
+    }
+    crate::bridge::start(
+        ev.hub().config(),
+        socket_path,
+        config_path,
+        ev.control_handle(),
+    );
+}

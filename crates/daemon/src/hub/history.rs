@@ -1,0 +1,423 @@
+//! Channel history in memory: the last messages of channels configured with
+//! history bounds, each numbered with a per-channel sequence number, replayed
+//! to subscribers that ask (`last=N`, `since_ms=T`, `from_seq=S`).
+//!
+//! - The channel sequence number is assigned when the message is delivered,
+//!   and reaches subscribers that asked for it (SUBSCRIBE flag
+//!   `CHANNEL_SEQ`) as an 8-byte prefix of the DATA payload, marked by the
+//!   same flag on DATA; others get the message unchanged.
+//! - The seam: like retained values (retain.rs), a replay is queued in the
+//!   SUBSCRIBE's own step, right behind its ACK, so every live message comes
+//!   after the replayed ones: no gap, no duplicate.
+//! - Bounded per channel (`history_messages`, `history_bytes`,
+//!   `history_age`: the oldest go first), and per uid and in total
+//!   (`hub.max_history_bytes_per_uid`, `hub.max_history_bytes`), each
+//!   message charged to the uid that published it while it is kept. A
+//!   publish whose storing would pass a uid or total bound is refused
+//!   before it is delivered.
+//! - Kept apart from the channel table, so collecting an idle channel does
+//!   not lose its history or restart its numbering.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::config::HistoryBounds;
+use crate::wire::{CHANNEL_SEQ, HEADER_LEN};
+
+/// Bookkeeping charged per stored message beyond its payload and name.
+pub const ENTRY_OVERHEAD: usize = 64;
+
+struct Entry {
+    chan_seq: u64,
+    at: Instant,
+    origin: ClientId,
+    seq: u64,
+    priority: u8,
+    payload: Box<[u8]>,
+    uid: u32,
+    cost: usize,
+}
+
+/// One channel's stored messages.
+pub(super) struct ChannelHistory {
+    entries: VecDeque<Entry>,
+    /// Payload bytes of `entries` (what `history_bytes` bounds).
+    payload_bytes: usize,
+    next_seq: u64,
+    bounds: HistoryBounds,
+}
+
+/// Every channel's history and what each uid is charged for it.
+#[derive(Default)]
+pub(super) struct HistoryStore {
+    channels: HashMap<Box<str>, ChannelHistory>,
+    by_uid: HashMap<u32, usize>,
+    bytes: usize,
+}
+
+pub use crate::wire::Replay;
+
+/// Why a publish on a channel with history was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    #[error("uid {uid} would hold {would} bytes of channel history (limit hub.max_history_bytes_per_uid = {limit})")]
+    OverUid {
+        uid: u32,
+        would: usize,
+        limit: usize,
+    },
+    #[error("the hub would hold {would} bytes of channel history (limit hub.max_history_bytes = {limit})")]
+    OverTotal { would: usize, limit: usize },
+}
+
+/// Stored-message figures of one channel, for statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryFigures {
+    pub messages: usize,
+    pub bytes: usize,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+impl HistoryStore {
+    /// The channel sequence number the next message on `channel` gets.
+    pub(super) fn next_seq(&self, channel: &str) -> u64 {
+        self.channels.get(channel).map_or(1, |h| h.next_seq)
+    }
+
+    pub(super) fn figures(&self, channel: &str) -> Option<HistoryFigures> {
+        let h = self.channels.get(channel)?;
+        Some(HistoryFigures {
+            messages: h.entries.len(),
+            bytes: h.payload_bytes,
+            first_seq: h.entries.front().map_or(0, |e| e.chan_seq),
+            last_seq: h.next_seq - 1,
+        })
+    }
+
+    /// Hub-wide: stored messages and their charged bytes.
+    pub(super) fn totals(&self) -> (usize, usize) {
+        (
+            self.channels.values().map(|h| h.entries.len()).sum(),
+            self.bytes,
+        )
+    }
+
+    /// How many of `h`'s oldest entries go to make room for `len` more
+    /// payload bytes at `now` (age first, then the count and byte bounds).
+    fn evictions(h: &ChannelHistory, len: usize, now: Instant) -> usize {
+        let mut n = 0;
+        let mut count = h.entries.len();
+        let mut bytes = h.payload_bytes;
+        for e in &h.entries {
+            let old = h
+                .bounds
+                .age
+                .is_some_and(|a| now.saturating_duration_since(e.at) > a);
+            if !(old || count + 1 > h.bounds.messages || bytes + len > h.bounds.bytes) {
+                break;
+            }
+            n += 1;
+            count -= 1;
+            bytes -= e.payload.len();
+        }
+        n
+    }
+
+    fn evict_front(&mut self, channel: &str, n: usize) {
+        let Some(h) = self.channels.get_mut(channel) else {
+            return;
+        };
+        for _ in 0..n {
+            let Some(e) = h.entries.pop_front() else {
+                break;
+            };
+            h.payload_bytes -= e.payload.len();
+            self.bytes -= e.cost;
+            if let Some(c) = self.by_uid.get_mut(&e.uid) {
+                *c -= e.cost;
+                if *c == 0 {
+                    self.by_uid.remove(&e.uid);
+                }
+            }
+        }
+    }
+
+    /// New bounds (a reload): trim at once; None drops the history.
+    pub(super) fn rebound(&mut self, channel: &str, bounds: Option<HistoryBounds>, now: Instant) {
+        let Some(h) = self.channels.get_mut(channel) else {
+            return;
+        };
+        match bounds {
+            Some(b) => {
+                h.bounds = b;
+                let (mut n, mut count, mut bytes) = (0, h.entries.len(), h.payload_bytes);
+                for e in &h.entries {
+                    let old = b
+                        .age
+                        .is_some_and(|a| now.saturating_duration_since(e.at) > a);
+                    if !(old || count > b.messages || bytes > b.bytes) {
+                        break;
+                    }
+                    n += 1;
+                    count -= 1;
+                    bytes -= e.payload.len();
+                }
+                self.evict_front(channel, n);
+            }
+            None => {
+                let n = h.entries.len();
+                self.evict_front(channel, n);
+                self.channels.remove(channel);
+            }
+        }
+    }
+
+    /// Read-back records (disk storage, at start): the channel's history
+    /// and its numbering continue from them. Ignored for a channel that
+    /// already has a history in memory.
+    pub(super) fn load(
+        &mut self,
+        channel: &str,
+        bounds: HistoryBounds,
+        records: Vec<crate::store::Record>,
+        now_ms: u64,
+    ) {
+        if records.is_empty() || self.channels.contains_key(channel) {
+            return;
+        }
+        let now = Instant::now();
+        let next_seq = records.last().map_or(1, |r| r.chan_seq + 1);
+        let mut h = ChannelHistory {
+            entries: VecDeque::new(),
+            payload_bytes: 0,
+            next_seq,
+            bounds,
+        };
+        for r in records {
+            let cost = r.payload.len() + channel.len() + ENTRY_OVERHEAD;
+            let age = Duration::from_millis(now_ms.saturating_sub(r.time_ms));
+            h.payload_bytes += r.payload.len();
+            self.bytes += cost;
+            *self.by_uid.entry(r.uid).or_insert(0) += cost;
+            h.entries.push_back(Entry {
+                chan_seq: r.chan_seq,
+                at: now.checked_sub(age).unwrap_or(now),
+                origin: r.origin,
+                seq: r.pub_seq,
+                priority: r.priority,
+                payload: r.payload.into(),
+                uid: r.uid,
+                cost,
+            });
+        }
+        self.channels.insert(channel.into(), h);
+        self.rebound(channel, Some(bounds), now);
+    }
+
+    /// A message got `channel`'s next number but could not be stored.
+    pub(super) fn skip_seq(&mut self, channel: &str, bounds: HistoryBounds) {
+        let h = self
+            .channels
+            .entry(channel.into())
+            .or_insert_with(|| ChannelHistory {
+                entries: VecDeque::new(),
+                payload_bytes: 0,
+                next_seq: 1,
+                bounds,
+            });
+        h.next_seq += 1;
+    }
+
+    /// Channels that have a history now.
+    pub(super) fn names(&self) -> Vec<Box<str>> {
+        self.channels.keys().cloned().collect()
+    }
+}
+
+impl Hub {
+    /// Check, before delivering, that `uid` may store a message of `len`
+    /// payload bytes on `channel` (with history `bounds`).
+    pub(super) fn check_history(
+        &self,
+        uid: u32,
+        channel: &str,
+        len: usize,
+        now: Instant,
+    ) -> Result<(), HistoryError> {
+        let store = &self.history;
+        let cost = len + channel.len() + ENTRY_OVERHEAD;
+        let (mut freed_total, mut freed_uid) = (0, 0);
+        if let Some(h) = store.channels.get(channel) {
+            for e in h.entries.iter().take(HistoryStore::evictions(h, len, now)) {
+                freed_total += e.cost;
+                if e.uid == uid {
+                    freed_uid += e.cost;
+                }
+            }
+        }
+        let mine = store.by_uid.get(&uid).copied().unwrap_or(0) - freed_uid + cost;
+        if mine > self.cfg.hub.max_history_bytes_per_uid {
+            return Err(HistoryError::OverUid {
+                uid,
+                would: mine,
+                limit: self.cfg.hub.max_history_bytes_per_uid,
+            });
+        }
+        let total = store.bytes - freed_total + cost;
+        if total > self.cfg.hub.max_history_bytes {
+            return Err(HistoryError::OverTotal {
+                would: total,
+                limit: self.cfg.hub.max_history_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Store a delivered message as `channel`'s next, numbered `chan_seq`
+    /// (what [`HistoryStore::next_seq`] said before delivery).
+    pub(super) fn store_history(
+        &mut self,
+        id: ClientId,
+        origin: ClientId,
+        frame: &Frame<'_>,
+        bounds: HistoryBounds,
+        now: Instant,
+    ) {
+        let uid = self.peers.get(&id).map_or(0, |p| p.ident.uid);
+        let name = frame.channel;
+        let store = &mut self.history;
+        if !store.channels.contains_key(name) {
+            store.channels.insert(
+                name.into(),
+                ChannelHistory {
+                    entries: VecDeque::new(),
+                    payload_bytes: 0,
+                    next_seq: 1,
+                    bounds,
+                },
+            );
+        }
+        let h = &store.channels[name];
+        let n = HistoryStore::evictions(h, frame.payload.len(), now);
+        store.evict_front(name, n);
+        let cost = frame.payload.len() + name.len() + ENTRY_OVERHEAD;
+        store.bytes += cost;
+        *store.by_uid.entry(uid).or_insert(0) += cost;
+        let h = store.channels.get_mut(name).expect("made above");
+        let chan_seq = h.next_seq;
+        h.next_seq += 1;
+        h.payload_bytes += frame.payload.len();
+        h.entries.push_back(Entry {
+            chan_seq,
+            at: now,
+            origin,
+            seq: frame.header.seq,
+            priority: frame.header.priority,
+            payload: frame.payload.into(),
+            uid,
+            cost,
+        });
+    }
+
+    /// After client `id` subscribed to `pat` asking for `replay`: queue the
+    /// stored messages of every channel with history the pattern matches and
+    /// the client may read (except channels another of its patterns already
+    /// matched), channel by channel in name order, each in sequence order.
+    /// What does not fit its queue is announced as MISSED and counted.
+    pub(super) fn send_history(&mut self, id: ClientId, pat: &Pattern, replay: Replay) {
+        let now = Instant::now();
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let mut names: Vec<&str> = self
+            .history
+            .channels
+            .keys()
+            .map(|k| &**k)
+            .filter(|k| pat.matches(k))
+            .filter(|name| {
+                !peer.patterns.iter().any(|p| p != pat && p.matches(name))
+                    && self.policy.allows(name, &peer.creds, Op::Subscribe)
+            })
+            .collect();
+        names.sort_unstable();
+        let names: Vec<Box<str>> = names.into_iter().map(Into::into).collect();
+        let with_seq = peer.wants_seq;
+        let (mut sent, mut missed, mut bytes) = (0u64, 0u64, 0u64);
+        for name in names {
+            let h = &self.history.channels[&*name];
+            let age = h.bounds.age;
+            let picked: Vec<&Entry> = h
+                .entries
+                .iter()
+                .filter(|e| age.is_none_or(|a| now.saturating_duration_since(e.at) <= a))
+                .collect();
+            let from = match replay {
+                Replay::Last(n) => picked
+                    .len()
+                    .saturating_sub(n.min(usize::MAX as u64) as usize),
+                Replay::SinceMs(ms) => {
+                    let d = Duration::from_millis(ms);
+                    picked.partition_point(|e| now.saturating_duration_since(e.at) > d)
+                }
+                Replay::FromSeq(s) => picked.partition_point(|e| e.chan_seq < s),
+            };
+            let p = self.peers.get_mut(&id).expect("looked up above");
+            for e in &picked[from..] {
+                let extra = if with_seq { 8 } else { 0 };
+                let len = HEADER_LEN + name.len() + extra + e.payload.len();
+                if !fits_link(p, len)
+                    || !p.out.has_room(len)
+                    || !uid_room(&self.uid_bytes, &self.cfg, p, len)
+                {
+                    missed += 1;
+                    continue;
+                }
+                let flags = if with_seq { CHANNEL_SEQ } else { 0 };
+                let header = encode_header(
+                    FrameType::Data,
+                    flags,
+                    e.priority,
+                    name.len(),
+                    extra + e.payload.len(),
+                    e.origin,
+                    e.seq,
+                );
+                let cs = e.chan_seq.to_le_bytes();
+                let prefix: &[u8] = if with_seq { &cs } else { &[] };
+                p.out
+                    .push(Kind::Data, &[&header, name.as_bytes(), prefix, &e.payload]);
+                sync_uid(&mut self.uid_bytes, p);
+                p.counters.messages_out += 1;
+                sent += 1;
+                bytes += e.payload.len() as u64;
+            }
+            mark_dirty(&mut self.dirty, id, p);
+        }
+        let p = self.peers.get_mut(&id).expect("looked up above");
+        if missed > 0 {
+            p.out.note_missed_at_back(missed);
+            p.counters.dropped += missed;
+            mark_dirty(&mut self.dirty, id, p);
+        }
+        self.totals.dropped += missed;
+        self.totals.messages_out += sent;
+        self.totals.bytes_out += bytes;
+    }
+
+    /// Does a replay of `pat` cover `channel` (so its retained value, which
+    /// the history holds anyway, is not sent as well)?
+    pub(super) fn has_history(&self, channel: &str) -> bool {
+        self.history.channels.contains_key(channel)
+    }
+
+    /// A reload changed the history bounds: trim or drop what is stored.
+    pub(super) fn rebound_history(&mut self) {
+        let now = Instant::now();
+        for name in self.history.names() {
+            let b = self.cfg.history_for(&name);
+            self.history.rebound(&name, b, now);
+        }
+    }
+}
