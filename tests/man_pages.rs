@@ -728,7 +728,7 @@ fn config_page_documents_every_key() {
     }
     assert!(
         problems.is_empty(),
-        "man/ipchub.toml.5 disagrees with src/config.rs:\n  {}",
+        "man/ipchub.toml.5 disagrees with crates/daemon/src/config.rs:\n  {}",
         problems.join("\n  ")
     );
 }
@@ -772,7 +772,7 @@ fn protocol_page_lists_every_frame_type_error_code_and_transport() {
     assert_eq!(
         numbered(&sections, "FRAME TYPES"),
         frames,
-        "ipchub-protocol.7 FRAME TYPES (left) against src/wire/frame.rs"
+        "ipchub-protocol.7 FRAME TYPES (left) against crates/wire/src/frame.rs"
     );
     let codes: BTreeSet<(u32, String)> = (0..=u16::MAX)
         .filter_map(ErrorCode::from_u16)
@@ -781,7 +781,7 @@ fn protocol_page_lists_every_frame_type_error_code_and_transport() {
     assert_eq!(
         numbered(&sections, "ERROR CODES"),
         codes,
-        "ipchub-protocol.7 ERROR CODES (left) against src/wire/frame.rs"
+        "ipchub-protocol.7 ERROR CODES (left) against crates/wire/src/frame.rs"
     );
     let transports: BTreeSet<String> = tags(&sections["TRANSPORTS"])
         .iter()

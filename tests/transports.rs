@@ -1,5 +1,5 @@
 //! The transport conformance suite: every transport keeps the contract of
-//! `src/transport/mod.rs`, and every pair of transports meets through the
+//! `crates/os/src/transport/mod.rs`, and every pair of transports meets through the
 //! same channels. Adding a transport is one line in `TRANSPORTS`.
 
 mod common;

@@ -1,4 +1,6 @@
 //! `ipchubctl`: shim over [`ipchub::cli::ctl`].
+
+#![forbid(unsafe_code)]
 use clap::Parser;
 use ipchub::cli::ctl;
 

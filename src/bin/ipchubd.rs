@@ -1,4 +1,6 @@
 //! `ipchubd`: shim over [`ipchub::daemon`].
+
+#![forbid(unsafe_code)]
 use clap::Parser;
 
 fn main() {

@@ -1317,7 +1317,11 @@ mod tests {
     use super::*;
 
     fn repo_default_file() -> String {
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/ipchub.toml")).unwrap()
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../etc/ipchub.toml"
+        ))
+        .unwrap()
     }
 
     #[test]

@@ -15,10 +15,11 @@ use std::sync::Mutex;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
-/// Most descriptors [`recv_with_fds`] takes from one message; a message
-/// with more arrives with [`Received::truncated`] set (the kernel closes
-/// what did not fit).
-pub const MAX_RECV_FDS: usize = 8;
+/// Room for descriptors in one [`recv_with_fds`] call: the kernel's own
+/// limit per message (SCM_MAX_FD), so every descriptor a peer can attach
+/// arrives and is owned (and closed when dropped) rather than lost in a
+/// truncated control message. Callers bound what they accept themselves.
+pub const MAX_RECV_FDS: usize = 253;
 
 /// What one [`recv_with_fds`] call read.
 #[derive(Debug, Default)]
@@ -27,7 +28,8 @@ pub struct Received {
     pub bytes: usize,
     /// Descriptors that came with them (SCM_RIGHTS), now ours.
     pub fds: Vec<OwnedFd>,
-    /// The message carried more descriptors than fit (MSG_CTRUNC).
+    /// The control data did not fit (MSG_CTRUNC); cannot happen for
+    /// SCM_RIGHTS alone, whose count the kernel caps at [`MAX_RECV_FDS`].
     pub truncated: bool,
 }
 
@@ -231,11 +233,9 @@ mod tests {
     }
 
     #[test]
-    fn more_descriptors_than_fit_are_reported_truncated() {
+    fn many_descriptors_all_arrive_owned() {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let pipes: Vec<_> = (0..MAX_RECV_FDS)
-            .map(|_| nix::unistd::pipe().unwrap())
-            .collect();
+        let pipes: Vec<_> = (0..40).map(|_| nix::unistd::pipe().unwrap()).collect();
         let raw: Vec<RawFd> = pipes
             .iter()
             .flat_map(|(r, w)| [r.as_raw_fd(), w.as_raw_fd()])
@@ -245,8 +245,8 @@ mod tests {
         nix::sys::socket::sendmsg::<()>(a.as_raw_fd(), &iov, &cm, MsgFlags::empty(), None).unwrap();
         let mut buf = [0u8; 1];
         let got = recv_with_fds(b.as_fd(), &mut buf, MsgFlags::empty()).unwrap();
-        assert!(got.truncated);
-        assert!(got.fds.len() <= MAX_RECV_FDS);
+        assert!(!got.truncated);
+        assert_eq!(got.fds.len(), 80);
     }
 
     #[test]

@@ -159,8 +159,9 @@ pub fn setup(
 /// is authenticated, and frames it sent after HELLO wait in the kernel.
 ///
 /// Descriptors sent with the HELLO (SCM_RIGHTS) are collected into `fds`.
-/// More than [`MAX_HELLO_FDS`] is refused as `InvalidData`: the kernel
-/// closes what did not fit the control buffer, the rest are dropped here.
+/// More than [`MAX_HELLO_FDS`] is refused as `InvalidData` and all are
+/// closed here (every one arrives: the receive buffer has room for the
+/// kernel's per-message maximum).
 pub fn read_hello(
     sock: &OwnedFd,
     buf: &mut Vec<u8>,
