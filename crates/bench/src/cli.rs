@@ -150,7 +150,7 @@ pub struct Args {
 
     /// With --attacks: small attacks (seconds, for tests), not the sizes
     /// of issue #13. With --scale: up to 10 clients, 100 channels and 100
-    /// patterns, short rounds.
+    /// patterns, short rounds. With --storage: short runs, 16 MiB raw.
     #[arg(long)]
     pub quick: bool,
 
@@ -163,6 +163,16 @@ pub struct Args {
     /// report shows the configuration). --svg draws it.
     #[arg(long, conflicts_with_all = ["socket", "csv", "attacks"])]
     pub scale: bool,
+
+    /// Instead of comparing mechanisms: measure disk storage (1 KiB
+    /// messages). A publisher on a `storage = "disk"`, `sync = "interval"`
+    /// channel against the raw sequential write speed of the same file
+    /// system; 1 and 8 publishers waiting for each ACK under
+    /// `sync = "always"` against one fdatasync per message; a plain channel
+    /// of a hub with disk channels against a hub without. The bench starts
+    /// its own hubs; files go to its temporary directory (TMPDIR).
+    #[arg(long, conflicts_with_all = ["socket", "csv", "svg", "attacks", "scale"])]
+    pub storage: bool,
 }
 
 /// The argument that makes this executable a worker: the bench re-executes

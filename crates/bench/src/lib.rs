@@ -35,6 +35,7 @@ mod raw;
 mod report;
 mod scale;
 mod session;
+mod storage;
 mod svg;
 
 use std::io::{IsTerminal, Write};
@@ -87,8 +88,8 @@ pub fn main() -> ExitCode {
 
 /// The bench with parsed arguments.
 pub fn main_with(args: Args) -> ExitCode {
-    if args.quick && !(args.attacks || args.scale) {
-        eprintln!("ipchub-bench: --quick goes with --attacks or --scale");
+    if args.quick && !(args.attacks || args.scale || args.storage) {
+        eprintln!("ipchub-bench: --quick goes with --attacks, --scale or --storage");
         return ExitCode::from(2);
     }
     if args.attacks {
@@ -96,6 +97,9 @@ pub fn main_with(args: Args) -> ExitCode {
     }
     if args.scale {
         return scale_main(&args);
+    }
+    if args.storage {
+        return storage_main(&args);
     }
     match run(&args) {
         Ok(report) => {
@@ -140,6 +144,29 @@ fn scale_main(args: &Args) -> ExitCode {
         }
     }
     if r.hub_error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `--storage`: its own report (text or JSON). A row that failed fails
+/// the run.
+fn storage_main(args: &Args) -> ExitCode {
+    let r = match storage::run(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ipchub-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = if args.json {
+        serde_json::to_string_pretty(&r).expect("serialisable") + "\n"
+    } else {
+        storage::text(&r)
+    };
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    if r.rows.iter().any(|row| row.error.is_some()) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

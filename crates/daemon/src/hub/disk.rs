@@ -160,7 +160,7 @@ impl Hub {
             Ok(file) => Ok(match (mode, disk.syncer.as_mut()) {
                 (SyncMode::Always, Some(s)) => Some(s.always(file)),
                 (SyncMode::Interval, Some(s)) => {
-                    s.interval(file);
+                    s.interval(file, log.pending());
                     None
                 }
                 _ => None,

@@ -21,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -63,14 +64,54 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
-/// CRC-32C (Castagnoli), bitwise: records are small next to a syscall.
-pub fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
+/// Slice-by-8 tables of CRC-32C (reflected polynomial 0x82F63B78), built
+/// at compile time: `CRC_TABLES[0]` is the classic byte table, table `k`
+/// advances a byte that is `k` positions further back.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut k = 0;
+        while k < 8 {
             crc = (crc >> 1) ^ (0x82F6_3B78 & (!(crc & 1)).wrapping_add(1));
+            k += 1;
         }
+        t[0][i] = crc;
+        i += 1;
+    }
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// CRC-32C (Castagnoli), eight bytes per step (slice-by-8): a bit at a
+/// time cost about 10 µs per KiB, more than the rest of a stored publish.
+pub fn crc32c(data: &[u8]) -> u32 {
+    let t = &CRC_TABLES;
+    let mut crc = !0u32;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let lo = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) ^ crc;
+        crc = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][c[4] as usize]
+            ^ t[2][c[5] as usize]
+            ^ t[1][c[6] as usize]
+            ^ t[0][c[7] as usize];
+    }
+    for &b in chunks.remainder() {
+        crc = (crc >> 8) ^ t[0][((crc ^ u32::from(b)) & 0xff) as usize];
     }
     !crc
 }
@@ -211,6 +252,9 @@ pub struct ChannelLog {
     segments: VecDeque<Segment>,
     /// The segment being appended to.
     file: Option<Arc<File>>,
+    /// Set while an interval sync of `file` is requested and not yet done
+    /// (see [`Syncer::interval`]); a new segment gets a new flag.
+    pending: Arc<AtomicBool>,
     written: u64,
     segment_bytes: u64,
     pub sync: SyncMode,
@@ -317,6 +361,7 @@ impl ChannelLog {
                 dir,
                 segments,
                 file: None,
+                pending: Arc::new(AtomicBool::new(false)),
                 written: 0,
                 segment_bytes,
                 sync,
@@ -344,6 +389,7 @@ impl ChannelLog {
                 .map_err(|e| err(&path, e))?;
             self.written = f.metadata().map(|m| m.len()).unwrap_or(0);
             self.file = Some(Arc::new(f));
+            self.pending = Arc::new(AtomicBool::new(false));
             if self.segments.back().is_none_or(|s| s.path != path) {
                 self.segments.push_back(Segment {
                     first_seq: chan_seq,
@@ -367,6 +413,11 @@ impl ChannelLog {
         }
         self.written += bytes.len() as u64;
         Ok(f)
+    }
+
+    /// The current segment's interval-sync flag (see [`Syncer::interval`]).
+    pub fn pending(&self) -> &Arc<AtomicBool> {
+        &self.pending
     }
 
     /// Delete whole segments holding only records numbered below `first_kept`.
@@ -399,8 +450,8 @@ pub fn stored_channels(root: &Path) -> Vec<String> {
 pub enum SyncRequest {
     /// fsync this file; report `ticket` done after.
     Always(Arc<File>, u64),
-    /// fsync this file within [`INTERVAL`].
-    Interval(Arc<File>),
+    /// fsync this file within [`INTERVAL`], clearing its flag first.
+    Interval(Arc<File>, Arc<AtomicBool>),
 }
 
 /// The sync thread's handle: requests in, completed tickets out.
@@ -434,8 +485,18 @@ impl Syncer {
         t
     }
 
-    pub fn interval(&self, file: Arc<File>) {
-        let _ = self.tx.send(SyncRequest::Interval(file));
+    /// Have `file` made durable within [`INTERVAL`]. `pending` is the
+    /// file's flag ([`ChannelLog::pending`]): only the write that sets it
+    /// sends a request, so a stream costs one request per interval, not one
+    /// (and a thread wake-up) per message. The thread clears the flag
+    /// *before* its fsync: a write after the clear sends a new request, a
+    /// write before it is covered by that fsync.
+    pub fn interval(&self, file: Arc<File>, pending: &Arc<AtomicBool>) {
+        if !pending.swap(true, Ordering::AcqRel) {
+            let _ = self
+                .tx
+                .send(SyncRequest::Interval(file, Arc::clone(pending)));
+        }
     }
 
     /// Tickets done since the last call: the highest, and any that failed.
@@ -453,7 +514,7 @@ fn sync_thread(
     done: mpsc::Sender<Result<u64, (u64, String)>>,
     wake: Box<dyn Fn() + Send>,
 ) {
-    let mut lazy: Vec<Arc<File>> = Vec::new();
+    let mut lazy: Vec<(Arc<File>, Arc<AtomicBool>)> = Vec::new();
     let mut lazy_due: Option<Instant> = None;
     loop {
         let first = match lazy_due {
@@ -478,9 +539,9 @@ fn sync_thread(
                         urgent.push(f);
                     }
                 }
-                SyncRequest::Interval(f) => {
-                    if !lazy.iter().any(|u| same(u, &f)) {
-                        lazy.push(f);
+                SyncRequest::Interval(f, flag) => {
+                    if !lazy.iter().any(|(u, _)| same(u, &f)) {
+                        lazy.push((f, flag));
                     }
                     lazy_due.get_or_insert_with(|| Instant::now() + INTERVAL);
                 }
@@ -500,7 +561,8 @@ fn sync_thread(
             wake();
         }
         if lazy_due.is_some_and(|d| d <= Instant::now()) {
-            for f in lazy.drain(..) {
+            for (f, flag) in lazy.drain(..) {
+                flag.store(false, Ordering::Release);
                 if let Err(e) = f.sync_data() {
                     tracing::warn!("fsync of a channel log failed: {e}");
                 }
@@ -517,6 +579,52 @@ mod tests {
     #[test]
     fn crc32c_matches_the_standard_check_value() {
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    /// The slice-by-8 form against the bitwise definition, at every length
+    /// around the 8-byte steps and at every alignment of the tail.
+    #[test]
+    fn crc32c_by_slices_equals_the_bitwise_definition() {
+        fn bitwise(data: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &b in data {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = (crc >> 1) ^ (0x82F6_3B78 & (!(crc & 1)).wrapping_add(1));
+                }
+            }
+            !crc
+        }
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + i / 3) as u8).collect();
+        for len in 0..data.len() {
+            for start in 0..3.min(data.len() - len) {
+                let d = &data[start..start + len];
+                assert_eq!(crc32c(d), bitwise(d), "len {len} start {start}");
+            }
+        }
+    }
+
+    /// An interval sync is requested once per flag, and again only after
+    /// the thread cleared it.
+    #[test]
+    fn interval_syncs_send_one_request_per_flag() {
+        let (tx, rx) = mpsc::channel();
+        let (_done_tx, done) = mpsc::channel();
+        let s = Syncer {
+            tx,
+            done,
+            next_ticket: 1,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let f = Arc::new(File::create(dir.path().join("seg")).unwrap());
+        let flag = Arc::new(AtomicBool::new(false));
+        for _ in 0..1000 {
+            s.interval(Arc::clone(&f), &flag);
+        }
+        assert_eq!(rx.try_iter().count(), 1);
+        flag.store(false, Ordering::Release);
+        s.interval(Arc::clone(&f), &flag);
+        assert_eq!(rx.try_iter().count(), 1);
     }
 
     #[test]
