@@ -26,7 +26,7 @@ mod reconnect;
 mod rings;
 
 use ipchub_os::{paths, queue, shm, sys, transport};
-pub use ipchub_wire as wire;
+use ipchub_wire as wire;
 
 pub use reconnect::Reconnect;
 
@@ -40,9 +40,9 @@ use std::time::{Duration, Instant};
 use crate::queue::OutQueue;
 use crate::transport::Link;
 use crate::wire::frame::{parse_error_payload, parse_kv};
-pub use crate::wire::stats::HubStats;
-pub use crate::wire::TransportKind;
-use crate::wire::{ChannelError, ErrorCode, FrameType, Pattern, ACK_REQUESTED};
+pub use crate::wire::stats::{ChannelStats, ClientStats, HubStats, Totals};
+pub use crate::wire::{ChannelError, ErrorCode, TransportKind};
+use crate::wire::{FrameType, Pattern, ACK_REQUESTED};
 
 /// Buffered publishes are written once this many bytes are waiting.
 pub const AUTO_FLUSH_BYTES: usize = 64 * 1024;
@@ -428,7 +428,10 @@ impl Client {
     /// Take the connection apart: the control socket (None for the socket
     /// transport, where it is the link) and the data link, to speak the
     /// protocol byte by byte (conformance and hostile-input tests, other
-    /// language bindings' test suites).
+    /// language bindings' test suites). Not part of the supported API:
+    /// hidden because the workspace's hostile-input tests and
+    /// `ipchub-bench`'s attacks need it.
+    #[doc(hidden)]
     pub fn into_raw(mut self) -> (Option<OwnedFd>, Box<dyn Link>) {
         // What is still buffered goes with the link (its new owner decides).
         self.out = OutQueue::new(0, 0);

@@ -187,6 +187,10 @@ impl Client {
         self.rings.user_off = !on;
     }
 
+    // The *_for_test hooks below are hidden, not private, only because the
+    // root package's integration tests (tests/channel_rings.rs,
+    // tests/ring_attacks.rs) play a broken or hostile ring participant.
+
     /// Take `channel`'s ring lock and keep it, as a publisher that dies in
     /// the middle of a message would: for tests of the hub's recovery.
     #[doc(hidden)]
