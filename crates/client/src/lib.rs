@@ -1633,6 +1633,11 @@ fn split_channel_seq<'a>(f: &wire::Frame<'a>) -> Result<(Option<u64>, &'a [u8]),
     Ok((Some(u64::from_le_bytes(*cs)), rest))
 }
 
+/// The README's example, compiled with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// A client can move to another thread.
 const _: fn() = || {
     fn send<T: Send>() {}
