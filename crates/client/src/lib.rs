@@ -367,7 +367,9 @@ pub enum Event {
     },
     /// The hub's statistics (the answer [`Client::stats`] waits for).
     Stats(Box<HubStats>),
-    /// The answer to a PING with this sequence number.
+    /// The hub's answer to a PING with this sequence number. This library
+    /// sends no PING of its own, so a client only sees one if something
+    /// else wrote a PING on its connection.
     Pong(u64),
     /// The connection to the hub was lost (restart, upgrade, crash); the
     /// client is reconnecting (only with [`Options::reconnect`] enabled).
