@@ -1,32 +1,135 @@
-//! The client library: connect with a chosen transport, publish, subscribe,
-//! receive. Every tool (`ipchubctl`, the bench, the bridges) uses it, and the
-//! same calls work whatever the transport.
+//! Client library for the ipchub local publish/subscribe hub (`ipchubd`):
+//! connect over a transport of your choice, publish, subscribe (with
+//! MQTT-style wildcards), receive. The same calls work on every transport,
+//! and a message published over one reaches the subscribers on all of
+//! them; where a transport behaves differently, [Transports](#transports)
+//! and the documentation of each call say so.
 //!
-//! Publishing is buffered: frames collect in an outgoing queue and leave in
-//! one write when it passes [`AUTO_FLUSH_BYTES`], when the oldest has waited
-//! [`FLUSH_DELAY`] (checked as the client publishes), on [`Client::flush`],
-//! whenever the client waits for anything, and (as far as the transport
-//! takes it without waiting) when the client is dropped. On shm, a channel
-//! with a ring is written at once, unbuffered. Confirmations are pipelined: a
+//! ```no_run
+//! use std::time::Duration;
+//! use ipchub_client::{Client, Options};
+//!
+//! # fn main() -> Result<(), ipchub_client::ClientError> {
+//! // Options::default(): the socket transport, the hub's default socket.
+//! let mut sub = Client::connect(&Options::default())?;
+//! sub.subscribe("weather/#")?;
+//!
+//! let mut publisher = Client::connect(&Options::default())?;
+//! let delivered = publisher.publish_confirmed("weather/today", b"sunny")?;
+//! println!("delivered to {delivered} subscriber(s)");
+//!
+//! if let Some(m) = sub.recv(Some(Duration::from_secs(5)))? {
+//!     println!("[{}] {}", m.channel, String::from_utf8_lossy(&m.payload));
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Small complete programs are in the crate's `examples/` directory:
+//! `publish`, `subscribe` (a wildcard), `shm_ring` (a shared-memory channel
+//! ring) and `mqueue_priorities` (POSIX message queue priorities).
+//!
+//! # Connecting
+//!
+//! Every client starts at the hub's control socket, [`Options::socket`].
+//! Left `None` it is found as the hub finds it: the `IPCHUB_SOCKET`
+//! environment variable, else `$XDG_RUNTIME_DIR/ipchub/ipchub.sock` (root:
+//! `/run/ipchub/ipchub.sock`), and if that does not exist, the system hub's
+//! `/run/ipchub/ipchub.sock`. After the handshake the client's frames travel
+//! over its transport's *data path*; for every transport but `socket` the
+//! control socket stays open beside it, and the hub removes the client's
+//! FIFOs, queues and rings the moment it closes.
+//!
+//! # Transports
+//!
+//! | [`TransportKind`] | data path | differences |
+//! |---|---|---|
+//! | `Socket` (default) | the control connection itself | none: the reference behaviour |
+//! | `Pipe` | two pipes the hub hands over with WELCOME | none beyond the data path |
+//! | `Fifo` | two FIFOs the hub makes in `fifo/` beside its socket, owned by your uid, mode 0600 | none beyond the data path |
+//! | `Mqueue` | two POSIX message queues this library creates (unnamed, charged to your uid's `RLIMIT_MSGQUEUE`) and hands over | one frame per queue message: a message larger than the queue's message size fails with [`ClientError::TooLargeForTransport`]; **priorities are honoured**: each queue hands out its highest [`PublishOptions::priority`] first, so a message can overtake earlier ones of lower priority (on both the way to the hub and the way back) |
+//! | `Shm` | a ring per direction in shared memory (sealed memfds) and an eventfd per side | **channel rings**: an exact subscription reads the channel's broadcast ring, and a publish on an exact channel writes it, with no hub in between (see below) |
+//!
+//! On every transport but `Mqueue` the priority is carried end to end
+//! ([`Message::priority`]) but changes nothing: messages from one publisher
+//! arrive in the order they were published.
+//!
+//! Channel rings (`Shm` only, when the hub offers them: `[shm]
+//! channel_rings`, on by default): a publish into a ring is written at once
+//! (unbuffered, no [`flush`](Client::flush) needed), its confirmation is
+//! counted by the client itself (the ring's readers plus the hub's other
+//! subscribers) and arrives at once, and a subscriber reading a ring sees
+//! messages within nanoseconds with [`Client::set_busy_poll`]. A channel
+//! with a retained value, a history, `overflow = "disconnect"`, or past a
+//! ring quota is relayed by the hub as on the other transports, and so is
+//! every wildcard subscription; [`Client::set_channel_rings`] turns rings
+//! off for one client.
+//!
+//! # Buffering and confirmations
+//!
+//! Publishing is buffered on every transport: frames collect in an
+//! outgoing queue and leave in one write when it passes
+//! [`AUTO_FLUSH_BYTES`], when the oldest has waited [`FLUSH_DELAY`]
+//! (checked as the client publishes), on [`Client::flush`], whenever the
+//! client waits for anything, and (as far as the transport takes it
+//! without waiting) when the client is dropped. On shm, a channel with a
+//! ring is written at once, unbuffered. Confirmations are pipelined: a
 //! publish with `ack` returns at once with its sequence number, and the
 //! ACK (with the delivery count) arrives later as [`Event::Ack`]. While it
 //! writes, the client also reads, so neither side can deadlock on full
 //! buffers.
 //!
+//! # Receiving
+//!
+//! [`Client::recv`] waits for the next message; [`Client::next_event`] for
+//! the next event of any kind (messages, ACKs, MISSED notices, errors, the
+//! hub going and coming back). To wait in your own `poll(2)`/`epoll` loop,
+//! poll the descriptor of [`AsRawFd`] for reading and, when it is
+//! readable, call `next_event(Some(Duration::ZERO))` until it returns
+//! `None`: that also arms the wake-up for the next message, which `shm`
+//! needs (its descriptor is an eventfd the hub and the channel rings'
+//! writers only write when the client said it sleeps). On `mqueue` and
+//! `shm` the hub going away does not make that descriptor readable: poll
+//! with a timeout. [`Client::recv_ref`], [`Client::recv_batch`] and
+//! [`Client::recycle`] receive without allocating per message.
+//!
+//! # When the hub goes away
+//!
 //! When the hub goes away (restart, upgrade, crash) the client reconnects
 //! by itself unless told not to ([`Options::reconnect`], see
-//! [`reconnect`](self::Reconnect)): it reports [`Event::HubLost`] and
-//! [`Event::HubBack`], restores its subscriptions, and holds publishes made
-//! meanwhile in a bounded buffer.
+//! [`Reconnect`]): it reports [`Event::HubLost`] and [`Event::HubBack`],
+//! restores its subscriptions, and holds publishes made meanwhile in a
+//! bounded buffer.
+//!
+//! # Errors
+//!
+//! Failed calls return a [`ClientError`]: not reaching the hub at all
+//! ([`ClientError::NotRunning`], which this runs without a hub):
+//!
+//! ```
+//! use ipchub_client::{Client, ClientError, Options};
+//!
+//! let opts = Options {
+//!     socket: Some("/nonexistent/ipchub.sock".into()),
+//!     ..Options::default()
+//! };
+//! match Client::connect(&opts) {
+//!     Err(ClientError::NotRunning { path, .. }) => {
+//!         assert_eq!(path, std::path::Path::new("/nonexistent/ipchub.sock"))
+//!     }
+//!     other => panic!("expected NotRunning, got {:?}", other.err()),
+//! }
+//! ```
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod link;
 mod reconnect;
 mod rings;
 
 use ipchub_os::{paths, queue, shm, sys, transport};
-pub use ipchub_wire as wire;
+use ipchub_wire as wire;
 
 pub use reconnect::Reconnect;
 
@@ -40,9 +143,9 @@ use std::time::{Duration, Instant};
 use crate::queue::OutQueue;
 use crate::transport::Link;
 use crate::wire::frame::{parse_error_payload, parse_kv};
-pub use crate::wire::stats::HubStats;
-pub use crate::wire::TransportKind;
-use crate::wire::{ChannelError, ErrorCode, FrameType, Pattern, ACK_REQUESTED};
+pub use crate::wire::stats::{ChannelStats, ClientStats, HubStats, Totals};
+pub use crate::wire::{ChannelError, ErrorCode, TransportKind};
+use crate::wire::{FrameType, Pattern, ACK_REQUESTED};
 
 /// Buffered publishes are written once this many bytes are waiting.
 pub const AUTO_FLUSH_BYTES: usize = 64 * 1024;
@@ -54,48 +157,113 @@ const DELAY_CHECK_EVERY: u32 = 16;
 /// How long connecting and the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Nothing listens on the control socket (no such file, or connection
+    /// refused): the hub is not running there.
     #[error("hub not running: cannot connect to {path}: {source}")]
-    NotRunning { path: PathBuf, source: io::Error },
+    NotRunning {
+        /// The control socket tried.
+        path: PathBuf,
+        /// What `connect(2)` said.
+        source: io::Error,
+    },
+    /// The control socket (or its directory) is not open to this user.
     #[error("permission denied connecting to {path}")]
-    PermissionDenied { path: PathBuf },
+    PermissionDenied {
+        /// The control socket tried.
+        path: PathBuf,
+    },
+    /// Connecting failed otherwise.
     #[error("cannot connect to {path}: {source}")]
-    Connect { path: PathBuf, source: io::Error },
+    Connect {
+        /// The control socket tried.
+        path: PathBuf,
+        /// What `connect(2)` said.
+        source: io::Error,
+    },
+    /// The hub answered a request with an ERROR (access denied, a limit
+    /// reached, not subscribed…); [`ClientError::code`] names it.
     #[error("hub refused: {text}")]
-    Refused { code: u16, text: String },
+    Refused {
+        /// The protocol's error code (see [`ErrorCode`]).
+        code: u16,
+        /// The hub's explanation, for people.
+        text: String,
+    },
+    /// The channel name or pattern is not valid (checked before sending).
     #[error("invalid channel: {0}")]
     BadChannel(#[from] ChannelError),
+    /// The payload is larger than the hub accepts (`hub.max_message_size`,
+    /// see [`Client::max_message`]).
     #[error(
         "message of {len} bytes exceeds the hub's limit of {max} bytes (hub.max_message_size)"
     )]
-    TooLarge { len: usize, max: u32 },
+    TooLarge {
+        /// The payload's size.
+        len: usize,
+        /// The hub's limit.
+        max: u32,
+    },
+    /// The message does not fit one message of this transport: a POSIX
+    /// message queue's message size (`mqueue`), or a channel ring's record
+    /// (`shm`). Stream transports have no such limit.
     #[error("message of {len} bytes does not fit this {transport} (at most {max} bytes of payload on channel '{channel}'; raise fs.mqueue.msgsize_max, or use another transport)")]
     TooLargeForTransport {
+        /// The payload's size.
         len: usize,
+        /// The largest payload that fits on this channel.
         max: usize,
+        /// The transport, for people.
         transport: &'static str,
+        /// The channel published on.
         channel: String,
     },
+    /// A priority above 31 (the range of POSIX message queues).
     #[error("priority {0} above the maximum 31")]
     BadPriority(u8),
+    /// The hub sent something this library does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The connection is closed (the hub disconnected this client, or went
+    /// away with reconnection off); every later call fails too.
     #[error("hub closed the connection: {0}")]
     Closed(String),
+    /// A bounded wait for the hub ran out (the handshake, statistics).
     #[error("timed out waiting for the hub")]
     Timeout,
+    /// Between hubs, a publish did not fit the reconnect buffer
+    /// ([`Reconnect::buffer_messages`], [`Reconnect::buffer_bytes`]).
     #[error("no hub connected and the reconnect buffer is full ({messages} messages, {bytes} bytes held; at most {max_messages} messages and {max_bytes} bytes: Options.reconnect.buffer_messages/buffer_bytes)")]
     BufferFull {
+        /// Publishes held.
         messages: usize,
+        /// Their bytes (whole frames).
         bytes: usize,
+        /// The limit on publishes held.
         max_messages: usize,
+        /// The limit on their bytes.
         max_bytes: usize,
     },
+    /// The hub went away after taking a request and before answering it.
     #[error("the hub went away before confirming request {seq}: it may or may not have taken effect ({reason})")]
-    Lost { seq: u64, reason: String },
+    Lost {
+        /// The request's sequence number.
+        seq: u64,
+        /// How the connection was lost.
+        reason: String,
+    },
+    /// No hub came back within [`Reconnect::give_up_after`]; the client is
+    /// closed from then on.
     #[error("gave up reconnecting after {after:?} without a hub: {reason}")]
-    GaveUp { after: Duration, reason: String },
+    GaveUp {
+        /// The limit that ran out.
+        after: Duration,
+        /// Why the hub was lost, and the last attempt's failure.
+        reason: String,
+    },
+    /// A system call on the data path failed.
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -111,12 +279,28 @@ impl ClientError {
 }
 
 /// How to connect.
+///
+/// ```
+/// use ipchub_client::{Options, Reconnect, TransportKind};
+///
+/// let opts = Options {
+///     socket: Some("/run/ipchub/ipchub.sock".into()),
+///     transport: TransportKind::Mqueue,
+///     name: "thermostat".into(),
+///     reconnect: Reconnect::off(),
+/// };
+/// assert_eq!(opts.transport.name(), "mqueue");
+/// ```
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Control socket; `None` resolves like the daemon does.
+    /// The hub's control socket. `None`: `IPCHUB_SOCKET`, else the
+    /// default runtime directory's socket, resolved as the hub resolves it
+    /// (see [Connecting](crate#connecting)).
     pub socket: Option<PathBuf>,
+    /// The data path (default [`TransportKind::Socket`]); see
+    /// [Transports](crate#transports) for how they differ.
     pub transport: TransportKind,
-    /// Shown in statistics.
+    /// Shown in the hub's statistics and logs (`ipchubctl stats`).
     pub name: String,
     /// What to do when the hub goes away: reconnect (the default) or
     /// fail fast ([`Reconnect::off`]).
@@ -137,42 +321,60 @@ impl Default for Options {
 /// A received message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// The channel it was published on (never a pattern).
     pub channel: String,
+    /// The bytes published, unchanged.
     pub payload: Vec<u8>,
     /// The publisher's sequence number for this message.
     pub seq: u64,
     /// The publishing client's id.
     pub origin: u32,
+    /// The publish's priority, 0..=31, on every transport; only a
+    /// message queue (`mqueue`) orders by it.
     pub priority: u8,
     /// A retained value sent on subscribing, not a live message.
     pub retained: bool,
     /// The channel's sequence number for this message, on channels with
     /// history: resume after it with [`Replay::FromSeq`] (this + 1).
+    /// `None` for messages read from a channel ring (`shm`: such channels
+    /// have no history).
     pub channel_seq: Option<u64>,
 }
 
 /// Everything the hub can send a client after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// A message on a channel this client subscribed to.
     Message(Message),
     /// Request `seq` succeeded; for a publish, `delivered` is the subscriber count.
     Ack {
+        /// The request's sequence number (as returned by the publish).
         seq: u64,
+        /// For a publish, how many subscribers it was delivered to (on a
+        /// channel ring: the ring's readers plus the hub's subscribers).
         delivered: u32,
     },
     /// This many messages were lost to `drop-oldest` before the next one.
     Missed(u64),
     /// Request `seq` (0: none in particular) failed.
     Error {
+        /// The failed request's sequence number, or 0.
         seq: u64,
+        /// The protocol's error code (see [`ErrorCode`]).
         code: u16,
+        /// The hub's explanation, for people.
         text: String,
     },
+    /// The hub's statistics (the answer [`Client::stats`] waits for).
     Stats(Box<HubStats>),
+    /// The hub's answer to a PING with this sequence number. This library
+    /// sends no PING of its own, so a client only sees one if something
+    /// else wrote a PING on its connection.
     Pong(u64),
     /// The connection to the hub was lost (restart, upgrade, crash); the
     /// client is reconnecting (only with [`Options::reconnect`] enabled).
     HubLost {
+        /// How it was lost, for people.
         reason: String,
     },
     /// Connected to a hub again, every subscription asked for anew.
@@ -181,8 +383,11 @@ pub enum Event {
     /// lost hub without a confirmation and may be missing too; `resent`
     /// held ones were sent to the new hub.
     HubBack {
+        /// How long no hub was connected.
         outage: Duration,
+        /// Publishes held meanwhile and sent to the new hub.
         resent: u64,
+        /// Publishes the lost hub took without confirming them.
         unconfirmed: u64,
     },
 }
@@ -192,7 +397,10 @@ pub enum Event {
 pub struct PublishOptions {
     /// Ask for an ACK with the delivery count.
     pub ack: bool,
-    /// POSIX mqueue priority, 0..=31, carried end to end.
+    /// POSIX mqueue priority, 0..=31, carried end to end on every
+    /// transport ([`Message::priority`]). Only the `mqueue` transport acts
+    /// on it: its queues hand out higher priorities first, on the way to
+    /// the hub and (for `mqueue` subscribers) on the way back.
     pub priority: u8,
 }
 
@@ -219,6 +427,12 @@ impl Default for SubscribeOptions {
     }
 }
 
+/// A connection to the hub: publish, subscribe, receive.
+///
+/// Made by [`Client::connect`]; dropping it hands the transport what is
+/// still buffered (as far as it takes it without waiting) and closes the
+/// connection, which ends its subscriptions and removes its FIFOs, queues
+/// and rings. A `Client` is used from one thread at a time (it is `Send`).
 pub struct Client {
     /// Control socket, kept for liveness when data flows elsewhere.
     ctrl: Option<OwnedFd>,
@@ -376,7 +590,30 @@ mod conn {
 }
 
 impl Client {
-    /// Connect and perform the handshake for `opts.transport`.
+    /// Connect to the hub at [`Options::socket`] and set up the data path
+    /// of `opts.transport` (waiting up to 10 s for the hub's answer).
+    ///
+    /// Per transport: `socket` uses the connection itself; `pipe` receives
+    /// two pipes from the hub; `fifo` opens the two FIFOs the hub made for
+    /// this user; `mqueue` first creates two message queues (as large as
+    /// `fs.mqueue.msg_max`/`msgsize_max` and `RLIMIT_MSGQUEUE` allow, else
+    /// 10 × 8192 bytes) and hands them to the hub; `shm` maps the two rings
+    /// the hub hands over. Channel rings are opened later, per channel.
+    ///
+    /// ```no_run
+    /// use ipchub_client::{Client, Options, TransportKind};
+    ///
+    /// # fn main() -> Result<(), ipchub_client::ClientError> {
+    /// let client = Client::connect(&Options {
+    ///     socket: Some("/run/ipchub/ipchub.sock".into()),
+    ///     transport: TransportKind::Shm,
+    ///     name: "camera".into(),
+    ///     ..Options::default()
+    /// })?;
+    /// println!("connected as client {} via {}", client.id(), client.transport().describe());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect(opts: &Options) -> Result<Client, ClientError> {
         let conn::Conn {
             ctrl,
@@ -428,7 +665,10 @@ impl Client {
     /// Take the connection apart: the control socket (None for the socket
     /// transport, where it is the link) and the data link, to speak the
     /// protocol byte by byte (conformance and hostile-input tests, other
-    /// language bindings' test suites).
+    /// language bindings' test suites). Not part of the supported API:
+    /// hidden because the workspace's hostile-input tests and
+    /// `ipchub-bench`'s attacks need it.
+    #[doc(hidden)]
     pub fn into_raw(mut self) -> (Option<OwnedFd>, Box<dyn Link>) {
         // What is still buffered goes with the link (its new owner decides).
         self.out = OutQueue::new(0, 0);
@@ -480,7 +720,9 @@ impl Client {
     /// Busy-poll: before going to sleep for a message, spin up to `spin`
     /// watching the channel rings this client reads (shm). It trades a CPU
     /// for latency: a message is seen within nanoseconds of being written,
-    /// with no wake-up at all. `None` (the default) sleeps at once.
+    /// with no wake-up at all. `None` (the default) sleeps at once. On the
+    /// other transports, and for messages the hub relays, it changes
+    /// nothing.
     pub fn set_busy_poll(&mut self, spin: Option<Duration>) {
         self.busy_poll = spin;
     }
@@ -490,6 +732,7 @@ impl Client {
         self.id
     }
 
+    /// The transport this client was connected with.
     pub fn transport(&self) -> TransportKind {
         self.transport
     }
@@ -523,6 +766,38 @@ impl Client {
 
     /// Queue a message; returns its sequence number. With `opts.ack` an
     /// [`Event::Ack`] carrying the same number follows.
+    ///
+    /// `opts.priority` is carried on every transport but only orders
+    /// messages on `mqueue` (see [`PublishOptions::priority`]). On `shm` a
+    /// publish on an exact channel with a ring goes into the ring at once
+    /// and its ACK is queued at once; otherwise the message is buffered
+    /// (see [Buffering](crate#buffering-and-confirmations)). Fails without
+    /// sending anything for a bad channel name, a priority above 31, a
+    /// payload above [`max_message`](Self::max_message), or one that does
+    /// not fit this transport's messages (`mqueue`, `shm` channel rings:
+    /// [`ClientError::TooLargeForTransport`]).
+    ///
+    /// ```no_run
+    /// use ipchub_client::{Client, Event, Options, PublishOptions, TransportKind};
+    ///
+    /// # fn main() -> Result<(), ipchub_client::ClientError> {
+    /// let mut c = Client::connect(&Options {
+    ///     transport: TransportKind::Mqueue,
+    ///     ..Options::default()
+    /// })?;
+    /// let urgent = PublishOptions { ack: true, priority: 31 };
+    /// let seq = c.publish_with("alarms/fire", b"kitchen", urgent)?;
+    /// while let Some(ev) = c.next_event(None)? {
+    ///     if let Event::Ack { seq: s, delivered } = ev {
+    ///         if s == seq {
+    ///             println!("delivered to {delivered}");
+    ///             break;
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn publish_with(
         &mut self,
         channel: &str,
@@ -627,12 +902,31 @@ impl Client {
         Ok(seq)
     }
 
-    /// Fire-and-forget publish.
+    /// Fire-and-forget publish (priority 0, no ACK): returns its sequence
+    /// number once queued. The message leaves with the next write (see
+    /// [Buffering](crate#buffering-and-confirmations); on `shm` a channel
+    /// with a ring is written at once): call [`flush`](Self::flush) before
+    /// a publisher exits to be sure it left.
+    ///
+    /// ```no_run
+    /// use ipchub_client::{Client, Options};
+    ///
+    /// # fn main() -> Result<(), ipchub_client::ClientError> {
+    /// let mut c = Client::connect(&Options::default())?;
+    /// for i in 0..1000u32 {
+    ///     c.publish("counter/ticks", &i.to_le_bytes())?;
+    /// }
+    /// c.flush()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<u64, ClientError> {
         self.publish_with(channel, payload, PublishOptions::default())
     }
 
-    /// Publish and wait for the delivery count (one round trip).
+    /// Publish and wait for the delivery count (one round trip to the hub;
+    /// none on a `shm` channel ring, where the client counts the ring's
+    /// readers itself). Flushes everything queued before it.
     pub fn publish_confirmed(&mut self, channel: &str, payload: &[u8]) -> Result<u32, ClientError> {
         let seq = self.publish_with(
             channel,
@@ -649,6 +943,25 @@ impl Client {
     /// Between hubs, it first waits for one. The retained values of the
     /// matching channels come first (see [`subscribe_with`](Self::subscribe_with)
     /// to skip them).
+    ///
+    /// Patterns are MQTT topic filters: `+` matches one level, `#` (last)
+    /// the rest. On `shm`, an exact channel that has a ring is read from
+    /// the ring instead of through the hub; wildcards always go through
+    /// the hub, on every transport.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use ipchub_client::{Client, Options};
+    ///
+    /// # fn main() -> Result<(), ipchub_client::ClientError> {
+    /// let mut c = Client::connect(&Options::default())?;
+    /// c.subscribe("sensors/+/temperature")?;
+    /// while let Some(m) = c.recv(Some(Duration::from_secs(60)))? {
+    ///     println!("{}: {}", m.channel, String::from_utf8_lossy(&m.payload));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn subscribe(&mut self, pattern: &str) -> Result<(), ClientError> {
         self.subscribe_with(pattern, SubscribeOptions::default())
     }
@@ -724,7 +1037,12 @@ impl Client {
         self.wait_ack(seq, true).map(|_| ())
     }
 
-    /// Between hubs, the pattern is only forgotten (not restored).
+    /// Stop receiving what `pattern` (exactly as subscribed) matches, and
+    /// wait for the hub's answer (on `shm`, a ring read is left instead).
+    /// Messages already received stay queued. Fails with
+    /// [`ClientError::Refused`] (NOT_SUBSCRIBED) for a pattern this client
+    /// did not subscribe to. Between hubs, the pattern is only forgotten
+    /// (not restored).
     pub fn unsubscribe(&mut self, pattern: &str) -> Result<(), ClientError> {
         let had = self.subs.iter().position(|p| p == pattern);
         if self.between_hubs() {
@@ -766,7 +1084,8 @@ impl Client {
         self.wait_ack(seq, true).map(|_| ())
     }
 
-    /// Ask the hub for its statistics.
+    /// Ask the hub for its statistics (channels, clients, totals) and wait
+    /// up to 10 s for them. What arrives meanwhile stays queued.
     pub fn stats(&mut self) -> Result<HubStats, ClientError> {
         let mut seq = self.next_seq();
         self.queue_frame(FrameType::StatsRequest, 0, 0, "", b"", seq);
@@ -886,12 +1205,14 @@ impl Client {
         Ok(())
     }
 
-    /// Frames not yet written.
+    /// Bytes of frames queued and not yet written (publishes into a
+    /// channel ring are never queued).
     pub fn pending_bytes(&self) -> usize {
         self.out.total_bytes()
     }
 
-    /// The next event, waiting up to `timeout` (`None`: forever). Flushes first.
+    /// The next event, waiting up to `timeout` (`None`: forever; `None`
+    /// is returned at the timeout). Flushes first.
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, ClientError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -909,6 +1230,11 @@ impl Client {
     /// Events already received, without waiting (after a non-blocking read).
     /// Between hubs, it tries to reconnect once if an attempt is due (the
     /// descriptor of [`AsRawFd`] is then -1: poll with a timeout).
+    ///
+    /// It does not arm the wake-up of the `shm` transport: an event loop
+    /// that sleeps on [`AsRawFd`] drains with
+    /// `next_event(Some(Duration::ZERO))` instead (see
+    /// [Receiving](crate#receiving)).
     pub fn poll_events(&mut self) -> Result<Option<Event>, ClientError> {
         if self.events.is_empty() {
             if self.between_hubs() {
@@ -927,6 +1253,22 @@ impl Client {
     /// meanwhile (ACKs, MISSED notices, errors) stay queued, in order, for
     /// [`next_event`](Self::next_event): a client that asks for ACKs or may
     /// miss messages should use `next_event`, or its queue grows.
+    /// Flushes first, like every wait.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use ipchub_client::{Client, Options};
+    ///
+    /// # fn main() -> Result<(), ipchub_client::ClientError> {
+    /// let mut c = Client::connect(&Options::default())?;
+    /// c.subscribe("weather/today")?;
+    /// match c.recv(Some(Duration::from_secs(1)))? {
+    ///     Some(m) => println!("{}", String::from_utf8_lossy(&m.payload)),
+    ///     None => println!("nothing within a second"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, ClientError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -1271,7 +1613,11 @@ fn connect_error(path: &Path, e: io::Error) -> ClientError {
 }
 
 impl AsRawFd for Client {
-    /// The descriptor to poll for incoming events.
+    /// The descriptor to poll (for reading) for incoming events: the
+    /// connection (`socket`), the read end of the hub-to-client pipe or
+    /// FIFO (`pipe`, `fifo`), the hub-to-client message queue (`mqueue`),
+    /// or the client's eventfd (`shm`, armed only by a call that waits: see
+    /// [Receiving](crate#receiving)). -1 while between hubs.
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.link.read_fd()
     }
@@ -1288,3 +1634,14 @@ fn split_channel_seq<'a>(f: &wire::Frame<'a>) -> Result<(Option<u64>, &'a [u8]),
     })?;
     Ok((Some(u64::from_le_bytes(*cs)), rest))
 }
+
+/// The README's example, compiled with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+/// A client can move to another thread.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Client>();
+};

@@ -181,11 +181,17 @@ impl Rings {
 impl Client {
     /// Use channel rings (shm transport only; on by default when the hub
     /// offers them, `channel_rings=1` in WELCOME). Off, every message goes
-    /// through the hub as on other transports.
+    /// through the hub as on other transports; rings already open stay in
+    /// use, so call it before subscribing and publishing. On other
+    /// transports it changes nothing.
     pub fn set_channel_rings(&mut self, on: bool) {
         self.rings.enabled = on && self.rings.offered;
         self.rings.user_off = !on;
     }
+
+    // The *_for_test hooks below are hidden, not private, only because the
+    // root package's integration tests (tests/channel_rings.rs,
+    // tests/ring_attacks.rs) play a broken or hostile ring participant.
 
     /// Take `channel`'s ring lock and keep it, as a publisher that dies in
     /// the middle of a message would: for tests of the hub's recovery.
