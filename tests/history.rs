@@ -332,3 +332,42 @@ fn history_is_bounded_per_uid_and_obeys_the_read_rules() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unit must be"));
 }
+
+/// A channel kept in memory loses its history at a restart but not its
+/// numbering: numbers continue past what was handed out (they may jump,
+/// never repeat), after a clean stop and after kill -9 alike.
+#[test]
+fn memory_channel_numbers_never_repeat_across_restarts() {
+    let mut hub = Hub::start_with(CONFIG);
+    let publish_numbered = |hub: &Hub, n: usize| -> Vec<u64> {
+        let mut s = hub.subscriber(Socket, "log/seq");
+        let mut p = hub.client();
+        for i in 0..n {
+            p.publish_confirmed("log/seq", format!("m{i}").as_bytes())
+                .unwrap();
+        }
+        (0..n)
+            .map(|_| next_message(&mut s).channel_seq.expect("numbered"))
+            .collect()
+    };
+    let first = publish_numbered(&hub, 3);
+    assert_eq!(first, vec![1, 2, 3]);
+    hub.stop();
+    hub.restart();
+    let second = publish_numbered(&hub, 3);
+    assert!(
+        second[0] > first[2] && second.windows(2).all(|w| w[1] == w[0] + 1),
+        "after a clean restart: {first:?} then {second:?}"
+    );
+    hub.kill9();
+    hub.restart();
+    let third = publish_numbered(&hub, 2);
+    assert!(
+        third[0] > second[2],
+        "after kill -9: {second:?} then {third:?}"
+    );
+    // The reservations live in the hub's state directory, private to it.
+    let file = hub.socket.parent().unwrap().join("state/sequences");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", file.display());
+}

@@ -108,6 +108,16 @@ impl Hub {
             .arg("--config")
             .arg(&self.config)
             .env("IPCHUB_LOG", "debug")
+            // Each test hub keeps its state (channel logs, sequence
+            // reservations) in its own directory, never in /var/lib/ipchub;
+            // a restarted hub finds it again.
+            .env(
+                "STATE_DIRECTORY",
+                self.socket
+                    .parent()
+                    .expect("socket in a directory")
+                    .join("state"),
+            )
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .stdout(Stdio::null())

@@ -36,6 +36,7 @@ impl Hub {
     /// configuration still stores on disk.
     pub fn attach_storage(&mut self, wake: Box<dyn Fn() + Send>) {
         let root = store::state_dir(&self.cfg.hub.state_dir);
+        self.history.keep_sequences_in(root.join("sequences"));
         self.disk = Some(DiskState {
             root: root.clone(),
             logs: HashMap::default(),

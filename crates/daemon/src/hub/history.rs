@@ -53,6 +53,105 @@ pub(super) struct HistoryStore {
     channels: HashMap<Box<str>, ChannelHistory>,
     by_uid: HashMap<u32, usize>,
     bytes: usize,
+    floors: SeqFloors,
+}
+
+/// How many channel sequence numbers one reservation covers.
+pub const SEQ_RESERVATION: u64 = 1 << 20;
+
+/// Channel sequence numbers increase across restarts, for channels kept in
+/// memory too: numbers are reserved in blocks of [`SEQ_RESERVATION`] in a
+/// small file under the state directory (`sequences`, one
+/// `<escaped channel> <first unreserved number>` line each), written and
+/// fsynced *before* a number of a new block is used. A restart (planned,
+/// crash or power loss) continues from the reservation: numbers may jump,
+/// never repeat. One write per million messages per channel.
+#[derive(Default)]
+struct SeqFloors {
+    file: Option<std::path::PathBuf>,
+    /// Where each channel's numbering starts in this process: what was
+    /// reserved when it started.
+    start: HashMap<Box<str>, u64>,
+    /// First number not yet reserved, per channel.
+    reserved: HashMap<Box<str>, u64>,
+}
+
+impl SeqFloors {
+    /// Where the reservations live, and what they say now. A missing file
+    /// is an empty one; unreadable lines are skipped (logged).
+    fn load(path: std::path::PathBuf) -> SeqFloors {
+        let mut reserved = HashMap::default();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                let parsed = line.split_once(' ').and_then(|(name, n)| {
+                    Some((crate::store::unescape(name)?, n.trim().parse::<u64>().ok()?))
+                });
+                match parsed {
+                    Some((name, n)) => {
+                        reserved.insert(name.into_boxed_str(), n);
+                    }
+                    None => tracing::warn!(
+                        file = %path.display(),
+                        "an unreadable line in the sequence reservations: skipped"
+                    ),
+                }
+            }
+        }
+        SeqFloors {
+            file: Some(path),
+            start: reserved.clone(),
+            reserved,
+        }
+    }
+
+    /// The first number `channel` may use now.
+    fn floor(&self, channel: &str) -> u64 {
+        self.start.get(channel).copied().unwrap_or(1).max(1)
+    }
+
+    /// Make sure `seq` is reserved for `channel` before it is used.
+    fn reserve(&mut self, channel: &str, seq: u64) {
+        let Some(path) = &self.file else { return };
+        if self.reserved.get(channel).is_some_and(|&r| seq < r) {
+            return;
+        }
+        let next = seq.saturating_add(SEQ_RESERVATION);
+        self.reserved.insert(channel.into(), next);
+        let mut text = String::new();
+        for (name, n) in &self.reserved {
+            text.push_str(&crate::store::escape(name));
+            text.push(' ');
+            text.push_str(&n.to_string());
+            text.push('\n');
+        }
+        if let Err(e) = write_durably(path, text.as_bytes()) {
+            tracing::warn!(
+                file = %path.display(),
+                "cannot save channel sequence reservations ({e}): numbers may repeat after a restart"
+            );
+        }
+    }
+}
+
+/// Replace `path` with `bytes` so that a crash leaves the old or the new
+/// content, never a mix: a fsynced temporary file renamed over it.
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
 }
 
 pub use crate::wire::Replay;
@@ -82,7 +181,9 @@ pub struct HistoryFigures {
 impl HistoryStore {
     /// The channel sequence number the next message on `channel` gets.
     pub(super) fn next_seq(&self, channel: &str) -> u64 {
-        self.channels.get(channel).map_or(1, |h| h.next_seq)
+        self.channels
+            .get(channel)
+            .map_or_else(|| self.floors.floor(channel), |h| h.next_seq)
     }
 
     pub(super) fn figures(&self, channel: &str) -> Option<HistoryFigures> {
@@ -187,7 +288,10 @@ impl HistoryStore {
             return;
         }
         let now = Instant::now();
-        let next_seq = records.last().map_or(1, |r| r.chan_seq + 1);
+        let next_seq = records
+            .last()
+            .map_or(1, |r| r.chan_seq + 1)
+            .max(self.floors.floor(channel));
         let mut h = ChannelHistory {
             entries: VecDeque::new(),
             payload_bytes: 0,
@@ -217,16 +321,32 @@ impl HistoryStore {
 
     /// A message got `channel`'s next number but could not be stored.
     pub(super) fn skip_seq(&mut self, channel: &str, bounds: HistoryBounds) {
+        let floor = self.floors.floor(channel);
         let h = self
             .channels
             .entry(channel.into())
             .or_insert_with(|| ChannelHistory {
                 entries: VecDeque::new(),
                 payload_bytes: 0,
-                next_seq: 1,
+                next_seq: floor,
                 bounds,
             });
         h.next_seq += 1;
+        let next = h.next_seq;
+        self.floors.reserve(channel, next);
+    }
+
+    /// Keep sequence reservations in `path` (the daemon, once it has a
+    /// state directory): numbering continues from what it says.
+    pub(super) fn keep_sequences_in(&mut self, path: std::path::PathBuf) {
+        self.floors = SeqFloors::load(path);
+    }
+
+    /// Reserve `channel`'s next number before it is handed out (called
+    /// before delivery, so a number on the wire is always reserved).
+    pub(super) fn reserve_next(&mut self, channel: &str) {
+        let next = self.next_seq(channel);
+        self.floors.reserve(channel, next);
     }
 
     /// Channels that have a history now.
@@ -288,12 +408,13 @@ impl Hub {
         let name = frame.channel;
         let store = &mut self.history;
         if !store.channels.contains_key(name) {
+            let floor = store.floors.floor(name);
             store.channels.insert(
                 name.into(),
                 ChannelHistory {
                     entries: VecDeque::new(),
                     payload_bytes: 0,
-                    next_seq: 1,
+                    next_seq: floor,
                     bounds,
                 },
             );

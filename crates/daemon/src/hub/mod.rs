@@ -817,7 +817,11 @@ impl Hub {
         );
         let parts: [&[u8]; 3] = [&header, frame.channel.as_bytes(), frame.payload];
         // Channels with history: the variant carrying the channel sequence
-        // number, for subscribers that asked (built only here).
+        // number, for subscribers that asked (built only here). The number
+        // is reserved on disk before it can leave (history.rs, SeqFloors).
+        if history.is_some() {
+            self.history.reserve_next(frame.channel);
+        }
         let chan_seq = history.map(|_| self.history.next_seq(frame.channel).to_le_bytes());
         let seq_header = chan_seq.map(|_| {
             encode_header(
