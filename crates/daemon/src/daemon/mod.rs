@@ -39,6 +39,11 @@ pub struct Args {
     /// Check the configuration and exit: status 0 if valid, else the error.
     #[arg(long)]
     pub check_config: bool,
+    /// Where to log: auto is the journal when systemd connects standard error to it, else
+    /// standard error; journal always uses the journal's native protocol (structured fields, see
+    /// JOURNAL FIELDS); stderr is plain text
+    #[arg(long, value_enum, default_value_t = logging::LogTarget::Auto, value_name = "TARGET")]
+    pub log: logging::LogTarget,
 }
 
 /// The daemon's whole life; `main` is a shim over this.
@@ -61,7 +66,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    logging::init(&config.log.level);
+    logging::init(&config.log.level, args.log);
     let mut handed = match handed {
         Some(Ok(state)) => {
             tracing::info!(
@@ -156,7 +161,25 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
     }
     start_components(&mut ev, &socket_path, args.config.as_deref());
     systemd::ready(&format!("listening on {}", socket_path.display()));
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "ipchubd ready");
+    // As the original hub did: the transports served, the socket, and
+    // where the configuration came from.
+    let transports = ev.hub().transport_names().join(", ");
+    let config_from = match &args.config {
+        Some(path) => path.display().to_string(),
+        None if std::path::Path::new(crate::config::DEFAULT_CONFIG_PATH).exists() => {
+            crate::config::DEFAULT_CONFIG_PATH.to_string()
+        }
+        None => "built-in defaults".to_string(),
+    };
+    tracing::info!(
+        message_id = logging::msgid::READY,
+        version = env!("CARGO_PKG_VERSION"),
+        transports = %transports,
+        socket = %socket_path.display(),
+        config = %config_from,
+        "ipchubd ready. Backends available: {transports}; socket {}; configuration: {config_from}",
+        socket_path.display()
+    );
     ev.run().context("event loop failed")?;
     Ok(())
 }
