@@ -318,8 +318,26 @@ fn journal_entries_carry_stable_fields_message_ids_and_syslog_priorities() {
     {
         next(&mut entries);
     }
+    // A reload, found by its MESSAGE_ID, says what changed.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    while !entries
+        .iter()
+        .any(|e| e.get("MESSAGE_ID").map(String::as_str) == Some(RELOADED))
+    {
+        next(&mut entries);
+    }
     let _ = child.kill();
     let _ = child.wait();
+    let reloaded = entries
+        .iter()
+        .find(|e| e.get("MESSAGE_ID").map(String::as_str) == Some(RELOADED))
+        .unwrap();
+    assert_eq!(reloaded["IPCHUB_CHANGED"], "nothing changed");
+    assert_eq!(reloaded["PRIORITY"], "6");
 
     let ready = entries
         .iter()
@@ -370,6 +388,7 @@ fn journal_entries_carry_stable_fields_message_ids_and_syslog_priorities() {
 
 const READY: &str = "6fba17bdb7b24bba8d52effca717f834";
 const CLIENT_CONNECTED: &str = "241d444c39854de78145bdd778af6a26";
+const RELOADED: &str = "830cee4813784e3d94261d423e306bc8";
 
 #[test]
 fn message_ids_in_the_man_page_are_the_code_s() {
@@ -378,6 +397,7 @@ fn message_ids_in_the_man_page_are_the_code_s() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/ipchubd.8")).unwrap();
     assert_eq!(READY, msgid::READY);
     assert_eq!(CLIENT_CONNECTED, msgid::CLIENT_CONNECTED);
+    assert_eq!(RELOADED, msgid::RELOADED);
     for id in [
         msgid::READY,
         msgid::CLIENT_CONNECTED,
