@@ -434,3 +434,47 @@ fn a_channel_ring_s_policy_is_spelled_as_in_the_configuration() {
         "{line}"
     );
 }
+
+/// Without message queues to give (RLIMIT_MSGQUEUE 0), the ready line and
+/// `stats` leave mqueue out: they name what is served.
+#[test]
+fn transports_the_host_cannot_serve_are_not_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ipchub.sock");
+    let config = dir.path().join("ipchub.toml");
+    let log = dir.path().join("ipchubd.log");
+    std::fs::write(&config, "[dbus]\nenabled = false\n").unwrap();
+    let mut child = Command::new("prlimit")
+        .args(["--msgqueue=0:0", "--"])
+        .arg(IPCHUBD)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&config)
+        .args(["--log", "stderr"])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_long(15, || read().contains("ipchubd ready"), "the ready line");
+    let out = Command::new(common::IPCHUBCTL)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = read();
+    assert!(
+        text.contains("Backends available: socket, pipe, fifo, shm;"),
+        "{text}"
+    );
+    assert!(text.contains("the mqueue transport is not available here"));
+    let st: HubStats = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st.transports, ["socket", "pipe", "fifo", "shm"]);
+    assert!(st.per_transport.iter().all(|t| t.name != "mqueue"));
+}

@@ -172,6 +172,10 @@ impl EventLoop {
         &self.hub
     }
 
+    pub fn hub_mut(&mut self) -> &mut Hub {
+        &mut self.hub
+    }
+
     /// A handle for a control thread (D-Bus, bridge) to run operations here.
     pub fn control_handle(&self) -> ControlHandle {
         ControlHandle {

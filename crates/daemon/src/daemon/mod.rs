@@ -19,6 +19,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::config::Config;
+use crate::hub::TransportKind;
 use event_loop::{EventLoop, LoopOptions};
 
 /// ipchubd: the ipchub publish/subscribe daemon.
@@ -44,6 +45,23 @@ pub struct Args {
     /// JOURNAL FIELDS); stderr is plain text
     #[arg(long, value_enum, default_value_t = logging::LogTarget::Auto, value_name = "TARGET")]
     pub log: logging::LogTarget,
+}
+
+/// The transports this host can serve: all of them, less POSIX message
+/// queues when the kernel or this user's RLIMIT_MSGQUEUE has none to give
+/// (tried once, with a pair of queues unlinked at once).
+fn served_transports() -> Vec<TransportKind> {
+    let mqueue = match crate::transport::mqueue::create_pair(1024) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!("the mqueue transport is not available here: {e}");
+            false
+        }
+    };
+    TransportKind::ALL
+        .into_iter()
+        .filter(|t| *t != TransportKind::Mqueue || mqueue)
+        .collect()
 }
 
 /// The daemon's whole life; `main` is a shim over this.
@@ -155,6 +173,8 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         },
     )
     .context("starting the event loop")?;
+    // Stats and the ready line name the transports this host can serve.
+    ev.hub_mut().set_transports(served_transports());
     if let Some((clients, next_id)) = kept {
         tracing::info!(clients = clients.len(), "planned restart: clients kept");
         ev.restore_clients(clients, next_id);
