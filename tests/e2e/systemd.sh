@@ -375,6 +375,28 @@ head -20 /tmp/j.txt
 [ "$n" -gt 0 ] || fail "no journal lines from ipchubd in unit ipchub.service"
 echo "($n lines from ipchubd)"'
 
+# Journal fields and MESSAGE_IDs (ipchubd(8), JOURNAL FIELDS): a client
+# connecting is found by its MESSAGE_ID, at priority 6 (info), with the
+# IPCHUB_* fields and none of tracing-journald's F_* ones.
+lstep journal-message-id '
+id=241d444c39854de78145bdd778af6a26
+timeout 10 ipchubctl pub --channel e2e/journal hello >/dev/null || fail "publish"
+i=0
+while :; do
+    journalctl --no-pager -o json -u ipchub MESSAGE_ID=$id >/tmp/jid.json 2>&1
+    grep -q "\"IPCHUB_NAME\":\"ipchubctl pub\"" /tmp/jid.json && break
+    [ $i -lt 50 ] || { tail -5 /tmp/jid.json; fail "no MESSAGE_ID=$id entry for ipchubctl pub"; }
+    i=$((i + 1)); sleep 0.1
+done
+line=$(grep "\"IPCHUB_NAME\":\"ipchubctl pub\"" /tmp/jid.json | tail -1)
+echo "$line"
+case $line in *"\"PRIORITY\":\"6\""*) ;; *) fail "client connected is not priority 6" ;; esac
+case $line in *"\"IPCHUB_CLIENT\":\""*) ;; *) fail "no IPCHUB_CLIENT field" ;; esac
+case $line in *"\"IPCHUB_TRANSPORT\":\""*) ;; *) fail "no IPCHUB_TRANSPORT field" ;; esac
+case $line in *"\"F_"*) fail "F_-prefixed fields are back" ;; esac
+journalctl --no-pager -o cat -u ipchub MESSAGE_ID=6fba17bdb7b24bba8d52effca717f834 | tail -1 \
+    | grep -q "Backends available:" || fail "no ready line naming the transports"'
+
 lstep reload '
 pid=$(systemctl show -P MainPID ipchub.service)
 systemctl reload ipchub.service || fail "systemctl reload"

@@ -46,6 +46,8 @@ pub struct OutQueue {
     data_bytes: usize,
     max_msgs: usize,
     max_bytes: usize,
+    /// Messages (data frames) handed to the transport whole, ever.
+    written: u64,
 }
 
 impl OutQueue {
@@ -58,6 +60,7 @@ impl OutQueue {
             data_bytes: 0,
             max_msgs,
             max_bytes,
+            written: 0,
         }
     }
 
@@ -93,6 +96,13 @@ impl OutQueue {
     }
     pub fn data_bytes(&self) -> usize {
         self.data_bytes
+    }
+    /// Messages handed to the transport whole since the queue was made
+    /// (written to the socket or pipe, sent to the message queue or the
+    /// shm ring): what was delivered, as opposed to queued. The client may
+    /// not have read all of them yet.
+    pub fn written(&self) -> u64 {
+        self.written
     }
     /// Every queued byte, control frames included.
     pub fn total_bytes(&self) -> usize {
@@ -278,6 +288,7 @@ impl OutQueue {
             if matches!(meta.kind, Kind::Data | Kind::Droppable) {
                 self.data_msgs -= 1;
                 self.data_bytes -= len;
+                self.written += 1;
             }
             self.buf.drain(..len);
         }

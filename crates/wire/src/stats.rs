@@ -50,6 +50,7 @@ pub struct HubStats {
     /// Seconds since the Unix epoch.
     pub started_at: u64,
     pub uptime_secs: u64,
+    /// The transports the hub serves, by name.
     pub transports: Vec<String>,
     pub client_count: usize,
     pub channel_count: usize,
@@ -57,6 +58,10 @@ pub struct HubStats {
     pub totals: Totals,
     pub channels: Vec<ChannelStats>,
     pub clients: Vec<ClientStats>,
+    /// Per transport served: the clients connected through it now, and
+    /// payload bytes (since the hub started, clients gone included).
+    #[serde(default)]
+    pub per_transport: Vec<TransportStats>,
     /// State reported by components such as the MQTT bridge, by name.
     #[serde(default)]
     pub components: BTreeMap<String, BTreeMap<String, String>>,
@@ -109,8 +114,33 @@ pub struct ClientStats {
     pub queue_messages: usize,
     pub queue_bytes: usize,
     pub messages_in: u64,
+    /// Messages put into this client's queue: *queued*, not delivered
+    /// (under `drop-oldest` some are dropped before it reads them).
     pub messages_out: u64,
+    /// Messages handed to its transport (written to its socket or pipe,
+    /// sent to its message queue or shm ring): *delivered*. Queued =
+    /// delivered + dropped + still waiting.
+    #[serde(default)]
+    pub messages_delivered: u64,
+    /// Payload bytes it published, and payload bytes queued for it.
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
     pub dropped: u64,
     /// True while the hub is holding this publisher back (`block`).
     pub blocked: bool,
+}
+
+/// One transport's share of the traffic. Aggregates like the totals: every
+/// viewer sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportStats {
+    /// `pipe`, `fifo`, `socket`, `mqueue` or `shm`.
+    pub name: String,
+    /// Clients connected through it now.
+    pub clients: usize,
+    /// Payload bytes its clients published, and bytes queued for them.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }

@@ -969,7 +969,7 @@ fn stats(socket: Option<PathBuf>, a: StatsArgs) -> anyhow::Result<i32> {
     )?;
     writeln!(
         out,
-        "clients {}  channels {}  messages in {}  out {}  bytes in {}  out {}  dropped {}",
+        "clients {}  channels {}  messages in {}  queued {}  bytes in {}  out {}  dropped {}",
         st.client_count,
         st.channel_count,
         st.totals.messages_in,
@@ -978,9 +978,21 @@ fn stats(socket: Option<PathBuf>, a: StatsArgs) -> anyhow::Result<i32> {
         st.totals.bytes_out,
         st.totals.dropped
     )?;
+    if !st.per_transport.is_empty() {
+        writeln!(out, "\nTRANSPORT  CLIENTS     BYTES IN    BYTES OUT")?;
+        for t in &st.per_transport {
+            writeln!(
+                out,
+                "{:<9} {:>8} {:>12} {:>12}",
+                t.name, t.clients, t.bytes_in, t.bytes_out
+            )?;
+        }
+    }
+    // QUEUED counts messages put into subscriber queues, DELIVERED those
+    // handed to the client's transport (see ipchubctl(1), STATISTICS).
     writeln!(
         out,
-        "\nCHANNEL                          SUBS  OVERFLOW     PUBLISHED  DELIVERED    DROPPED"
+        "\nCHANNEL                          SUBS  OVERFLOW     PUBLISHED     QUEUED    DROPPED"
     )?;
     for c in &st.channels {
         writeln!(
@@ -994,11 +1006,11 @@ fn stats(socket: Option<PathBuf>, a: StatsArgs) -> anyhow::Result<i32> {
             c.dropped
         )?;
     }
-    writeln!(out, "\nCLIENT  TRANSPORT     PID    UID  QUEUED   MSGS IN  MSGS OUT  DROPPED  NAME / SUBSCRIPTIONS")?;
+    writeln!(out, "\nCLIENT  TRANSPORT     PID    UID  WAITING   MSGS IN    QUEUED  DELIVERED  DROPPED  NAME / SUBSCRIPTIONS")?;
     for c in &st.clients {
         writeln!(
             out,
-            "{:>6}  {:<9} {:>7} {:>6} {:>7} {:>9} {:>9} {:>8}  {}{}{}",
+            "{:>6}  {:<9} {:>7} {:>6} {:>8} {:>9} {:>9} {:>10} {:>8}  {}{}{}",
             c.id,
             c.transport,
             c.pid,
@@ -1006,6 +1018,7 @@ fn stats(socket: Option<PathBuf>, a: StatsArgs) -> anyhow::Result<i32> {
             c.queue_messages,
             c.messages_in,
             c.messages_out,
+            c.messages_delivered,
             c.dropped,
             // Names come from clients: never let one drive the terminal.
             escape(&c.name),

@@ -305,6 +305,7 @@ mod tests {
             totals: Totals::default(),
             channels: vec![chan("a", 5), chan("b", 50), chan("c", 7)],
             clients: vec![],
+            per_transport: Vec::new(),
             components: BTreeMap::from([(
                 "bridge.mqtt".to_string(),
                 BTreeMap::from([

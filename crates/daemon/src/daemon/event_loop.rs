@@ -172,6 +172,10 @@ impl EventLoop {
         &self.hub
     }
 
+    pub fn hub_mut(&mut self) -> &mut Hub {
+        &mut self.hub
+    }
+
     /// A handle for a control thread (D-Bus, bridge) to run operations here.
     pub fn control_handle(&self) -> ControlHandle {
         ControlHandle {
@@ -411,13 +415,22 @@ impl EventLoop {
             Ok(cfg) => {
                 // The bridges' supervisor restarts those whose settings changed.
                 crate::bridge::reload(&cfg);
+                let changes = crate::hub::config_changes(self.hub.config(), &cfg);
                 self.hub.reload(cfg);
                 self.recheck_ring_access();
-                info!("configuration reloaded");
+                let changed = if changes.is_empty() {
+                    "nothing changed".to_string()
+                } else {
+                    changes.join(", ")
+                };
+                info!(message_id = crate::daemon::logging::msgid::RELOADED, %changed, "configuration reloaded: {changed}");
                 Ok(())
             }
             Err(e) => {
-                warn!("reload failed, keeping the running configuration: {e}");
+                warn!(
+                    message_id = crate::daemon::logging::msgid::RELOAD_FAILED,
+                    "reload failed, keeping the running configuration: {e}"
+                );
                 Err(e.to_string())
             }
         };
@@ -944,6 +957,7 @@ impl EventLoop {
             .set_max_frame(id, c.data.as_ref().and_then(|l| l.max_frame()));
         if self.hub.log_allowed(c.ident.uid, LogKind::Connection) {
             info!(
+                message_id = crate::daemon::logging::msgid::CLIENT_CONNECTED,
                 client = id,
                 client_pid = c.ident.pid,
                 client_uid = c.ident.uid,

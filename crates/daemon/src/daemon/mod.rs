@@ -19,6 +19,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::config::Config;
+use crate::hub::TransportKind;
 use event_loop::{EventLoop, LoopOptions};
 
 /// ipchubd: the ipchub publish/subscribe daemon.
@@ -39,6 +40,28 @@ pub struct Args {
     /// Check the configuration and exit: status 0 if valid, else the error.
     #[arg(long)]
     pub check_config: bool,
+    /// Where to log: auto is the journal when systemd connects standard error to it, else
+    /// standard error; journal always uses the journal's native protocol (structured fields, see
+    /// JOURNAL FIELDS); stderr is plain text
+    #[arg(long, value_enum, default_value_t = logging::LogTarget::Auto, value_name = "TARGET")]
+    pub log: logging::LogTarget,
+}
+
+/// The transports this host can serve: all of them, less POSIX message
+/// queues when the kernel or this user's RLIMIT_MSGQUEUE has none to give
+/// (tried once, with a pair of queues unlinked at once).
+fn served_transports() -> Vec<TransportKind> {
+    let mqueue = match crate::transport::mqueue::create_pair(1024) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!("the mqueue transport is not available here: {e}");
+            false
+        }
+    };
+    TransportKind::ALL
+        .into_iter()
+        .filter(|t| *t != TransportKind::Mqueue || mqueue)
+        .collect()
 }
 
 /// The daemon's whole life; `main` is a shim over this.
@@ -61,7 +84,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    logging::init(&config.log.level);
+    logging::init(&config.log.level, args.log);
     let mut handed = match handed {
         Some(Ok(state)) => {
             tracing::info!(
@@ -150,13 +173,33 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         },
     )
     .context("starting the event loop")?;
+    // Stats and the ready line name the transports this host can serve.
+    ev.hub_mut().set_transports(served_transports());
     if let Some((clients, next_id)) = kept {
         tracing::info!(clients = clients.len(), "planned restart: clients kept");
         ev.restore_clients(clients, next_id);
     }
     start_components(&mut ev, &socket_path, args.config.as_deref());
     systemd::ready(&format!("listening on {}", socket_path.display()));
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "ipchubd ready");
+    // As the original hub did: the transports served, the socket, and
+    // where the configuration came from.
+    let transports = ev.hub().transport_names().join(", ");
+    let config_from = match &args.config {
+        Some(path) => path.display().to_string(),
+        None if std::path::Path::new(crate::config::DEFAULT_CONFIG_PATH).exists() => {
+            crate::config::DEFAULT_CONFIG_PATH.to_string()
+        }
+        None => "built-in defaults".to_string(),
+    };
+    tracing::info!(
+        message_id = logging::msgid::READY,
+        version = env!("CARGO_PKG_VERSION"),
+        transports = %transports,
+        socket = %socket_path.display(),
+        config = %config_from,
+        "ipchubd ready. Backends available: {transports}; socket {}; configuration: {config_from}",
+        socket_path.display()
+    );
     ev.run().context("event loop failed")?;
     Ok(())
 }

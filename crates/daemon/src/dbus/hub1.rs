@@ -414,6 +414,7 @@ mod tests {
             totals: Totals::default(),
             channels: Vec::new(),
             clients: Vec::new(),
+            per_transport: Vec::new(),
             components: Default::default(),
         }
     }

@@ -82,7 +82,7 @@ impl Hub {
                 .log_limit
                 .allow(peer.ident.uid, LogKind::Denied, Instant::now())
             {
-                tracing::warn!(client = id, client_pid = peer.ident.pid, client_uid = peer.ident.uid, channel = %pat, "subscribe denied");
+                tracing::warn!(message_id = msgid::ACCESS_DENIED, client = id, client_pid = peer.ident.pid, client_uid = peer.ident.uid, channel = %pat, "subscribe denied");
             }
             return Err((ErrorCode::NotPermitted, text));
         }
@@ -104,6 +104,8 @@ impl Hub {
         } else {
             self.subscriptions_changed();
         }
+        // Routine, and as frequent as clients make them: debug level.
+        tracing::debug!(client = id, channel = %pat, "subscribed");
         self.peers
             .get_mut(&id)
             .expect("caller checked")

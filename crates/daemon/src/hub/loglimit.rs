@@ -13,6 +13,32 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The journal's `MESSAGE_ID`s of the events an operator filters on
+/// (`journalctl MESSAGE_ID=…`). Fixed for good: changing one breaks the
+/// operators' filters. A log call carries one as its `message_id` field,
+/// which the journal gets as `MESSAGE_ID` and plain text leaves out.
+pub mod msgid {
+    /// The hub is ready: listening, its transports named.
+    pub const READY: &str = "6fba17bdb7b24bba8d52effca717f834";
+    /// A client completed its handshake.
+    pub const CLIENT_CONNECTED: &str = "241d444c39854de78145bdd778af6a26";
+    /// A client went away or was disconnected (for a reason other than
+    /// being a slow consumer).
+    pub const CLIENT_DISCONNECTED: &str = "cc5327aa1bd64beab5829cfe2cbf226b";
+    /// The access rules refused a publish, a subscription or a ring.
+    pub const ACCESS_DENIED: &str = "116fbab72ed84a9d8bbbcfe4028e6699";
+    /// A subscriber was disconnected for not reading fast enough.
+    pub const SLOW_CONSUMER: &str = "5f1aeceae2e64ed48ab02718228fdcf9";
+    /// Messages a subscriber lost to `drop-oldest` (or too big for it).
+    pub const MESSAGES_DROPPED: &str = "8022a3288c474180bead8f2b19b41b20";
+    /// A channel's shared-memory ring was retired.
+    pub const RING_RETIRED: &str = "f71f031403424757a29f58ab1917eb31";
+    /// The configuration was reloaded (the line says what changed).
+    pub const RELOADED: &str = "830cee4813784e3d94261d423e306bc8";
+    /// A reload failed; the running configuration stays.
+    pub const RELOAD_FAILED: &str = "fd2eafcc52c44b5aa40c2565a6fc6528";
+}
+
 /// How long suppressed lines are counted before their summary is logged.
 pub const SUMMARY_AFTER: Duration = Duration::from_secs(5);
 
@@ -28,6 +54,8 @@ pub enum LogKind {
     Disconnected,
     /// Connections and disconnections themselves.
     Connection,
+    /// Reports of messages lost under `drop-oldest`.
+    Dropped,
 }
 
 impl LogKind {
@@ -37,6 +65,7 @@ impl LogKind {
             LogKind::Refused => "refused",
             LogKind::Disconnected => "disconnected",
             LogKind::Connection => "connection",
+            LogKind::Dropped => "dropped",
         }
     }
 }

@@ -41,7 +41,7 @@ use crate::wire::{
 use access::{Credentials, Op, Policy};
 pub use control::{ControlOp, ControlReply, HubEvent};
 pub use history::{HistoryError, HistoryFigures, Replay};
-use loglimit::{LogKind, LogLimiter};
+use loglimit::{msgid, LogKind, LogLimiter};
 use queue::{Kind, OutQueue};
 pub use retain::RetainError;
 pub use rings::{RingRequest, RING_READ, RING_WRITE};
@@ -86,8 +86,15 @@ pub enum AdmitError {
 #[derive(Debug, Default)]
 struct PeerCounters {
     messages_in: u64,
+    /// Messages put into its queue (not all of them reach it: see
+    /// `OutQueue::written`).
     messages_out: u64,
+    /// Payload bytes of those.
+    bytes_in: u64,
+    bytes_out: u64,
     dropped: u64,
+    /// Condemned as a slow consumer (how its disconnection is logged).
+    slow_consumer: bool,
 }
 
 struct Peer {
@@ -186,6 +193,13 @@ pub struct Hub {
     dirty: Vec<ClientId>,
     resumed: Vec<ClientId>,
     doomed: Vec<(ClientId, String)>,
+    /// Byte counters of the clients that left, by transport (`stats`
+    /// adds those of the clients still here).
+    gone_bytes: Vec<(TransportKind, stats::TransportBytes)>,
+    /// Messages subscribers lost under `drop-oldest` since the last report,
+    /// by subscriber and channel; logged every [`DROP_REPORT_EVERY`].
+    drop_report: HashMap<ClientId, HashMap<Box<str>, u64>>,
+    drop_report_at: Instant,
     ring_requests: Vec<RingRequest>,
     /// How many peers are ring endpoints (see `Peer::ring_endpoint`).
     ring_endpoints: usize,
@@ -226,6 +240,9 @@ impl Hub {
             dirty: Vec::new(),
             resumed: Vec::new(),
             doomed: Vec::new(),
+            gone_bytes: Vec::new(),
+            drop_report: HashMap::default(),
+            drop_report_at: Instant::now(),
             ring_requests: Vec::new(),
             ring_endpoints: 0,
             started: SystemTime::now(),
@@ -433,6 +450,13 @@ impl Hub {
         };
         peer.out = OutQueue::new(0, 0);
         sync_uid(&mut self.uid_bytes, &mut peer);
+        if !peer.ring_endpoint && !peer.internal {
+            self.note_gone_bytes(
+                peer.transport,
+                peer.counters.bytes_in,
+                peer.counters.bytes_out,
+            );
+        }
         if peer.ring_endpoint {
             self.ring_endpoints -= 1;
         }
@@ -542,13 +566,16 @@ impl Hub {
     }
 
     /// When the next block timeout can fire, if any publisher is paused, or
-    /// the next summary of suppressed log lines is due.
+    /// the next summary of suppressed log lines or drop report is due.
     pub fn next_deadline(&self) -> Option<Instant> {
         let timeout = Duration::from_millis(self.cfg.hub.block_timeout_ms);
+        let drops =
+            (!self.drop_report.is_empty()).then_some(self.drop_report_at + DROP_REPORT_EVERY);
         self.peers
             .values()
             .filter_map(|p| p.blocked.map(|(_, since)| since + timeout))
             .chain(self.log_limit.next_due())
+            .chain(drops)
             .min()
     }
 
@@ -561,6 +588,7 @@ impl Hub {
     /// Condemn subscribers that held publishers back past `block_timeout_ms`
     /// (and log the summaries of suppressed log lines that are due).
     pub fn check_timeouts(&mut self, now: Instant) {
+        self.report_drops(now);
         for (uid, kind, n) in self.log_limit.take_due(now) {
             tracing::warn!(
                 client_uid = uid,
@@ -604,6 +632,7 @@ impl Hub {
         let lost = peer.out.discard_unstarted();
         sync_uid(&mut self.uid_bytes, peer);
         peer.counters.dropped += lost;
+        peer.counters.slow_consumer = code == ErrorCode::SlowConsumer;
         let patterns = std::mem::take(&mut peer.patterns);
         let holding = std::mem::take(&mut peer.holding);
         let uid = peer.ident.uid;
@@ -746,6 +775,7 @@ impl Hub {
             if !peer.internal && !self.policy.allows_with(rule, &peer.creds, Op::Publish) {
                 if self.log_limit.allow(peer.ident.uid, LogKind::Denied, now) {
                     tracing::warn!(
+                        message_id = msgid::ACCESS_DENIED,
                         client = id,
                         client_pid = peer.ident.pid,
                         client_uid = peer.ident.uid,
@@ -891,9 +921,11 @@ impl Hub {
                         p.out.note_missed_at_back(1);
                         p.counters.dropped += 1;
                         dropped += 1;
+                        note_drops(&mut self.drop_report, sub, frame.channel, evicted + 1);
                         mark_dirty(&mut self.dirty, sub, p);
                         continue;
                     }
+                    note_drops(&mut self.drop_report, sub, frame.channel, evicted);
                     Kind::Droppable
                 }
             };
@@ -905,6 +937,7 @@ impl Hub {
             }
             sync_uid(&mut self.uid_bytes, p);
             p.counters.messages_out += 1;
+            p.counters.bytes_out += frame.payload.len() as u64;
             mark_dirty(&mut self.dirty, sub, p);
             delivered += 1;
         }
@@ -933,6 +966,7 @@ impl Hub {
         self.totals.dropped += dropped;
         if let Some(p) = self.peers.get_mut(&id) {
             p.counters.messages_in += 1;
+            p.counters.bytes_in += frame.payload.len() as u64;
         }
         for (sub, reason) in condemned {
             self.doom(sub, ErrorCode::SlowConsumer, reason);
@@ -1110,3 +1144,161 @@ mod report;
 
 #[cfg(test)]
 mod tests;
+
+/// How often the messages subscribers lost under `drop-oldest` are logged
+/// (one line per subscriber and channel that lost any).
+pub const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Count `n` messages lost by subscriber `sub` on `channel` for the next
+/// drop report (no allocation once the pair is known).
+fn note_drops(
+    report: &mut HashMap<ClientId, HashMap<Box<str>, u64>>,
+    sub: ClientId,
+    channel: &str,
+    n: u64,
+) {
+    if n == 0 {
+        return;
+    }
+    let per = report.entry(sub).or_default();
+    match per.get_mut(channel) {
+        Some(c) => *c += n,
+        None => {
+            per.insert(channel.into(), n);
+        }
+    }
+}
+
+impl Hub {
+    /// Add a departed client's byte counters to its transport's.
+    fn note_gone_bytes(&mut self, t: TransportKind, bytes_in: u64, bytes_out: u64) {
+        match self.gone_bytes.iter_mut().find(|(k, _)| *k == t) {
+            Some((_, b)) => {
+                b.bytes_in += bytes_in;
+                b.bytes_out += bytes_out;
+            }
+            None => self.gone_bytes.push((
+                t,
+                stats::TransportBytes {
+                    bytes_in,
+                    bytes_out,
+                },
+            )),
+        }
+    }
+
+    /// Byte counters of the clients that left, for `transport`.
+    pub(super) fn gone_bytes(&self, t: TransportKind) -> stats::TransportBytes {
+        self.gone_bytes
+            .iter()
+            .find(|(k, _)| *k == t)
+            .map(|(_, b)| *b)
+            .unwrap_or_default()
+    }
+
+    /// Log what subscribers lost under `drop-oldest` since the last report,
+    /// once per [`DROP_REPORT_EVERY`]: one line per subscriber and channel
+    /// (rate-limited per uid like every client-caused line).
+    fn report_drops(&mut self, now: Instant) {
+        if now < self.drop_report_at + DROP_REPORT_EVERY {
+            return;
+        }
+        let secs = now.saturating_duration_since(self.drop_report_at).as_secs();
+        self.drop_report_at = now;
+        let mut report: Vec<_> = std::mem::take(&mut self.drop_report).into_iter().collect();
+        report.sort_by_key(|(id, _)| *id);
+        for (id, per) in report {
+            let mut per: Vec<_> = per.into_iter().collect();
+            per.sort();
+            let (name, pid, uid) = match self.peers.get(&id) {
+                Some(p) => (p.name.as_str(), p.ident.pid, p.ident.uid),
+                None => ("(gone)", 0, 0),
+            };
+            for (channel, n) in per {
+                if !self.log_limit.allow(uid, LogKind::Dropped, now) {
+                    continue;
+                }
+                tracing::warn!(
+                    message_id = msgid::MESSAGES_DROPPED,
+                    client = id,
+                    client_pid = pid,
+                    client_uid = uid,
+                    name = %name,
+                    channel = %channel,
+                    dropped = n,
+                    "{n} messages dropped for client {id} on channel '{channel}' in the last {secs} s (overflow = \"drop-oldest\": its queue was full)"
+                );
+            }
+        }
+    }
+
+    /// How a client's disconnection is logged: its name and the `MESSAGE_ID` (slow consumer, or disconnected).
+    pub fn close_log(&self, id: ClientId) -> (String, &'static str) {
+        match self.peers.get(&id) {
+            Some(p) => (
+                p.name.clone(),
+                if p.counters.slow_consumer {
+                    msgid::SLOW_CONSUMER
+                } else {
+                    msgid::CLIENT_DISCONNECTED
+                },
+            ),
+            None => (String::new(), msgid::CLIENT_DISCONNECTED),
+        }
+    }
+}
+
+/// What a reload changes, for its log line: the keys whose values differ
+/// (`queue.max_messages 1000 -> 16`, `access.rule`), at most
+/// [`MAX_CHANGES_LOGGED`] of them. Numbers, booleans and strings are shown
+/// with their values, except the bridges' (which may hold credentials);
+/// arrays and tables only by name (a rule list is long).
+pub fn config_changes(old: &Config, new: &Config) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        if a == b {
+            return;
+        }
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        &sub,
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        out,
+                    );
+                }
+            }
+            (
+                Value::Number(_) | Value::Bool(_) | Value::Null,
+                Value::Number(_) | Value::Bool(_) | Value::Null,
+            ) => out.push(format!("{path} {a} -> {b}")),
+            // Bridge settings may hold credentials: named, not shown.
+            (Value::String(_), Value::String(_)) if !path.starts_with("bridge") => {
+                out.push(format!("{path} {a} -> {b}"))
+            }
+            _ => out.push(path.to_string()),
+        }
+    }
+    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return vec!["(not comparable)".into()];
+    };
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    if out.len() > MAX_CHANGES_LOGGED {
+        let more = out.len() - MAX_CHANGES_LOGGED;
+        out.truncate(MAX_CHANGES_LOGGED);
+        out.push(format!("and {more} more"));
+    }
+    out
+}
+
+/// How many changed keys a reload's log line names.
+pub const MAX_CHANGES_LOGGED: usize = 20;

@@ -4,13 +4,43 @@
 
 use std::time::SystemTime;
 
-use super::stats::Viewer;
+use super::stats::{TransportStats, Viewer};
 use super::*;
 
 impl Hub {
     /// Everything (for the hub's own use and privileged callers).
     pub fn stats(&self) -> HubStats {
         self.stats_for(&Viewer::All)
+    }
+
+    /// The transports the daemon serves, by name, in the order it lists them.
+    pub fn transport_names(&self) -> Vec<&'static str> {
+        self.transports.iter().map(|t| t.name()).collect()
+    }
+
+    /// Clients and bytes per transport served: the live clients' counters
+    /// plus those of the clients that left.
+    fn per_transport(&self) -> Vec<TransportStats> {
+        self.transports
+            .iter()
+            .map(|t| {
+                let gone = self.gone_bytes(*t);
+                let mut ts = TransportStats {
+                    name: t.name().to_string(),
+                    clients: 0,
+                    bytes_in: gone.bytes_in,
+                    bytes_out: gone.bytes_out,
+                };
+                for p in self.peers.values() {
+                    if p.transport == *t && !p.ring_endpoint && !p.internal && p.greeted {
+                        ts.clients += 1;
+                        ts.bytes_in += p.counters.bytes_in;
+                        ts.bytes_out += p.counters.bytes_out;
+                    }
+                }
+                ts
+            })
+            .collect()
     }
 
     /// The STATS_REPLY payload for client `id`: what its credentials may see.
@@ -85,6 +115,9 @@ impl Hub {
                 queue_bytes: p.out.total_bytes(),
                 messages_in: p.counters.messages_in,
                 messages_out: p.counters.messages_out,
+                messages_delivered: p.out.written(),
+                bytes_in: p.counters.bytes_in,
+                bytes_out: p.counters.bytes_out,
                 dropped: p.counters.dropped,
                 blocked: p.blocked.is_some(),
             })
@@ -129,6 +162,7 @@ impl Hub {
                     ..self.totals.clone()
                 }
             },
+            per_transport: self.per_transport(),
             channels,
             clients,
             // Components (the MQTT bridge's broker, its state) are the

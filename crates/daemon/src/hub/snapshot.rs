@@ -132,6 +132,8 @@ impl Hub {
                     messages_in: s.messages_in,
                     messages_out: s.messages_out,
                     dropped: s.dropped,
+                    // Byte counters start again at a planned restart.
+                    ..PeerCounters::default()
                 },
                 max_frame: None,
                 told_too_big: false,

@@ -34,4 +34,11 @@ impl Viewer {
     }
 }
 
-pub use crate::wire::stats::{ChannelStats, ClientStats, HubStats, Totals};
+pub use crate::wire::stats::{ChannelStats, ClientStats, HubStats, Totals, TransportStats};
+
+/// Payload bytes in and out, as the hub counts them per transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportBytes {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}

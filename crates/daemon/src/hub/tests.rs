@@ -665,3 +665,27 @@ fn a_channel_about_to_get_its_ring_is_never_collected() {
     let names: Vec<String> = hub.stats().channels.into_iter().map(|c| c.name).collect();
     assert_eq!(names, ["r"]);
 }
+
+#[test]
+fn a_reload_names_what_changed_but_not_the_bridges_strings() {
+    let old: Config = toml::from_str(
+        "[queue]\nmax_messages = 16\n[[bridge.mqtt]]\nurl = \"mqtt://a\"\npassword = \"s3cret\"\n",
+    )
+    .unwrap();
+    let new: Config = toml::from_str(
+        "[queue]\nmax_messages = 32\noverflow = \"drop-oldest\"\n[[bridge.mqtt]]\nurl = \"mqtt://a\"\npassword = \"other\"\n",
+    )
+    .unwrap();
+    let changes = config_changes(&old, &new).join(", ");
+    assert!(changes.contains("queue.max_messages 16 -> 32"), "{changes}");
+    assert!(
+        changes.contains("queue.overflow \"block\" -> \"drop-oldest\""),
+        "{changes}"
+    );
+    assert!(changes.contains("bridge.mqtt"), "{changes}");
+    assert!(
+        !changes.contains("s3cret") && !changes.contains("other"),
+        "{changes}"
+    );
+    assert!(config_changes(&old, &old).is_empty());
+}

@@ -41,21 +41,27 @@ impl EventLoop {
             LogKind::Disconnected
         };
         if self.hub.log_allowed(c.ident.uid, kind) {
+            // Which client: its name too (a slow consumer's above all).
+            let (name, message_id) = self.hub.close_log(id);
             if peer_gone {
                 info!(
+                    message_id,
                     client = id,
                     client_pid = c.ident.pid,
                     client_uid = c.ident.uid,
                     transport = c.transport.name(),
+                    name = %name,
                     "client disconnected"
                 );
             } else {
                 warn!(
+                    message_id,
                     client = id,
                     client_pid = c.ident.pid,
                     client_uid = c.ident.uid,
                     transport = c.transport.name(),
-                    "client disconnected: {reason}"
+                    name = %name,
+                    "client {id} ({name}) disconnected: {reason}"
                 );
             }
         }

@@ -723,7 +723,12 @@ impl EventLoop {
         }
         mgmt.attach(HUB_SLOT, u64::from(peer), false);
         self.hub.attach_ring(channel, peer);
-        info!(channel, size, ?policy, "channel ring created");
+        info!(
+            channel,
+            size,
+            policy = overflow.as_str(),
+            "channel ring created"
+        );
         self.rings.insert(
             channel.to_string(),
             ChannelRing {
@@ -884,7 +889,7 @@ impl EventLoop {
         };
         let members: Vec<(ClientId, u8)> = r.slots.iter().flatten().copied().collect();
         self.ring_use.release_all(&mut r);
-        warn!(channel = %channel, "channel ring retired: {reason}");
+        warn!(message_id = crate::daemon::logging::msgid::RING_RETIRED, channel = %channel, "channel ring retired: {reason}");
         r.mgmt.mark_retired();
         self.hub.detach_ring(channel);
         self.hub.remove(r.peer);
