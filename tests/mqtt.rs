@@ -1209,13 +1209,15 @@ fn retained_broker_values_become_the_channels_retained_values_and_never_bounce()
     let watcher = Sub::start(&broker, "#", &["-q", "1"]);
     // Retained before the bridge subscribes: the broker replays it.
     mqtt_retain(&broker, "m/early", "1");
-    // Everything goes out, m/# comes in under the same names.
+    // Everything goes out, m/# comes in under the same names; the hub
+    // retains every message of m/kept/#.
     let cfg = |keep_alive: u32| {
         format!(
             "[bridge.mqtt]\nenabled = true\nurl = \"{}\"\nclient_id = \"ipchub-test-r{}\"\n\
              keep_alive_secs = {keep_alive}\nreconnect_min_ms = 100\nreconnect_max_ms = 400\n\
              [[bridge.mqtt.export]]\npattern = \"#\"\n\
-             [[bridge.mqtt.import]]\nfilter = \"m/#\"\n",
+             [[bridge.mqtt.import]]\nfilter = \"m/#\"\n\
+             [[channel]]\npattern = \"m/kept/#\"\nretain = true\n",
             broker.url(),
             broker.port
         )
@@ -1232,25 +1234,28 @@ fn retained_broker_values_become_the_channels_retained_values_and_never_bounce()
 
     // A live retained publish keeps its flag (retain as published).
     mqtt_retain(&broker, "m/lamp", "on");
-    // An ordinary one stays ordinary.
+    // An ordinary one stays ordinary, unless the channel retains all.
     broker.publish("m/plain", "x", 1);
-    wait_until(Duration::from_secs(10), "two more imports", || {
-        num(&status(&mut ctl), "imported") == 3
+    broker.publish("m/kept/a", "v", 1);
+    wait_until(Duration::from_secs(10), "three more imports", || {
+        num(&status(&mut ctl), "imported") == 4
     });
     assert_eq!(hub_retained(&hub, "m/lamp").unwrap().payload, b"on");
     assert!(hub_retained(&hub, "m/plain").is_none());
+    assert_eq!(hub_retained(&hub, "m/kept/a").unwrap().payload, b"v");
     let st = status(&mut ctl);
     assert_eq!(num(&st, "received_retained"), 2, "{st:?}");
 
     // An empty retained publish clears, as in MQTT.
     mqtt_retain(&broker, "m/lamp", "");
     wait_until(Duration::from_secs(10), "the clear to be imported", || {
-        num(&status(&mut ctl), "imported") == 4
+        num(&status(&mut ctl), "imported") == 5
     });
     assert!(hub_retained(&hub, "m/lamp").is_none());
 
-    // A restart on reload: the hub replays m/early to the new bridge's
-    // subscription under the old bridge's id; it must not go back out.
+    // A restart on reload: the hub replays m/early and m/kept/a to the new
+    // bridge's subscription under the old bridge's id; neither may go back
+    // out.
     reload(&hub, &cfg(31));
     wait_until(Duration::from_secs(15), "the bridge restarted", || {
         client_id_named(&mut ctl, "bridge.mqtt").is_some_and(|id| id != bridge)
@@ -1268,6 +1273,7 @@ fn retained_broker_values_become_the_channels_retained_values_and_never_bounce()
     assert_eq!(count("m/early 1"), 1, "{lines:?}");
     assert_eq!(count("m/lamp on"), 1, "{lines:?}");
     assert_eq!(count("m/plain x"), 1, "{lines:?}");
+    assert_eq!(count("m/kept/a v"), 1, "{lines:?}");
 }
 
 #[test]

@@ -44,6 +44,10 @@ pub struct Import {
     /// Publish it as the channel's retained value (an empty payload
     /// clears that value).
     pub retain: bool,
+    /// The hub keeps it as the channel's retained value: `retain`, or a
+    /// channel configured to retain every message. Noted, so that the
+    /// hub's replay of it is not exported back.
+    pub kept: bool,
     /// The bridge's own state message, not an import: not counted as one.
     pub state: bool,
 }
@@ -293,8 +297,10 @@ impl<F: FnMut(Message)> HubSide<F> {
                 if client.pending_bytes() + imp.payload.len() >= AUTO_FLUSH_BYTES {
                     self.write_out(client, me)?;
                 }
-                let published = if imp.retain {
+                if imp.kept {
                     self.retained.imported().note(&imp.channel, &imp.payload);
+                }
+                let published = if imp.retain {
                     client.publish_retained(&imp.channel, &imp.payload, PublishOptions::default())
                 } else {
                     client.publish(&imp.channel, &imp.payload)

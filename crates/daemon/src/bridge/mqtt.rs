@@ -362,6 +362,7 @@ pub fn start(
             channel: greeting_channel.clone(),
             payload: Bytes::from(state_text(&greeting_shared)),
             retain: false,
+            kept: false,
             state: true,
         }),
         backoff,
@@ -486,6 +487,7 @@ impl MqttSide {
             channel: self.state_channel.clone(),
             payload: Bytes::from(state_text(&self.shared)),
             retain: false,
+            kept: false,
             state: true,
         });
     }
@@ -626,6 +628,7 @@ impl MqttSide {
         };
         let queued = match channel {
             Some((channel, retain)) => self.imports.send(Import {
+                kept: retain || self.rules.always_retained(&channel),
                 channel,
                 payload: p.payload,
                 retain,

@@ -64,7 +64,8 @@ impl Rules {
         self
     }
 
-    fn always_retained(&self, channel: &str) -> bool {
+    /// Does the hub keep every message of `channel` as its retained value?
+    pub fn always_retained(&self, channel: &str) -> bool {
         self.retained_channels
             .iter()
             .find(|(p, _)| p.matches(channel))
