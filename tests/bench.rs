@@ -265,7 +265,9 @@ fn an_unreachable_mqtt_broker_is_reported_not_skipped() {
 #[test]
 fn peers_run_through_their_own_daemons() {
     let r = report(&["--transports", "socket", "--baselines", "none"]);
-    for name in ["dbus", "mqtt"] {
+    // mqtt-bridge: a hub client → ipchubd → its MQTT bridge → the same
+    // Mosquitto → an MQTT client, and pongs back through the bridge.
+    for name in ["dbus", "mqtt", "mqtt-bridge"] {
         let p = row(&r, "peer", name);
         assert_lossless(&p["throughput"], 80, 1);
         assert_eq!(p["latency"]["status"], "ok", "{p:#}");

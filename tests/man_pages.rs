@@ -494,12 +494,13 @@ fn full_sample() -> Config {
         pattern: "sensors/#".into(),
         prefix: "ipchub/".into(),
         qos: 2,
-        retain: true,
+        retain: Some(true),
     });
     m.imports.push(MqttImport {
         filter: "commands/#".into(),
         prefix: "mqtt/".into(),
         qos: 0,
+        retain: Some(false),
     });
     c.spawn.push(SpawnConfig {
         name: "uppercase".into(),

@@ -1152,30 +1152,208 @@ fn secrets_readable_by_everyone_are_warned_about_naming_the_file() {
     wait_named_ready(&mut ctl, "k");
 }
 
+/// `mosquitto_pub -r` one retained message (empty: clear the topic's value).
+fn mqtt_retain(broker: &Broker, topic: &str, payload: &str) {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-t", topic, "-q", "1", "-r"]);
+    if payload.is_empty() {
+        cmd.arg("-n");
+    } else {
+        cmd.args(["-m", payload]);
+    }
+    assert!(cmd.status().expect("run mosquitto_pub").success());
+}
+
+/// Publish a retained value into the hub and wait for the hub's ACK.
+fn hub_retain(c: &mut Client, channel: &str, payload: &[u8]) {
+    use ipchub::client::{Event, PublishOptions};
+    let opts = PublishOptions {
+        ack: true,
+        priority: 0,
+    };
+    let seq = c.publish_retained(channel, payload, opts).unwrap();
+    loop {
+        match c.next_event(WAIT).unwrap() {
+            Some(Event::Ack { seq: s, .. }) if s == seq => return,
+            Some(Event::Error { seq: s, text, .. }) if s == seq => panic!("refused: {text}"),
+            Some(_) => {}
+            None => panic!("no answer to a retained publish within 10 s"),
+        }
+    }
+}
+
+/// The retained value a new subscriber of `channel` is sent first, if any
+/// (it comes right behind the subscription's ACK, so a short wait tells).
+fn hub_retained(hub: &Hub, channel: &str) -> Option<ipchub::client::Message> {
+    let mut c = hub.subscriber(Socket, channel);
+    let m = c.recv(Some(Duration::from_millis(500))).unwrap()?;
+    assert!(m.retained, "a live message, not a retained value: {m:?}");
+    Some(m)
+}
+
+/// A late MQTT subscriber's retained values under `filter`, as
+/// "topic payload retain-flag" (they arrive before its probe).
+fn mqtt_retained(broker: &Broker, filter: &str) -> Vec<String> {
+    Sub::start(broker, filter, &["-F", "%t %p %r"]).lines()
+}
+
+fn bridge_id(c: &mut Client) -> u32 {
+    client_id_named(c, "bridge.mqtt").expect("the bridge is a client of the hub")
+}
+
 #[test]
-fn a_retained_broker_value_is_imported_and_counted_as_retained() {
+fn retained_broker_values_become_the_channels_retained_values_and_never_bounce() {
     let broker = Broker::start();
-    // Retained before the bridge subscribes: the broker sends it on SUBSCRIBE.
-    let st = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-        .args(["-t", "r/lamp", "-m", "on", "-q", "1", "-r"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let hub = Hub::start_with(&bridge_config(
-        &broker.url(),
-        "[[bridge.mqtt.import]]\nfilter = \"r/#\"\n",
-    ));
+    // Sees every message on the broker, to tell a bounce.
+    let watcher = Sub::start(&broker, "#", &["-q", "1"]);
+    // Retained before the bridge subscribes: the broker replays it.
+    mqtt_retain(&broker, "m/early", "1");
+    // Everything goes out, m/# comes in under the same names; the hub
+    // retains every message of m/kept/#.
+    let cfg = |keep_alive: u32| {
+        format!(
+            "[bridge.mqtt]\nenabled = true\nurl = \"{}\"\nclient_id = \"ipchub-test-r{}\"\n\
+             keep_alive_secs = {keep_alive}\nreconnect_min_ms = 100\nreconnect_max_ms = 400\n\
+             [[bridge.mqtt.export]]\npattern = \"#\"\n\
+             [[bridge.mqtt.import]]\nfilter = \"m/#\"\n\
+             [[channel]]\npattern = \"m/kept/#\"\nretain = true\n",
+            broker.url(),
+            broker.port
+        )
+    };
+    let hub = Hub::start_with(&cfg(30));
     let mut ctl = hub.client();
-    // Until #17 gives channels retained values, it arrives as an ordinary
-    // message: counted so operators can see retained traffic.
-    wait_until(Duration::from_secs(15), "the retained import", || {
-        let st = status(&mut ctl);
-        num(&st, "received_retained") == 1 && num(&st, "imported") == 1
+    wait_bridge_ready(&mut ctl);
+    let bridge = bridge_id(&mut ctl);
+    wait_until(Duration::from_secs(10), "the replayed import", || {
+        num(&status(&mut ctl), "imported") == 1
     });
-    broker.publish("r/other", "live", 1);
-    wait_until(Duration::from_secs(10), "the live import", || {
-        let st = status(&mut ctl);
-        num(&st, "received") == 2 && num(&st, "received_retained") == 1
+    let m = hub_retained(&hub, "m/early").expect("the broker's retained value");
+    assert_eq!((m.payload.as_slice(), m.origin), (&b"1"[..], bridge));
+
+    // A live retained publish keeps its flag (retain as published).
+    mqtt_retain(&broker, "m/lamp", "on");
+    // An ordinary one stays ordinary, unless the channel retains all.
+    broker.publish("m/plain", "x", 1);
+    broker.publish("m/kept/a", "v", 1);
+    wait_until(Duration::from_secs(10), "three more imports", || {
+        num(&status(&mut ctl), "imported") == 4
     });
+    assert_eq!(hub_retained(&hub, "m/lamp").unwrap().payload, b"on");
+    assert!(hub_retained(&hub, "m/plain").is_none());
+    assert_eq!(hub_retained(&hub, "m/kept/a").unwrap().payload, b"v");
+    let st = status(&mut ctl);
+    assert_eq!(num(&st, "received_retained"), 2, "{st:?}");
+
+    // An empty retained publish clears, as in MQTT.
+    mqtt_retain(&broker, "m/lamp", "");
+    wait_until(Duration::from_secs(10), "the clear to be imported", || {
+        num(&status(&mut ctl), "imported") == 5
+    });
+    assert!(hub_retained(&hub, "m/lamp").is_none());
+
+    // A restart on reload: the hub replays m/early and m/kept/a to the new
+    // bridge's subscription under the old bridge's id; neither may go back
+    // out.
+    reload(&hub, &cfg(31));
+    wait_until(Duration::from_secs(15), "the bridge restarted", || {
+        client_id_named(&mut ctl, "bridge.mqtt").is_some_and(|id| id != bridge)
+    });
+    wait_bridge_ready(&mut ctl);
+    wait_until(Duration::from_secs(10), "the replay recognised", || {
+        num(&status(&mut ctl), "loops_prevented") >= 1
+    });
+    // Exports leave in order: a bounce would precede this.
+    let mut publisher = hub.client();
+    publisher.publish_confirmed("z/end", b"end").unwrap();
+    watcher.wait_line("z/end end");
+    let lines = watcher.lines();
+    let count = |l: &str| lines.iter().filter(|x| *x == l).count();
+    assert_eq!(count("m/early 1"), 1, "{lines:?}");
+    assert_eq!(count("m/lamp on"), 1, "{lines:?}");
+    assert_eq!(count("m/plain x"), 1, "{lines:?}");
+    assert_eq!(count("m/kept/a v"), 1, "{lines:?}");
+}
+
+#[test]
+fn retained_hub_values_reach_the_broker_retained_clear_and_never_bounce() {
+    let broker = Broker::start();
+    let watcher = Sub::start(&broker, "#", &["-q", "1"]);
+    let hub = Hub::start_with("");
+    let mut ctl = hub.client();
+    let mut local = hub.subscriber(Socket, "#");
+    let mut publisher = hub.client();
+    // Retained before the bridge exists: replayed to its subscription.
+    hub_retain(&mut publisher, "s/lamp", b"on");
+    // Overlapping rules: everything goes out and comes in under the same
+    // names; st/# carries states, retained whatever the hub says; the hub
+    // retains every message of cfg/#.
+    let cfg = |keep_alive: u32| {
+        format!(
+            "[bridge.mqtt]\nenabled = true\nurl = \"{}\"\nclient_id = \"ipchub-test-h{}\"\n\
+             keep_alive_secs = {keep_alive}\nreconnect_min_ms = 100\nreconnect_max_ms = 400\n\
+             [[bridge.mqtt.export]]\npattern = \"st/#\"\nretain = true\n\
+             [[bridge.mqtt.export]]\npattern = \"#\"\n\
+             [[bridge.mqtt.import]]\nfilter = \"#\"\n\
+             [[channel]]\npattern = \"cfg/#\"\nretain = true\n",
+            broker.url(),
+            broker.port
+        )
+    };
+    reload(&hub, &cfg(30));
+    wait_bridge_ready(&mut ctl);
+    let first_bridge = bridge_id(&mut ctl);
+    watcher.wait_line("s/lamp on");
+    assert_eq!(mqtt_retained(&broker, "s/#"), ["s/lamp on 1"]);
+
+    // A rule with retain = true: set, then cleared by an empty message.
+    hub_retain(&mut publisher, "st/door", b"open");
+    watcher.wait_line("st/door open");
+    assert_eq!(mqtt_retained(&broker, "st/#"), ["st/door open 1"]);
+    hub_retain(&mut publisher, "st/door", b"");
+    publisher
+        .publish_confirmed("z/1", b"after the clear")
+        .unwrap();
+    watcher.wait_line("z/1 after the clear");
+    assert!(mqtt_retained(&broker, "st/#").is_empty());
+
+    // A channel the hub retains every message of: exported retained.
+    publisher.publish_confirmed("cfg/mode", b"eco").unwrap();
+    watcher.wait_line("cfg/mode eco");
+    assert_eq!(mqtt_retained(&broker, "cfg/#"), ["cfg/mode eco 1"]);
+
+    // A restart on reload: the broker replays s/lamp to the new bridge's
+    // subscription; it must not come back into the hub.
+    reload(&hub, &cfg(31));
+    wait_until(Duration::from_secs(15), "the bridge restarted", || {
+        client_id_named(&mut ctl, "bridge.mqtt").is_some_and(|id| id != first_bridge)
+    });
+    wait_bridge_ready(&mut ctl);
+    let second_bridge = bridge_id(&mut ctl);
+    wait_until(
+        Duration::from_secs(10),
+        "the broker's replay recognised",
+        || num(&status(&mut ctl), "loops_prevented") >= 1,
+    );
+    // The broker delivers in order: a bounce would precede this.
+    broker.publish("zz/end", "end", 1);
+    let mut seen = Vec::new();
+    loop {
+        let m = recv_data(&mut local, WAIT).expect("the sentinel");
+        if m.channel == "zz/end" {
+            assert_eq!(m.origin, second_bridge);
+            break;
+        }
+        seen.push(m);
+    }
+    // (Probes of the late subscribers came in too: they are MQTT's own.)
+    for m in seen.iter().filter(|m| !m.channel.starts_with("probe/")) {
+        assert!(
+            m.origin != first_bridge && m.origin != second_bridge,
+            "came back into the hub: {m:?} (all: {seen:?})"
+        );
+    }
+    // The hub's value is still the publisher's own.
+    assert_eq!(hub_retained(&hub, "s/lamp").unwrap().origin, publisher.id());
 }

@@ -38,6 +38,9 @@ What is compared:
                and UDP on loopback.
   peers        D-Bus signals (throughput) and method calls (latency) through
                a dbus-daemon; MQTT QoS 0 through a Mosquitto broker;
+               ipchub's MQTT bridge end to end (hub client -> ipchubd ->
+               bridge -> the same Mosquitto -> MQTT client, QoS 0; rounds of
+               at most 20 000 messages, which its spool holds);
                iceoryx2 publish-subscribe over shared memory (polling
                subscriber); ZeroMQ XPUB/SUB over ipc:// (libzmq); NATS
                through a nats-server started on loopback. iceoryx2 and
@@ -122,7 +125,8 @@ pub struct Args {
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = parse_baselines)]
     pub baselines: NameList,
 
-    /// Peer systems to compare with (comma separated), or "none": dbus, mqtt.
+    /// Peer systems to compare with (comma separated), or "none": dbus,
+    /// mqtt, mqtt-bridge, iceoryx2, zeromq, nats.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = parse_peers)]
     pub peers: NameList,
 
@@ -215,7 +219,7 @@ pub const BASELINES: [&str; 11] = [
     "udp",
 ];
 
-pub const PEERS: [&str; 5] = ["dbus", "mqtt", "iceoryx2", "zeromq", "nats"];
+pub const PEERS: [&str; 6] = ["dbus", "mqtt", "mqtt-bridge", "iceoryx2", "zeromq", "nats"];
 
 fn split(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').map(str::trim).filter(|p| !p.is_empty())
@@ -358,7 +362,7 @@ mod tests {
     fn name_lists_know_all_and_none() {
         assert_eq!(
             parse_peers("all").unwrap().0,
-            vec!["dbus", "mqtt", "iceoryx2", "zeromq", "nats"]
+            vec!["dbus", "mqtt", "mqtt-bridge", "iceoryx2", "zeromq", "nats"]
         );
         assert!(parse_peers("none").unwrap().0.is_empty());
         assert!(parse_baselines("pipe,nope").is_err());

@@ -121,6 +121,25 @@ pub fn open_worker(spec: &HubSpec) -> Result<(Box<dyn Endpoint>, String), RunErr
     ))
 }
 
+/// This process's end of a session through the hub at `socket` (UNIX
+/// socket transport): publishes on `publish`, receives what `subscribe`
+/// matches. For rows whose far end is not a hub client (the MQTT bridge).
+pub fn endpoint(
+    socket: &Path,
+    name: &str,
+    publish: String,
+    subscribe: Option<&str>,
+) -> Result<Box<dyn Endpoint>, RunError> {
+    let mut client = connect(socket, TransportKind::Socket, name)?;
+    if let Some(p) = subscribe {
+        client.subscribe(p).map_err(client_error)?;
+    }
+    Ok(Box::new(HubEndpoint {
+        client,
+        publish: Some(publish),
+    }))
+}
+
 /// A message queue carries one frame per message and the hub sizes its
 /// queues by `fs.mqueue.msgsize_max`; a bigger frame cannot pass, so say so
 /// up front rather than report the disconnect that follows.

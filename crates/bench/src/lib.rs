@@ -247,6 +247,10 @@ struct Bench {
     _mosquitto: Option<Mosquitto>,
     nats: Result<u16, RunError>,
     _nats_server: Option<more_peers::NatsServer>,
+    /// The ipchubd to start for the MQTT bridge row (--hub-binary).
+    hub_binary: Option<PathBuf>,
+    /// That row's hub, bridged to the broker: started for its first use.
+    bridge_hub: Option<Result<HubProcess, RunError>>,
     next_tag: u64,
 }
 
@@ -261,6 +265,27 @@ impl Bench {
             h.check()?;
         }
         self.hub.as_ref().map(Clone::clone).map_err(again)
+    }
+
+    /// The socket of the hub whose bridge goes to the bench's broker.
+    fn bridge_socket(&mut self) -> Result<PathBuf, RunError> {
+        if self.bridge_hub.is_none() {
+            let started = self.mqtt.as_ref().map_err(again).and_then(|broker| {
+                let bin = match &self.hub_binary {
+                    Some(b) => b.clone(),
+                    None => hub_runs::default_hub_binary()?,
+                };
+                peers::start_bridge_hub(&bin, &self.tmp.0.join("bridge"), broker)
+            });
+            self.bridge_hub = Some(started);
+        }
+        match self.bridge_hub.as_mut().expect("just set") {
+            Ok(h) => {
+                h.check()?;
+                Ok(h.socket.clone())
+            }
+            Err(e) => Err(again(e)),
+        }
     }
 }
 
@@ -301,7 +326,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         }
     };
     let wants_dbus = args.peers.has("dbus");
-    let wants_mqtt = args.peers.has("mqtt");
+    let wants_mqtt = args.peers.has("mqtt") || args.peers.has("mqtt-bridge");
     let mut dbus_daemon = None;
     let dbus = match (&args.dbus_address, wants_dbus) {
         (_, false) => Err(RunError::unavailable("not requested")),
@@ -351,6 +376,8 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         _mosquitto: mosquitto,
         nats,
         _nats_server: nats_server,
+        hub_binary: args.hub_binary.clone(),
+        bridge_hub: None,
         next_tag: 0,
     };
     let mut report = Report::new(args, &bench.plan);
@@ -511,6 +538,14 @@ fn peer_row(b: &mut Bench, kind: PeerKind, size: usize, bar: &indicatif::Progres
                 .map_err(again)
                 .and_then(|m| peers::mqtt_session(&b.exe, m, role, size, &b.plan, tag))
         }
+        PeerKind::MqttBridge => {
+            let tag = b.tag();
+            let broker = b.mqtt.as_ref().map_err(again).cloned();
+            broker.and_then(|m| {
+                let socket = b.bridge_socket()?;
+                peers::bridge_session(&b.exe, &socket, &m, role, size, &b.plan, tag)
+            })
+        }
         PeerKind::Iceoryx2 => {
             let tag = b.tag();
             more_peers::iceoryx2_session(&b.exe, role, size, &b.plan, tag)
@@ -527,7 +562,13 @@ fn peer_row(b: &mut Bench, kind: PeerKind, size: usize, bar: &indicatif::Progres
                 .and_then(|&p| more_peers::nats_session(&b.exe, p, role, size, &b.plan, tag))
         }
     };
-    let tput = session_for(b, Role::Sink).and_then(|s| session::throughput(s, size, &b.plan));
+    // The bridge's rounds are counts its spool holds (peers::bridge_plan).
+    let tput_plan = if kind == PeerKind::MqttBridge {
+        peers::bridge_plan(&b.plan, size)
+    } else {
+        b.plan.clone()
+    };
+    let tput = session_for(b, Role::Sink).and_then(|s| session::throughput(s, size, &tput_plan));
     bar.inc(1);
     let lat = session_for(b, Role::Echo).and_then(|s| session::latency(s, size, &b.plan));
     bar.inc(1);

@@ -12,6 +12,15 @@
 //! - MQTT via rumqttc's synchronous client, QoS 0 (fire and forget, like a
 //!   hub publish), driven from the calling thread so no extra hand-off is
 //!   measured; broker-side drops would show as lost messages.
+//! - The MQTT bridge row is ipchub's own way to MQTT, end to end: a hub
+//!   client publishes into an `ipchubd` whose bridge (`[[bridge.mqtt]]`,
+//!   QoS 0 like the MQTT row) carries it to the same Mosquitto, where a
+//!   rumqttc worker receives it; latency pings go out that way and the
+//!   worker's pongs come back through the bridge's import. That hub is its
+//!   own, started for the row, so the bridge's traffic stays off the hub
+//!   rows'. The bridge drops the oldest spooled message when the broker
+//!   falls behind rather than slow the hub, so a throughput round is a
+//!   fixed count of messages the spool can hold ([`bridge_plan`]).
 //! - Unless told otherwise the bench starts its own daemons (a private
 //!   session `dbus-daemon`, a `mosquitto` on a free loopback port), so no
 //!   other traffic shares them.
@@ -30,9 +39,11 @@ use zbus::blocking::{Connection, MessageIterator};
 use zbus::message::Type as MsgType;
 use zbus::zvariant;
 
-use super::measure::{Endpoint, RunError};
+use super::hub_runs::{self, HubProcess};
+use super::measure::{Endpoint, Limit, RunError};
 use super::proc::{EndpointSpec, Role, Worker, WorkerSpec};
 use super::session::{Plan, Session};
+use crate::wire::TransportKind;
 
 const OBJECT: &str = "/org/ipchub/Bench";
 const IFACE: &str = "org.ipchub.Bench";
@@ -48,15 +59,17 @@ const MQTT_CHANNEL: usize = 1024;
 pub enum PeerKind {
     Dbus,
     Mqtt,
+    MqttBridge,
     Iceoryx2,
     Zmq,
     Nats,
 }
 
 impl PeerKind {
-    pub const ALL: [PeerKind; 5] = [
+    pub const ALL: [PeerKind; 6] = [
         PeerKind::Dbus,
         PeerKind::Mqtt,
+        PeerKind::MqttBridge,
         PeerKind::Iceoryx2,
         PeerKind::Zmq,
         PeerKind::Nats,
@@ -66,6 +79,7 @@ impl PeerKind {
         match self {
             PeerKind::Dbus => "dbus",
             PeerKind::Mqtt => "mqtt",
+            PeerKind::MqttBridge => "mqtt-bridge",
             PeerKind::Iceoryx2 => "iceoryx2",
             PeerKind::Zmq => "zeromq",
             PeerKind::Nats => "nats",
@@ -76,6 +90,7 @@ impl PeerKind {
         match self {
             PeerKind::Dbus => "D-Bus (dbus-daemon)",
             PeerKind::Mqtt => "MQTT QoS 0 (Mosquitto)",
+            PeerKind::MqttBridge => "hub → bridge → Mosquitto",
             PeerKind::Iceoryx2 => "iceoryx2 (shm, polling)",
             PeerKind::Zmq => "ZeroMQ PUB/SUB ipc://",
             PeerKind::Nats => "NATS (nats-server)",
@@ -580,6 +595,19 @@ pub fn mqtt_session(
         ),
     };
     let ep = MqttEndpoint::connect(&ours, size)?;
+    let workers = mqtt_workers(exe, &theirs, role, size, plan, tag)?;
+    Ok(Session::new(Box::new(ep), workers))
+}
+
+/// The MQTT workers of a session, each with its own client id, ready.
+fn mqtt_workers(
+    exe: &Path,
+    theirs: &MqttSpec,
+    role: Role,
+    size: usize,
+    plan: &Plan,
+    tag: u64,
+) -> Result<Vec<Worker>, RunError> {
     let n = if role == Role::Sink {
         plan.subscribers as usize
     } else {
@@ -588,7 +616,7 @@ pub fn mqtt_session(
     let mut workers = Vec::new();
     for i in 0..n {
         let mut spec = theirs.clone();
-        spec.client_id = id(&format!("w{i}"));
+        spec.client_id = format!("ipchub-bench-{}-{tag}-w{i}", std::process::id());
         let ws = WorkerSpec {
             role,
             endpoint: EndpointSpec::Mqtt(spec),
@@ -600,7 +628,123 @@ pub fn mqtt_session(
     for w in &mut workers {
         w.ready(READY_TIMEOUT)?;
     }
-    Ok(Session::new(Box::new(ep), workers))
+    Ok(workers)
+}
+
+/// Most messages a bridge throughput round sends, and most bytes: the
+/// bridge's spool holds what the broker has not taken yet.
+const BRIDGE_ROUND: u64 = 20_000;
+const BRIDGE_ROUND_BYTES: u64 = 64 << 20;
+const BRIDGE_NAME: &str = "bench";
+
+/// The bridge row's throughput plan: rounds of a fixed count of messages
+/// (--messages, or as many as 20 000 messages and 64 MiB allow), so that
+/// the bridge's spool never has to drop and the figure is what it carries
+/// end to end, not how fast the hub fills its spool.
+pub fn bridge_plan(plan: &Plan, size: usize) -> Plan {
+    let cap = (BRIDGE_ROUND_BYTES / size.max(1) as u64).clamp(16, BRIDGE_ROUND);
+    let n = match plan.limit {
+        Limit::Messages(n) => n.min(cap),
+        Limit::Time(_) => cap,
+    };
+    Plan {
+        limit: Limit::Messages(n),
+        warmup: Limit::Messages(n.div_ceil(4).max(1)),
+        ..plan.clone()
+    }
+}
+
+/// An `ipchubd` (its files in `dir`) whose MQTT bridge carries
+/// `bench/+/+/data` and `bench/+/+/ping` to the broker and `bench/+/+/pong`
+/// back, at QoS 0; returned once the bridge reports both sides connected.
+pub fn start_bridge_hub(
+    binary: &Path,
+    dir: &Path,
+    broker: &(String, u16),
+) -> Result<HubProcess, RunError> {
+    std::fs::create_dir_all(dir)?;
+    // Twice a round in messages and bytes (a slow broker, a warm-up round
+    // just before): nothing is dropped for lack of room.
+    let extra = format!(
+        "[[bridge.mqtt]]\nname = \"{BRIDGE_NAME}\"\nenabled = true\nurl = \"mqtt://{}:{}\"\n\
+         client_id = \"ipchub-bench-{}-bridge\"\nspool_max_messages = {}\nspool_max_bytes = {}\n\
+         [[bridge.mqtt.export]]\npattern = \"bench/+/+/data\"\nqos = 0\n\
+         [[bridge.mqtt.export]]\npattern = \"bench/+/+/ping\"\nqos = 0\n\
+         [[bridge.mqtt.import]]\nfilter = \"bench/+/+/pong\"\nqos = 0\n",
+        broker.0,
+        broker.1,
+        std::process::id(),
+        2 * BRIDGE_ROUND,
+        2 * (BRIDGE_ROUND_BYTES + BRIDGE_ROUND * 4096),
+    );
+    let hub = HubProcess::start_with(binary, dir, &extra)?;
+    let mut c = crate::client::Client::connect(&crate::client::Options {
+        socket: Some(hub.socket.clone()),
+        transport: TransportKind::Socket,
+        name: "bench-bridge-check".into(),
+        reconnect: crate::client::Reconnect::off(),
+    })
+    .map_err(|e| RunError::failed(format!("the bridge's hub: {e}")))?;
+    let component = format!("bridge.mqtt.{BRIDGE_NAME}");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let stats = c
+            .stats()
+            .map_err(|e| RunError::failed(format!("the bridge's hub: {e}")))?;
+        let st = stats.components.get(&component);
+        let is = |k: &str| st.and_then(|s| s.get(k)).is_some_and(|v| v == "true");
+        if is("connected") && is("hub_connected") && is("subscribed") {
+            return Ok(hub);
+        }
+        if Instant::now() > deadline {
+            let why = st
+                .and_then(|s| s.get("last_error"))
+                .cloned()
+                .unwrap_or_default();
+            return Err(RunError::failed(format!(
+                "the bridge did not connect to {}:{} within {READY_TIMEOUT:?}: {why}",
+                broker.0, broker.1
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Through the bridge: a hub client here, MQTT workers at the broker.
+/// Throughput: hub → bridge → broker → worker(s). Latency: ping out that
+/// way, pong back broker → bridge → hub (the bridge crossed twice).
+pub fn bridge_session(
+    exe: &Path,
+    socket: &Path,
+    broker: &(String, u16),
+    role: Role,
+    size: usize,
+    plan: &Plan,
+    tag: u64,
+) -> Result<Session, RunError> {
+    let base = format!("bench/{}/{tag}", std::process::id());
+    let worker = |subscribe: String, publish: Option<String>| MqttSpec {
+        host: broker.0.clone(),
+        port: broker.1,
+        client_id: String::new(),
+        subscribe: Some(subscribe),
+        publish,
+    };
+    let (ep, theirs) = match role {
+        Role::Sink => (
+            hub_runs::endpoint(socket, "bench-publisher", format!("{base}/data"), None)?,
+            worker(format!("{base}/data"), None),
+        ),
+        Role::Echo => {
+            let pong = format!("{base}/pong");
+            (
+                hub_runs::endpoint(socket, "bench-pinger", format!("{base}/ping"), Some(&pong))?,
+                worker(format!("{base}/ping"), Some(pong)),
+            )
+        }
+    };
+    let workers = mqtt_workers(exe, &theirs, role, size, plan, tag)?;
+    Ok(Session::new(ep, workers))
 }
 
 /// A `mosquitto` on a free loopback port, killed on drop.

@@ -579,8 +579,11 @@ pub struct MqttExport {
     pub prefix: String,
     #[serde(default = "default_mqtt_qos")]
     pub qos: u8,
-    #[serde(default)]
-    pub retain: bool,
+    /// The MQTT retain flag: `true` on every message, `false` on none; left
+    /// out, on the hub's retained values (those the bridge receives flagged
+    /// retained, when it subscribes), so the broker keeps them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<bool>,
 }
 
 /// `[[bridge.mqtt.import]]`: topics matching `filter` go to channel `prefix + topic`.
@@ -592,6 +595,11 @@ pub struct MqttImport {
     pub prefix: String,
     #[serde(default = "default_mqtt_qos")]
     pub qos: u8,
+    /// Publish into the hub as the channel's retained value: `true` every
+    /// message, `false` none; left out, those the broker flags retained
+    /// (an empty one clears the channel's value, as in MQTT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<bool>,
 }
 
 fn default_mqtt_qos() -> u8 {
@@ -1147,6 +1155,15 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The `[[channel]]` blocks that say `retain`, in order: (pattern,
+    /// retain). The bridge exports the messages of such channels retained.
+    pub fn retain_rules(&self) -> Vec<(String, bool)> {
+        self.channels
+            .iter()
+            .filter_map(|r| Some((r.pattern.clone(), r.retain?)))
+            .collect()
     }
 
     /// Whether `channel` keeps every message as its retained value (the

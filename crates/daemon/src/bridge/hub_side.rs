@@ -11,11 +11,20 @@
 //! the hub for long: exports go straight to the caller's (non-blocking)
 //! sink, and while its own publishes wait to be written it keeps handling
 //! what arrives, so the hub never has to hold anyone back on its account.
+//!
+//! Retained values need more than the origin check: the hub keeps the
+//! retained value the bridge imported with the client id of the connection
+//! that published it, and replays it flagged retained to every later
+//! subscription, the bridge's own after a reconnect included, under its new
+//! id. So the hub side remembers what it last set as each channel's
+//! retained value ([`RetainedLedger`]) and does not export that value back;
+//! the MQTT side does the same for what it set on the broker.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,16 +32,22 @@ use ipchub_os::sys;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{Backoff, Stop};
-use crate::client::{Client, ClientError, Event, Message, Options, AUTO_FLUSH_BYTES};
+use crate::client::{
+    Client, ClientError, Event, Message, Options, PublishOptions, AUTO_FLUSH_BYTES,
+};
 
 /// A message from the remote side for a hub channel.
 #[derive(Debug, Clone)]
 pub struct Import {
     pub channel: String,
     pub payload: Bytes,
-    /// The remote side marked it retained. Noted only: the hub has no
-    /// retained values yet, so it is published as an ordinary message.
+    /// Publish it as the channel's retained value (an empty payload
+    /// clears that value).
     pub retain: bool,
+    /// The hub keeps it as the channel's retained value: `retain`, or a
+    /// channel configured to retain every message. Noted, so that the
+    /// hub's replay of it is not exported back.
+    pub kept: bool,
     /// The bridge's own state message, not an import: not counted as one.
     pub state: bool,
 }
@@ -100,6 +115,81 @@ impl ImportReceiver {
     }
 }
 
+/// The retained values one side of the bridge set on the other: name →
+/// fingerprint of the payload. A retained value that comes back unchanged
+/// came from the bridge and is not sent back; one that differs was set by
+/// someone else, and its entry goes. Bounded: past [`RetainedLedger::MAX`]
+/// names new ones are not noted (and could then bounce once).
+#[derive(Debug, Default)]
+pub struct RetainedLedger {
+    set: std::collections::HashMap<String, u64>,
+}
+
+impl RetainedLedger {
+    pub const MAX: usize = 100_000;
+
+    fn fingerprint(payload: &[u8]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        payload.hash(&mut h);
+        h.finish()
+    }
+
+    /// The bridge set `name`'s retained value to `payload` (empty: cleared).
+    pub fn note(&mut self, name: &str, payload: &[u8]) {
+        if payload.is_empty() {
+            self.set.remove(name);
+        } else if self.set.len() < Self::MAX || self.set.contains_key(name) {
+            self.set
+                .insert(name.to_string(), Self::fingerprint(payload));
+        }
+    }
+
+    /// A retained value arrived from the other side: true when it is the
+    /// one the bridge set there (not to be sent back).
+    pub fn is_echo(&mut self, name: &str, payload: &[u8]) -> bool {
+        match self.set.get(name) {
+            Some(&f) if f == Self::fingerprint(payload) => true,
+            Some(_) => {
+                self.set.remove(name);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+/// What one bridge set on each side. Kept by bridge name for the daemon's
+/// lifetime ([`RetainedLedgers::of`]), so a bridge restarted on reload
+/// still recognises the values its predecessor set, which both sides replay
+/// to its new subscriptions.
+#[derive(Debug, Default)]
+pub struct RetainedLedgers {
+    /// Hub channels whose retained value the bridge imported.
+    pub imported: Mutex<RetainedLedger>,
+    /// Broker topics whose retained value the bridge exported.
+    pub exported: Mutex<RetainedLedger>,
+}
+
+impl RetainedLedgers {
+    pub fn of(bridge: &str) -> Arc<RetainedLedgers> {
+        static ALL: OnceLock<Mutex<HashMap<String, Arc<RetainedLedgers>>>> = OnceLock::new();
+        let mut all = ALL
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        all.entry(bridge.to_string()).or_default().clone()
+    }
+
+    pub fn imported(&self) -> MutexGuard<'_, RetainedLedger> {
+        self.imported.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn exported(&self) -> MutexGuard<'_, RetainedLedger> {
+        self.exported.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// What the hub side did, read by the status reporter.
 #[derive(Debug, Default)]
 pub struct HubCounters {
@@ -132,6 +222,8 @@ pub struct HubSide<F: FnMut(Message)> {
     pub greeting: Box<dyn Fn() -> Import + Send>,
     pub backoff: Backoff,
     pub stop: Arc<Stop>,
+    /// The retained values this bridge set on either side.
+    pub retained: Arc<RetainedLedgers>,
 }
 
 impl<F: FnMut(Message)> HubSide<F> {
@@ -205,7 +297,15 @@ impl<F: FnMut(Message)> HubSide<F> {
                 if client.pending_bytes() + imp.payload.len() >= AUTO_FLUSH_BYTES {
                     self.write_out(client, me)?;
                 }
-                match client.publish(&imp.channel, &imp.payload) {
+                if imp.kept {
+                    self.retained.imported().note(&imp.channel, &imp.payload);
+                }
+                let published = if imp.retain {
+                    client.publish_retained(&imp.channel, &imp.payload, PublishOptions::default())
+                } else {
+                    client.publish(&imp.channel, &imp.payload)
+                };
+                match published {
                     Ok(_) if imp.state => {}
                     Ok(_) => {
                         self.counters.imported.fetch_add(1, Ordering::Relaxed);
@@ -240,6 +340,13 @@ impl<F: FnMut(Message)> HubSide<F> {
                 if m.channel != self.state_channel {
                     self.counters.looped.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            // A retained value the bridge imported, replayed to a later
+            // subscription of its own under the id of an older connection.
+            Event::Message(m)
+                if m.retained && self.retained.imported().is_echo(&m.channel, &m.payload) =>
+            {
+                self.counters.looped.fetch_add(1, Ordering::Relaxed);
             }
             Event::Message(m) => (self.export)(m),
             Event::Missed(n) => {

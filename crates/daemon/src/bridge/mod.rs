@@ -135,6 +135,8 @@ impl Stop {
 struct Settings {
     bridge: MqttBridgeConfig,
     max_message_size: u32,
+    /// `[[channel]]` retain rules: their messages are exported retained.
+    retain_rules: Vec<(String, bool)>,
 }
 
 struct Supervisor {
@@ -164,6 +166,7 @@ impl Supervisor {
                     Settings {
                         bridge: b.clone(),
                         max_message_size: cfg.hub.max_message_size,
+                        retain_rules: cfg.retain_rules(),
                     },
                 )
             })
@@ -184,6 +187,7 @@ impl Supervisor {
             match mqtt::start(
                 &settings.bridge,
                 settings.max_message_size,
+                &settings.retain_rules,
                 &self.socket,
                 self.control.clone(),
             ) {

@@ -14,6 +14,19 @@
 //! comes back as an import however the filters overlap (3.1.1 has no such
 //! option). Together with the hub-side origin check, no message loops.
 //!
+//! Retained values pass both ways. The import subscriptions ask for
+//! "retain as published", so a live retained MQTT publish keeps its flag
+//! (an empty one clears, as in MQTT) and becomes the channel's retained
+//! value through `publish_retained`; a retained value the hub replays to
+//! the bridge's subscription, and every message of a channel configured
+//! `retain = true`, goes out with the retain flag (per rule: `retain`). A
+//! live retained publish on another channel is not marked as such by the
+//! hub (its RETAIN flag on DATA means "sent on subscribing"), so it leaves
+//! unflagged unless the export rule says `retain = true`. What each side last set on the other is remembered
+//! ([`RetainedLedgers`], kept across a restart on reload): the broker replays retained values on every
+//! SUBSCRIBE, no-local or not, and the hub on every subscription, so
+//! those values come back and are recognised instead of bouncing.
+//!
 //! An export goes hub → hub side → [`Spool::push`] → handed to rumqttc under
 //! the spool lock (by the hub side when it arrives, or by the MQTT thread
 //! when the window frees up) → written → confirmed by the broker. rumqttc
@@ -54,7 +67,7 @@ use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::{TlsConfiguration, Transport};
 
-use super::hub_side::{import_queue, HubCounters, HubSide, Import, ImportSender};
+use super::hub_side::{import_queue, HubCounters, HubSide, Import, ImportSender, RetainedLedgers};
 use super::rules::Rules;
 use super::spool::Spool;
 use super::{Backoff, Stop};
@@ -111,6 +124,10 @@ struct Shared {
     up: AtomicBool,
     /// Imported messages the broker marked retained.
     received_retained: AtomicU64,
+    /// The retained values this bridge set on either side.
+    retained: Arc<RetainedLedgers>,
+    /// Retained values the broker replayed that the bridge had set there.
+    retained_echoes: AtomicU64,
     /// Messages received from the broker.
     received: AtomicU64,
     /// Received but not imported: no valid channel, or the import queue was full.
@@ -215,12 +232,13 @@ impl Running {
 pub fn start(
     m: &MqttBridgeConfig,
     max_message_size: u32,
+    retain_rules: &[(String, bool)],
     socket: &Path,
     control: ControlHandle,
 ) -> Result<Running, StartError> {
     let (host, port, tls) = m.broker_address().map_err(StartError::Url)?;
     let component = component(m);
-    let rules = Rules::new(m);
+    let rules = Rules::new(m).with_retained_channels(retain_rules);
     let mut opts = MqttOptions::new(client_id(m), host.clone(), port);
     opts.set_keep_alive(Duration::from_secs(m.keep_alive_secs))
         .set_clean_start(m.clean_start)
@@ -246,6 +264,8 @@ pub fn start(
         .map(|(f, q)| {
             let mut filter = Filter::new(f, qos(q));
             filter.nolocal = true;
+            // Retain as published: a live retained publish keeps its flag.
+            filter.preserve_retain = true;
             filter
         })
         .collect();
@@ -262,6 +282,8 @@ pub fn start(
         state_topic: (!m.state_topic.is_empty()).then(|| m.state_topic.clone()),
         up: AtomicBool::new(false),
         received_retained: AtomicU64::new(0),
+        retained: RetainedLedgers::of(m.bridge_name()),
+        retained_echoes: AtomicU64::new(0),
         received: AtomicU64::new(0),
         import_dropped: AtomicU64::new(0),
         last_bad_import: Mutex::new(None),
@@ -316,9 +338,15 @@ pub fn start(
         patterns: rules.export_patterns(),
         state_channel: state_channel(m),
         export: move |msg: crate::client::Message| {
-            let Some(out) = rules.export(&msg.channel) else {
+            let Some(out) = rules.export(&msg.channel, msg.retained) else {
                 return;
             };
+            if out.retain {
+                export_shared
+                    .retained
+                    .exported()
+                    .note(&out.topic, &msg.payload);
+            }
             let mut spool = export_shared.spool();
             spool.push(out.topic, Bytes::from(msg.payload), out.qos, out.retain);
             hand_off(&mut spool, &export_shared.mqtt);
@@ -334,10 +362,12 @@ pub fn start(
             channel: greeting_channel.clone(),
             payload: Bytes::from(state_text(&greeting_shared)),
             retain: false,
+            kept: false,
             state: true,
         }),
         backoff,
         stop: stop.clone(),
+        retained: shared.retained.clone(),
     };
     threads.push(
         std::thread::Builder::new()
@@ -457,6 +487,7 @@ impl MqttSide {
             channel: self.state_channel.clone(),
             payload: Bytes::from(state_text(&self.shared)),
             retain: false,
+            kept: false,
             state: true,
         });
     }
@@ -564,8 +595,21 @@ impl MqttSide {
                 .received_retained
                 .fetch_add(1, Ordering::Relaxed);
         }
+        if p.retain {
+            if let Ok(topic) = std::str::from_utf8(&p.topic) {
+                let echo = self.shared.retained.exported().is_echo(topic, &p.payload);
+                if echo {
+                    // The broker replays what the bridge exported retained.
+                    self.shared.retained_echoes.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
         let channel = match std::str::from_utf8(&p.topic) {
-            Ok(t) => self.rules.import(t).map_err(|e| printable(&e.to_string())),
+            Ok(t) => self
+                .rules
+                .import(t, p.retain)
+                .map_err(|e| printable(&e.to_string())),
             Err(_) => Err(format!(
                 "topic {:?} is not UTF-8",
                 String::from_utf8_lossy(&p.topic[..p.topic.len().min(200)])
@@ -583,10 +627,11 @@ impl MqttSide {
             }
         };
         let queued = match channel {
-            Some(channel) => self.imports.send(Import {
+            Some((channel, retain)) => self.imports.send(Import {
+                kept: retain || self.rules.always_retained(&channel),
                 channel,
                 payload: p.payload,
-                retain: p.retain,
+                retain,
                 state: false,
             }),
             None => false,
@@ -775,7 +820,10 @@ fn status(shared: &Shared, hub: &HubCounters) -> BTreeMap<String, String> {
         ("rejected_by_broker", rejected.to_string()),
         ("dropped_import", import_dropped.to_string()),
         ("missed_from_hub", missed.to_string()),
-        ("loops_prevented", get(&hub.looped).to_string()),
+        (
+            "loops_prevented",
+            (get(&hub.looped) + get(&shared.retained_echoes)).to_string(),
+        ),
         ("reconnects", get(&shared.reconnects).to_string()),
         ("last_error", last_error),
     ]

@@ -4,6 +4,10 @@
 //! export turns channel `c` into topic `prefix + c`; an import turns topic
 //! `t` into channel `prefix + t`, which must then be a valid channel name
 //! (MQTT allows characters and empty levels that channel names do not).
+//!
+//! Retained values pass both ways unless a rule says otherwise (`retain`):
+//! a hub message flagged retained leaves with the MQTT retain flag, and an
+//! MQTT message flagged retained becomes the channel's retained value.
 
 use crate::config::{MqttBridgeConfig, MqttExport, MqttImport};
 use crate::wire::channel::{self, ChannelError, Pattern};
@@ -29,6 +33,9 @@ pub enum ImportError {
 pub struct Rules {
     exports: Vec<(Pattern, MqttExport)>,
     imports: Vec<MqttImport>,
+    /// `[[channel]]` blocks saying `retain`: every message of a channel
+    /// whose first such block says `true` is a retained value.
+    retained_channels: Vec<(Pattern, bool)>,
 }
 
 impl Rules {
@@ -42,7 +49,27 @@ impl Rules {
                 .filter_map(|r| Some((Pattern::parse(&r.pattern).ok()?, r.clone())))
                 .collect(),
             imports: cfg.imports.clone(),
+            retained_channels: Vec::new(),
         }
+    }
+
+    /// With the `[[channel]]` retain rules (pattern, retain): a message on
+    /// a channel that keeps every message as its retained value is
+    /// exported as one.
+    pub fn with_retained_channels(mut self, rules: &[(String, bool)]) -> Rules {
+        self.retained_channels = rules
+            .iter()
+            .filter_map(|(p, r)| Some((Pattern::parse(p).ok()?, *r)))
+            .collect();
+        self
+    }
+
+    /// Does the hub keep every message of `channel` as its retained value?
+    pub fn always_retained(&self, channel: &str) -> bool {
+        self.retained_channels
+            .iter()
+            .find(|(p, _)| p.matches(channel))
+            .is_some_and(|(_, r)| *r)
     }
 
     /// The hub patterns to subscribe to.
@@ -58,17 +85,23 @@ impl Rules {
         self.imports.iter().map(|r| (r.filter.as_str(), r.qos))
     }
 
-    pub fn export(&self, channel: &str) -> Option<Outbound> {
+    /// Where a hub message on `channel` goes; `retained`: the hub flagged
+    /// it as the channel's retained value (sent on subscribing).
+    pub fn export(&self, channel: &str, retained: bool) -> Option<Outbound> {
         let (_, rule) = self.exports.iter().find(|(p, _)| p.matches(channel))?;
         Some(Outbound {
             topic: format!("{}{}", rule.prefix, channel),
             qos: rule.qos,
-            retain: rule.retain,
+            retain: rule
+                .retain
+                .unwrap_or_else(|| retained || self.always_retained(channel)),
         })
     }
 
-    /// The hub channel for a message received on `topic`.
-    pub fn import(&self, topic: &str) -> Result<String, ImportError> {
+    /// The hub channel for a message received on `topic`, and whether it is
+    /// to be published as the channel's retained value (`retained`: the
+    /// broker flagged it so).
+    pub fn import(&self, topic: &str, retained: bool) -> Result<(String, bool), ImportError> {
         let rule = self
             .imports
             .iter()
@@ -79,7 +112,7 @@ impl Rules {
             topic: topic.to_string(),
             source,
         })?;
-        Ok(name)
+        Ok((name, rule.retain.unwrap_or(retained)))
     }
 }
 
@@ -124,28 +157,60 @@ mod tests {
              [[bridge.mqtt.export]]\npattern = \"#\"\nprefix = \"ipchub/\"\n",
         );
         assert_eq!(
-            r.export("sensors/kitchen"),
+            r.export("sensors/kitchen", false),
             Some(Outbound {
                 topic: "home/sensors/kitchen".into(),
                 qos: 0,
                 retain: true
             })
         );
-        let other = r.export("logs/app").unwrap();
-        assert_eq!((other.topic.as_str(), other.qos), ("ipchub/logs/app", 1));
+        let other = r.export("logs/app", false).unwrap();
+        assert_eq!(
+            (other.topic.as_str(), other.qos, other.retain),
+            ("ipchub/logs/app", 1, false)
+        );
+    }
+
+    #[test]
+    fn retained_flags_pass_through_unless_a_rule_says_otherwise() {
+        let r = rules(
+            "[[bridge.mqtt.export]]\npattern = \"never/#\"\nretain = false\n\
+             [[bridge.mqtt.export]]\npattern = \"#\"\n\
+             [[bridge.mqtt.import]]\nfilter = \"always/#\"\nretain = true\n\
+             [[bridge.mqtt.import]]\nfilter = \"never/#\"\nretain = false\n\
+             [[bridge.mqtt.import]]\nfilter = \"#\"\n",
+        );
+        assert!(r.export("a", true).unwrap().retain);
+        assert!(!r.export("a", false).unwrap().retain);
+        assert!(!r.export("never/a", true).unwrap().retain);
+        assert_eq!(r.import("x", true).unwrap(), ("x".to_string(), true));
+        assert_eq!(r.import("x", false).unwrap(), ("x".to_string(), false));
+        assert!(r.import("always/x", false).unwrap().1);
+        assert!(!r.import("never/x", true).unwrap().1);
+        // A channel that retains every message is exported retained.
+        let r = r.with_retained_channels(&[("st/#".into(), true)]);
+        assert!(r.export("st/a", false).unwrap().retain);
+        assert!(!r.export("other", false).unwrap().retain);
+        assert!(!r.export("never/a", false).unwrap().retain);
     }
 
     #[test]
     fn imports_map_topics_to_valid_channels_only() {
         let r = rules("[[bridge.mqtt.import]]\nfilter = \"cmd/#\"\nprefix = \"mqtt/\"\n");
-        assert_eq!(r.import("cmd/lamp/on").unwrap(), "mqtt/cmd/lamp/on");
-        assert!(matches!(r.import("other"), Err(ImportError::NoRule(_))));
+        assert_eq!(
+            r.import("cmd/lamp/on", false).unwrap().0,
+            "mqtt/cmd/lamp/on"
+        );
         assert!(matches!(
-            r.import("cmd/with space"),
+            r.import("other", false),
+            Err(ImportError::NoRule(_))
+        ));
+        assert!(matches!(
+            r.import("cmd/with space", false),
             Err(ImportError::BadChannel { .. })
         ));
         assert!(matches!(
-            r.import("cmd//empty"),
+            r.import("cmd//empty", false),
             Err(ImportError::BadChannel { .. })
         ));
     }
