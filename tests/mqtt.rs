@@ -1318,6 +1318,14 @@ fn retained_hub_values_reach_the_broker_retained_clear_and_never_bounce() {
     watcher.wait_line("z/1 after the clear");
     assert!(mqtt_retained(&broker, "st/#").is_empty());
 
+    // A live retained publish on an ordinary channel, once the bridge is
+    // subscribed: exported retained too (retain as published).
+    hub_retain(&mut publisher, "s/fan", b"high");
+    watcher.wait_line("s/fan high");
+    let mut kept = mqtt_retained(&broker, "s/#");
+    kept.sort();
+    assert_eq!(kept, ["s/fan high 1", "s/lamp on 1"]);
+
     // A channel the hub retains every message of: exported retained.
     publisher.publish_confirmed("cfg/mode", b"eco").unwrap();
     watcher.wait_line("cfg/mode eco");

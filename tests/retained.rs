@@ -352,7 +352,7 @@ fn a_channel_ring_and_a_retained_value_exclude_each_other() {
 
 /// The new flag bits only widen what decodes: every fuzz corpus input runs
 /// through the decoder as the fuzz target does, and a frame with each new
-/// flag decodes while bits 5..7 are still refused.
+/// flag decodes while bits 6..7 are still refused.
 #[test]
 fn the_fuzz_corpus_still_decodes_and_new_flags_are_known() {
     use ipchub::wire::{self, FrameType};
@@ -378,14 +378,69 @@ fn the_fuzz_corpus_still_decodes_and_new_flags_are_known() {
         wire::WITH_RETAINED,
         wire::CHANNEL_SEQ,
         wire::REPLAY,
+        wire::RETAIN_AS_PUBLISHED,
     ] {
         let mut v = Vec::new();
         wire::encode(&mut v, FrameType::Subscribe, flag, 0, "a", b"", 0, 1);
         assert!(wire::decode(&v, 4096).unwrap().is_some(), "{flag:#x}");
     }
-    for bit in 5..8 {
+    for bit in 6..8 {
         let mut v = Vec::new();
         wire::encode(&mut v, FrameType::Subscribe, 1 << bit, 0, "a", b"", 0, 1);
         assert!(wire::decode(&v, 4096).is_err(), "bit {bit}");
+    }
+}
+
+/// A subscriber that asks (`retain_as_published`, SUBSCRIBE flag
+/// RETAIN_AS_PUBLISHED) sees live retained publishes marked retained, on
+/// plain channels and on channels with history (with their number); one
+/// that does not sees them as ordinary messages, as before.
+#[test]
+fn live_retained_publishes_are_marked_only_for_subscribers_that_ask() {
+    let hub = Hub::start_with(
+        "[[channel]]\npattern = \"numbered/#\"\nhistory_messages = 10\nretain = true\n",
+    );
+    for &t in &[Socket, Mqueue] {
+        let marked_opts = SubscribeOptions {
+            retain_as_published: true,
+            ..Default::default()
+        };
+        let mut marked = hub.client_via(t);
+        let (live, numbered) = (
+            format!("live/{}", t.name()),
+            format!("numbered/{}", t.name()),
+        );
+        marked
+            .subscribe_with(&format!("{live}/#"), marked_opts)
+            .unwrap();
+        marked
+            .subscribe_with(&format!("{numbered}/#"), marked_opts)
+            .unwrap();
+        let mut plain = hub.client_via(t);
+        plain.subscribe(&format!("{live}/#")).unwrap();
+        plain.subscribe(&format!("{numbered}/#")).unwrap();
+        let mut p = hub.client();
+        let chan = format!("{live}/x");
+        retain(&mut p, &chan, b"on").unwrap();
+        p.publish_confirmed(&chan, b"ordinary").unwrap();
+        let m = next_message(&mut marked);
+        assert_eq!((&m.payload[..], m.retained), (&b"on"[..], true), "{t:?}");
+        let m = next_message(&mut marked);
+        assert_eq!((&m.payload[..], m.retained), (&b"ordinary"[..], false));
+        let m = next_message(&mut plain);
+        assert_eq!((&m.payload[..], m.retained), (&b"on"[..], false), "{t:?}");
+        let m = next_message(&mut plain);
+        assert_eq!((&m.payload[..], m.retained), (&b"ordinary"[..], false));
+        // A channel retained by rule, with history: marked and numbered.
+        let chan = format!("{numbered}/x");
+        p.publish_confirmed(&chan, b"n1").unwrap();
+        let m = next_message(&mut marked);
+        assert_eq!((&m.payload[..], m.retained), (&b"n1"[..], true));
+        assert!(m.channel_seq.is_some(), "{m:?}");
+        let m = next_message(&mut plain);
+        assert_eq!((&m.payload[..], m.retained), (&b"n1"[..], false));
+        assert!(m.channel_seq.is_some(), "{m:?}");
+        nothing_more(&mut marked);
+        nothing_more(&mut plain);
     }
 }

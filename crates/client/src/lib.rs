@@ -414,6 +414,12 @@ pub struct SubscribeOptions {
     /// (`[[channel]]` history keys) before live messages; on those channels
     /// it replaces the retained value.
     pub replay: Option<Replay>,
+    /// Mark live messages that were published retained as
+    /// [`Message::retained`] too (MQTT 5's "retain as published"), not only
+    /// the stored value sent on subscribing. Off by default. Applies to
+    /// every subscription of this connection from now on; a bridge that
+    /// passes retained values on needs it.
+    pub retain_as_published: bool,
 }
 
 pub use crate::wire::Replay;
@@ -423,6 +429,7 @@ impl Default for SubscribeOptions {
         SubscribeOptions {
             retained: true,
             replay: None,
+            retain_as_published: false,
         }
     }
 }
@@ -1024,6 +1031,9 @@ impl Client {
         }
         if opts.replay.is_some() {
             flags |= wire::REPLAY;
+        }
+        if opts.retain_as_published {
+            flags |= wire::RETAIN_AS_PUBLISHED;
         }
         let payload = opts.replay.map(Replay::encode).unwrap_or_default();
         self.queue_frame(

@@ -46,7 +46,13 @@ pub const CHANNEL_SEQ: u8 = 0x08;
 /// `since_ms=T`, `from_seq=S`). Without it the payload means nothing, as
 /// it always did.
 pub const REPLAY: u8 = 0x10;
-const KNOWN_FLAGS: u8 = ACK_REQUESTED | RETAIN | WITH_RETAINED | CHANNEL_SEQ | REPLAY;
+/// SUBSCRIBE flag: mark live messages that were published retained with
+/// RETAIN on DATA too, for this client (from now on), as MQTT 5's "retain
+/// as published". Without it RETAIN on DATA means only "the stored value,
+/// sent on subscribing". A bridge needs it to pass retained values on.
+pub const RETAIN_AS_PUBLISHED: u8 = 0x20;
+const KNOWN_FLAGS: u8 =
+    ACK_REQUESTED | RETAIN | WITH_RETAINED | CHANNEL_SEQ | REPLAY | RETAIN_AS_PUBLISHED;
 /// Highest priority POSIX guarantees (`MQ_PRIO_MAX` is at least 32).
 pub const MAX_PRIORITY: u8 = 31;
 

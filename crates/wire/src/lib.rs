@@ -17,7 +17,7 @@ pub mod stats;
 pub use channel::{ChannelError, Pattern};
 pub use frame::{
     decode, encode, encode_header, DecodeError, ErrorCode, Frame, FrameType, Header, ACK_REQUESTED,
-    CHANNEL_SEQ, HEADER_LEN, MAGIC, REPLAY, RETAIN, VERSION, WITH_RETAINED,
+    CHANNEL_SEQ, HEADER_LEN, MAGIC, REPLAY, RETAIN, RETAIN_AS_PUBLISHED, VERSION, WITH_RETAINED,
 };
 pub use kind::TransportKind;
 pub use replay::Replay;

@@ -729,6 +729,7 @@ fn subscribe(socket: Option<PathBuf>, a: SubArgs) -> anyhow::Result<i32> {
         let opts = crate::client::SubscribeOptions {
             retained: !a.no_retained,
             replay,
+            ..Default::default()
         };
         client.subscribe_with(c, opts)?;
         if !a.connect.quiet {

@@ -34,7 +34,7 @@ pub fn run(socket: Option<PathBuf>, a: HistoryArgs) -> anyhow::Result<i32> {
     // is stored.
     let plain = SubscribeOptions {
         retained: false,
-        replay: None,
+        ..SubscribeOptions::default()
     };
     c.subscribe_with(&a.channel, plain)?;
     let st = c.stats()?;
@@ -61,6 +61,7 @@ pub fn run(socket: Option<PathBuf>, a: HistoryArgs) -> anyhow::Result<i32> {
         SubscribeOptions {
             retained: false,
             replay: Some(Replay::FromSeq(first)),
+            ..SubscribeOptions::default()
         },
     )?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

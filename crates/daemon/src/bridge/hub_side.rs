@@ -268,8 +268,15 @@ impl<F: FnMut(Message)> HubSide<F> {
     /// Subscribe, then move messages both ways until the connection fails
     /// (an error) or the bridge is stopped (`Ok`).
     fn serve(&mut self, client: &mut Client) -> Result<(), ClientError> {
+        // Live retained publishes come marked, so that a value set here
+        // is exported retained (issue #21), not only the value stored
+        // when the bridge subscribed.
+        let opts = crate::client::SubscribeOptions {
+            retain_as_published: true,
+            ..Default::default()
+        };
         for p in &self.patterns {
-            client.subscribe(p)?;
+            client.subscribe_with(p, opts)?;
         }
         let me = client.id();
         self.counters.connected.store(true, Ordering::Relaxed);

@@ -19,10 +19,10 @@
 //! (an empty one clears, as in MQTT) and becomes the channel's retained
 //! value through `publish_retained`; a retained value the hub replays to
 //! the bridge's subscription, and every message of a channel configured
-//! `retain = true`, goes out with the retain flag (per rule: `retain`). A
-//! live retained publish on another channel is not marked as such by the
-//! hub (its RETAIN flag on DATA means "sent on subscribing"), so it leaves
-//! unflagged unless the export rule says `retain = true`. What each side last set on the other is remembered
+//! `retain = true`, goes out with the retain flag (per rule: `retain`).
+//! The bridge subscribes with `retain_as_published` (SUBSCRIBE flag
+//! RETAIN_AS_PUBLISHED), so a live retained publish on any channel reaches
+//! it marked and leaves retained too. What each side last set on the other is remembered
 //! ([`RetainedLedgers`], kept across a restart on reload): the broker replays retained values on every
 //! SUBSCRIBE, no-local or not, and the hub on every subscription, so
 //! those values come back and are recognised instead of bouncing.

@@ -99,6 +99,7 @@ impl Hub {
                 greeted: false,
                 counters: PeerCounters::default(),
                 wants_seq: false,
+                wants_retain_flag: false,
                 max_frame: None,
                 told_too_big: false,
             },

@@ -128,6 +128,9 @@ struct Peer {
     told_too_big: bool,
     /// It asked for channel sequence numbers (SUBSCRIBE flag CHANNEL_SEQ).
     wants_seq: bool,
+    /// It asked for live retained publishes to be marked RETAIN (SUBSCRIBE
+    /// flag RETAIN_AS_PUBLISHED).
+    wants_retain_flag: bool,
 }
 
 struct Channel {
@@ -395,6 +398,7 @@ impl Hub {
                 max_frame: None,
                 told_too_big: false,
                 wants_seq: false,
+                wants_retain_flag: false,
             },
         );
         Ok(id)
@@ -679,10 +683,10 @@ impl Hub {
                 };
                 match self.subscribe(id, frame.channel) {
                     Ok(()) => {
-                        if frame.header.flags & crate::wire::CHANNEL_SEQ != 0 {
-                            if let Some(p) = self.peers.get_mut(&id) {
-                                p.wants_seq = true;
-                            }
+                        if let Some(p) = self.peers.get_mut(&id) {
+                            let f = frame.header.flags;
+                            p.wants_seq |= f & crate::wire::CHANNEL_SEQ != 0;
+                            p.wants_retain_flag |= f & crate::wire::RETAIN_AS_PUBLISHED != 0;
                         }
                         self.send_control(id, FrameType::Ack, seq, &[]);
                         // Retained values and history right behind the ACK,
@@ -864,6 +868,31 @@ impl Hub {
                 seq,
             )
         });
+        // A retained publish, for subscribers that asked to see it marked:
+        // the same frames with RETAIN (built only for retained publishes).
+        let retain_headers = retain.then(|| {
+            let plain = encode_header(
+                FrameType::Data,
+                crate::wire::RETAIN,
+                frame.header.priority,
+                frame.channel.len(),
+                frame.payload.len(),
+                origin,
+                seq,
+            );
+            let with_seq = chan_seq.map(|_| {
+                encode_header(
+                    FrameType::Data,
+                    crate::wire::RETAIN | crate::wire::CHANNEL_SEQ,
+                    frame.header.priority,
+                    frame.channel.len(),
+                    frame.payload.len() + 8,
+                    origin,
+                    seq,
+                )
+            });
+            (plain, with_seq)
+        });
         let mut delivered = 0u32;
         let mut dropped = 0u64;
         let mut condemned: Vec<(ClientId, String)> = Vec::new();
@@ -929,8 +958,15 @@ impl Hub {
                     Kind::Droppable
                 }
             };
-            match (&seq_header, &chan_seq) {
-                (Some(h), Some(cs)) if p.wants_seq => p
+            let marked = retain_headers.as_ref().filter(|_| p.wants_retain_flag);
+            match (marked, &seq_header, &chan_seq) {
+                (Some((_, Some(h))), _, Some(cs)) if p.wants_seq => p
+                    .out
+                    .push(kind, &[h, frame.channel.as_bytes(), cs, frame.payload]),
+                (Some((h, _)), _, _) => p
+                    .out
+                    .push(kind, &[h, frame.channel.as_bytes(), frame.payload]),
+                (None, Some(h), Some(cs)) if p.wants_seq => p
                     .out
                     .push(kind, &[h, frame.channel.as_bytes(), cs, frame.payload]),
                 _ => p.out.push(kind, &parts),

@@ -31,6 +31,10 @@ pub struct ClientSnapshot {
     /// states: false).
     #[serde(default)]
     pub wants_seq: bool,
+    /// SUBSCRIBE flag RETAIN_AS_PUBLISHED was given (absent in states
+    /// written before it existed: false).
+    #[serde(default)]
+    pub wants_retain_flag: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,7 @@ impl Hub {
             messages_out: p.counters.messages_out,
             dropped: p.counters.dropped,
             wants_seq: p.wants_seq,
+            wants_retain_flag: p.wants_retain_flag,
         })
     }
 
@@ -138,6 +143,7 @@ impl Hub {
                 max_frame: None,
                 told_too_big: false,
                 wants_seq: s.wants_seq,
+                wants_retain_flag: s.wants_retain_flag,
             },
         );
         self.set_next_client_id(s.id.wrapping_add(1));
