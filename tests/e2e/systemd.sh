@@ -1,14 +1,21 @@
 #!/bin/bash
-# End-to-end test of the ipchub Debian package on a real systemd.
+# End-to-end test of the ipchub Debian packages on a real systemd.
 #
-#   tests/e2e/systemd.sh path/to/ipchub_<version>_<arch>.deb
+#   tests/e2e/systemd.sh path/to/ipchub_<version>_<arch>.deb [OTHER.deb...]
 #
 # Boots a minimal Debian root (built once with mmdebstrap, cached) with
 # systemd-nspawn, installs the .deb inside with "apt install ./<deb>" and
 # runs the user's commands verbatim: socket activation, publish/subscribe on
-# several transports, stats, D-Bus, journal, stop/re-activation, reload,
-# restart, watchdog, purge. Every step prints PASS or FAIL; the run goes on
-# after a failure and exits non-zero if any step failed.
+# several transports, stats, D-Bus, journal, the dashboard service,
+# stop/re-activation, reload, restart, watchdog, purge. Then the client
+# library packages libipchub0, libipchub-dev and python3-ipchub: a C program
+# compiled in the container with pkg-config, and Python, each exchanging
+# messages through the running hub. The library packages are the OTHER
+# .debs given, or else found next to the ipchub .deb (same version and
+# architecture, as debian/build-deb leaves them); a missing one fails its
+# steps. Every step prints PASS or FAIL and has a time limit
+# (E2E_STEP_TIMEOUT, or its own); the run goes on after a failure and exits
+# non-zero if any step failed.
 #
 # Environment:
 #   E2E_ALLOW_FAIL="step ..."  steps allowed to fail for now (reported
@@ -17,6 +24,7 @@
 #   E2E_CACHE=DIR              root cache (default /var/cache/ipchub-e2e)
 #   E2E_LOGDIR=DIR             logs of this run (default /tmp/ipchub-e2e.<pid>)
 #   E2E_SUITE=NAME             Debian suite of the root (default: the host's)
+#   E2E_STEP_TIMEOUT=SECONDS   limit of a step without one of its own (120)
 #
 # Needs root, mmdebstrap, systemd-nspawn (systemd-container) and nsenter.
 # Machine-specific facts (cgroups without a host systemd, private network,
@@ -26,19 +34,25 @@ shopt -s nullglob
 
 # Bump when the way the root is built changes, to invalidate the cache.
 ROOT_FORMAT=1
-# What the root holds besides the package's own Depends: an init, the
+# What the root holds besides the packages' own Depends: an init, the
 # system bus (the package Recommends it; busctl and journalctl come with
-# systemd). No network inside, so everything must be there beforehand.
-BASE_PACKAGES="systemd systemd-sysv dbus procps"
+# systemd); a C compiler, libc headers and pkg-config for the program built
+# against libipchub-dev (python3 comes with python3-ipchub's Depends). No
+# network inside, so everything must be there beforehand.
+BASE_PACKAGES="systemd systemd-sysv dbus procps gcc libc6-dev pkgconf"
+# The library packages checked after ipchub itself.
+LIB_PACKAGES="libipchub0 libipchub-dev python3-ipchub"
+STEP_TIMEOUT=${E2E_STEP_TIMEOUT:-120}
 T_START=$(date +%s.%N)
 
 die() { printf '\n*** e2e: %s\n' "$*" >&2; exit 2; }
 log() { printf '%s\n' "$*"; }
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1fs", b - a }'; }
 
-[ $# -eq 1 ] || die "usage: $0 path/to/ipchub_<version>_<arch>.deb"
+[ $# -ge 1 ] || die "usage: $0 path/to/ipchub_<version>_<arch>.deb [OTHER.deb...]"
 DEB=$(readlink -f -- "$1") || die "no such file: $1"
 [ -f "$DEB" ] || die "no such file: $1"
+shift
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap, nspawn, cgroups)"
 for tool in mmdebstrap systemd-nspawn nsenter dpkg-deb apt-get sha256sum; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install mmdebstrap systemd-container)"
@@ -46,8 +60,33 @@ done
 dpkg-deb --field "$DEB" Package | grep -qx ipchub || die "$DEB is not an ipchub package"
 DEB_NAME=$(basename "$DEB")
 DEB_ARCH=$(dpkg-deb --field "$DEB" Architecture)
+DEB_VERSION=$(dpkg-deb --field "$DEB" Version)
 HOST_ARCH=$(dpkg --print-architecture)
 [ "$DEB_ARCH" = "$HOST_ARCH" ] || [ "$DEB_ARCH" = all ] || die "$DEB_NAME is for $DEB_ARCH, this host is $HOST_ARCH"
+
+# The library packages: given, or next to the ipchub .deb. LIB_DEBS holds
+# their paths on this host, LIB_NAMES their file names in the root's /root.
+declare -A LIB_DEB=()
+for f in "$@"; do
+    f=$(readlink -f -- "$f") && [ -f "$f" ] || die "no such file: $f"
+    p=$(dpkg-deb --field "$f" Package) || die "$f is not a .deb"
+    case " $LIB_PACKAGES " in *" $p "*) ;; *) die "$f: package $p is not one of $LIB_PACKAGES" ;; esac
+    [ "$(dpkg-deb --field "$f" Version)" = "$DEB_VERSION" ] || die "$f is not version $DEB_VERSION"
+    LIB_DEB[$p]=$f
+done
+LIB_DEBS=() LIB_NAMES=()
+for p in $LIB_PACKAGES; do
+    if [ -z "${LIB_DEB[$p]:-}" ]; then
+        f=$(dirname "$DEB")/${p}_${DEB_VERSION#*:}_${DEB_ARCH}.deb
+        [ -f "$f" ] && LIB_DEB[$p]=$f
+    fi
+    if [ -n "${LIB_DEB[$p]:-}" ]; then
+        LIB_DEBS+=("${LIB_DEB[$p]}") LIB_NAMES+=("$(basename "${LIB_DEB[$p]}")")
+        log "e2e: $p: ${LIB_DEB[$p]}"
+    else
+        log "e2e: $p: NOT FOUND (no ${p}_${DEB_VERSION#*:}_${DEB_ARCH}.deb next to $DEB_NAME): its steps will fail"
+    fi
+done
 
 CACHE=${E2E_CACHE:-/var/cache/ipchub-e2e}
 LOGDIR=${E2E_LOGDIR:-/tmp/ipchub-e2e.$$}
@@ -80,7 +119,10 @@ depends_of() {
 
 MIRRORS=$(mirror_lines)
 [ -n "$MIRRORS" ] || die "apt knows no Debian archive for suite '$SUITE' (run apt-get update, check /etc/apt/sources.list*)"
-INCLUDE=$( { printf '%s\n' $BASE_PACKAGES; depends_of "$DEB"; } | sort -u | paste -sd, -)
+# The Depends of every .deb under test, except on each other.
+INCLUDE=$( { printf '%s\n' $BASE_PACKAGES
+             for d in "$DEB" "${LIB_DEBS[@]}"; do depends_of "$d"; done; } |
+           grep -vxF -e ipchub $(printf -- ' -e %s' $LIB_PACKAGES) | sort -u | paste -sd, -)
 KEY=$(printf '%s\n' "$ROOT_FORMAT" "$SUITE" "$HOST_ARCH" "$INCLUDE" "$MIRRORS" | sha256sum | cut -c1-16)
 ROOT_TAR=$CACHE/root-$SUITE-$KEY.tar
 
@@ -140,7 +182,11 @@ else
     log "e2e: root: built in $(elapsed "$T_START")"
 fi
 mkdir "$ROOT" && tar -C "$ROOT" -xf "$ROOT_TAR" || die "cannot unpack $ROOT_TAR"
-cp "$DEB" "$ROOT/root/$DEB_NAME" || die "cannot copy the .deb into the root"
+cp "$DEB" "${LIB_DEBS[@]}" "$ROOT/root/" || die "cannot copy the .debs into the root"
+# The test's own programs (a C client, a Python client, an HTTP getter).
+mkdir -p "$ROOT/root/e2e" &&
+    cp "$(dirname "$0")"/client.c "$(dirname "$0")"/client.py "$(dirname "$0")"/http_get.py "$ROOT/root/e2e/" ||
+    die "cannot copy tests/e2e/client.c, client.py, http_get.py into the root"
 
 # ------------------------------------------------------------------- boot --
 
@@ -183,12 +229,18 @@ if [ -z "$CPID" ]; then
 fi
 
 # Run a command inside the container: all its namespaces, its root, a clean
-# environment (nothing of this host's leaks in).
-in_ct() {
-    nsenter -t "$CPID" -m -u -i -n -p -r -w -- \
+# environment (nothing of this host's leaks in), at most SECONDS long:
+# timeout(1) inside ends the command's whole process group (background jobs
+# of a step included), the one outside ends nsenter should the container
+# itself hang.
+in_ct_t() {
+    local t=$1; shift
+    timeout -k 5 $((t + 10)) nsenter -t "$CPID" -m -u -i -n -p -r -w -- \
         /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive "$@"
+        HOME=/root LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive \
+        timeout -k 5 "$t" "$@"
 }
+in_ct() { in_ct_t 60 "$@"; }
 # Same, through a shell; the script is the first argument.
 sh_ct() { in_ct /bin/sh -c "$1"; }
 
@@ -197,17 +249,19 @@ sh_ct() { in_ct /bin/sh -c "$1"; }
 PASSED=() FAILED=() ALLOWED=() UNEXPECTED_PASS=()
 allowed() { case " ${E2E_ALLOW_FAIL:-} " in *" $1 "*) return 0 ;; esac; return 1; }
 
-# step NAME SHELL-SCRIPT: runs the script inside the container; PASS when it
-# exits 0. Output is shown indented and kept in $LOGDIR/NAME.log.
+# step NAME SHELL-SCRIPT [SECONDS]: runs the script inside the container;
+# PASS when it exits 0 within SECONDS (default $STEP_TIMEOUT). Output is
+# shown indented and kept in $LOGDIR/NAME.log.
 step() {
-    local name=$1 script=$2 t0 rc
+    local name=$1 script=$2 limit=${3:-$STEP_TIMEOUT} t0 rc
     t0=$(date +%s.%N)
     printf '\n=== %s\n' "$name"
     # In the background and waited for, so that a signal to this script is
     # handled at once rather than when the step ends.
-    sh_ct "set -u; $script" >"$LOGDIR/$name.log" 2>&1 &
+    in_ct_t "$limit" /bin/sh -c "set -u; $script" >"$LOGDIR/$name.log" 2>&1 &
     wait $!
     rc=$?
+    [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "TIMED OUT after ${limit}s" >>"$LOGDIR/$name.log"
     sed 's/^/    /' "$LOGDIR/$name.log"
     record "$name" "$rc" "$t0"
 }
@@ -260,7 +314,7 @@ pubsub() {
 nobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
 '
 lstep() { step "$1" "$LIB
-$2"; }
+$2" "${3:-}"; }
 
 # 1. boot
 t0=$(date +%s.%N)
@@ -281,11 +335,12 @@ case $state in
 esac
 in_ct systemctl --version | head -1 | sed 's/^/    /'
 
-lstep install "cd /root && apt install -y ./$DEB_NAME"
+lstep install "cd /root && apt install -y ./$DEB_NAME" 300
 
 lstep package-files '
 for f in /usr/bin/ipchubd /usr/bin/ipchubctl /etc/ipchub/ipchub.toml \
          /lib/systemd/system/ipchub.socket /lib/systemd/system/ipchub.service \
+         /lib/systemd/system/ipchub-dashboard.service /etc/ipchub/dashboard.token \
          /usr/share/dbus-1/system.d/org.ipchub.conf /usr/lib/sysctl.d/60-ipchub.conf \
          /usr/share/bash-completion/completions/ipchubctl /usr/share/zsh/vendor-completions/_ipchubctl \
          /usr/share/fish/vendor_completions.d/ipchubctl.fish \
@@ -295,6 +350,8 @@ for f in /usr/bin/ipchubd /usr/bin/ipchubctl /etc/ipchub/ipchub.toml \
     [ -e "$f" ] && echo "ok $f" || fail "missing $f"
 done
 dpkg-query -W -f="\${Conffiles}\n" ipchub | grep -q /etc/ipchub/ipchub.toml || fail "ipchub.toml is not a conffile"
+# Made by postinst, so that each machine has its own: not a conffile.
+dpkg-query -W -f="\${Conffiles}\n" ipchub | grep dashboard.token && fail "dashboard.token is a conffile"
 # Information only: whether postinst could apply 60-ipchub.conf depends on
 # the container (/proc/sys is read-only in nspawn but fs.mqueue.* belongs
 # to the IPC namespace).
@@ -304,14 +361,28 @@ lstep system-user '
 getent passwd ipchub || fail "no user ipchub"
 getent group ipchub || fail "no group ipchub"
 expect_eq "$(getent passwd ipchub | cut -d: -f6)" /nonexistent "home of ipchub"
-[ "$(id -u ipchub)" -lt 1000 ] || fail "ipchub is not a system user"'
+[ "$(id -u ipchub)" -lt 1000 ] || fail "ipchub is not a system user"
+getent passwd ipchub-dashboard || fail "no user ipchub-dashboard"
+getent group ipchub-dashboard || fail "no group ipchub-dashboard"
+expect_eq "$(getent passwd ipchub-dashboard | cut -d: -f6)" /nonexistent "home of ipchub-dashboard"
+expect_eq "$(id -gn ipchub-dashboard)" ipchub-dashboard "primary group of ipchub-dashboard"
+[ "$(id -u ipchub-dashboard)" -lt 1000 ] || fail "ipchub-dashboard is not a system user"'
 
 lstep units-after-install '
 systemctl daemon-reload
 expect_eq "$(systemctl is-enabled ipchub.socket)" enabled "ipchub.socket enabled"
 expect_eq "$(systemctl is-active ipchub.socket)" active "ipchub.socket started by postinst"
 expect_eq "$(systemctl is-enabled ipchub.service)" disabled "ipchub.service not enabled"
-expect_eq "$(systemctl is-active ipchub.service)" inactive "ipchub.service not started"'
+expect_eq "$(systemctl is-active ipchub.service)" inactive "ipchub.service not started"
+expect_eq "$(systemctl is-enabled ipchub-dashboard.service)" disabled "ipchub-dashboard.service not enabled"
+expect_eq "$(systemctl is-active ipchub-dashboard.service)" inactive "ipchub-dashboard.service not started"'
+
+# The dashboard token postinst made: root's alone (systemd hands the
+# service a copy with LoadCredential=), 128 random bits in hex.
+lstep dashboard-token '
+expect_eq "$(stat -c %a:%U:%G /etc/ipchub/dashboard.token)" 600:root:root "token file mode and owner"
+grep -Eqx "[0-9a-f]{32}" /etc/ipchub/dashboard.token || fail "the token is not 32 hex digits"
+echo "token: 32 hex digits, mode 0600 root:root"'
 
 lstep socket-start '
 systemctl start ipchub.socket || fail "systemctl start ipchub.socket"
@@ -342,6 +413,54 @@ ipchubctl stats || fail "ipchubctl stats"
 j=$(ipchubctl stats --json) || fail "ipchubctl stats --json"
 echo "$j"
 case $j in "{"*) ;; *) fail "stats --json is not a JSON object" ;; esac'
+
+# The dashboard unit as the package ships it: its own user, the token from
+# the credential, loopback only, /metrics with the token and 401 without.
+lstep dashboard-start '
+systemctl start ipchub-dashboard.service || fail "systemctl start ipchub-dashboard"
+i=0
+until code=$(python3 /root/e2e/http_get.py http://127.0.0.1:9178/metrics 2>/tmp/http.err); do
+    i=$((i + 1))
+    [ $i -lt 100 ] || { cat /tmp/http.err; systemctl status --no-pager ipchub-dashboard.service; fail "nothing listens on 127.0.0.1:9178 after 10 s"; }
+    systemctl -q is-active ipchub-dashboard.service || { systemctl status --no-pager ipchub-dashboard.service; fail "ipchub-dashboard.service is not running"; }
+    sleep 0.1
+done
+echo "listening after $i tries (first answer: $code)"
+systemctl status --no-pager ipchub-dashboard.service
+pid=$(systemctl show -P MainPID ipchub-dashboard.service)
+expect_eq "$(ps -o user= -p "$pid")" ipchub-dashboard "user of the dashboard process"
+expect_eq "$(ps -o group= -p "$pid")" ipchub-dashboard "group of the dashboard process"
+# Listening sockets on port 9178 (0x23DA), IPv4 and IPv6: only 127.0.0.1.
+l=$(awk "\$4 == \"0A\" && \$2 ~ /:23DA\$/ { print \$2 }" /proc/net/tcp /proc/net/tcp6 | paste -sd" ")
+echo "listening on port 9178 (hex, little endian): $l"
+expect_eq "$l" 0100007F:23DA "listening addresses"' 60
+
+lstep dashboard-metrics '
+token=$(cat /etc/ipchub/dashboard.token)
+code=$(python3 /root/e2e/http_get.py http://127.0.0.1:9178/metrics "$token") || fail "GET /metrics"
+echo "GET /metrics with the token: $code"; head -20 /tmp/http.body
+expect_eq "$code" 200 "status with the token"
+grep -qx "ipchub_up 1" /tmp/http.body || fail "no \"ipchub_up 1\": the dashboard did not reach the hub"
+grep -q "^ipchub_info{" /tmp/http.body || fail "no ipchub_info"
+code=$(python3 /root/e2e/http_get.py "http://127.0.0.1:9178/?token=$token") || fail "GET /?token="
+echo "GET /?token=TOKEN (then / with the cookie it sets): $code"
+expect_eq "$code" 200 "the page with the token in the URL"
+journalctl --no-pager -o cat -u ipchub-dashboard.service | grep -F "$token" && fail "the token is in the journal"
+echo "the token is not in the journal"' 60
+
+lstep dashboard-refuses '
+code=$(python3 /root/e2e/http_get.py http://127.0.0.1:9178/metrics) || fail "GET /metrics"
+echo "GET /metrics without a token: $code"; cat /tmp/http.body
+expect_eq "$code" 401 "status without a token"
+grep -q ipchub_up /tmp/http.body && fail "metrics served without a token"
+code=$(python3 /root/e2e/http_get.py http://127.0.0.1:9178/metrics 0123456789abcdef0123456789abcdef) || fail "GET /metrics"
+echo "GET /metrics with a wrong token: $code"
+expect_eq "$code" 401 "status with a wrong token"
+code=$(python3 /root/e2e/http_get.py http://127.0.0.1:9178/) || fail "GET /"
+echo "GET / without a token: $code"
+expect_eq "$code" 401 "the page without a token"
+systemctl stop ipchub-dashboard.service || fail "systemctl stop ipchub-dashboard"
+expect_eq "$(systemctl is-enabled ipchub-dashboard.service)" disabled "still not enabled"' 60
 
 lstep dbus-introspect '
 timeout 15 busctl --timeout=10 introspect org.ipchub /org/ipchub > /tmp/introspect.txt 2>&1; rc=$?
@@ -443,13 +562,15 @@ lstep upgrade '
 timeout 10 ipchubctl pub --channel weather hello >/dev/null
 expect_eq "$(systemctl is-active ipchub.service)" active "service running before the upgrade"
 pid=$(systemctl show -P MainPID ipchub.service); ino=$(stat -c %i /run/ipchub/ipchub.sock)
+token=$(sha256sum /etc/ipchub/dashboard.token)
 cd /root && apt install -y --reinstall ./'"$DEB_NAME"' >/tmp/upgrade.log 2>&1 || { cat /tmp/upgrade.log; fail "apt install --reinstall"; }
+expect_eq "$(sha256sum /etc/ipchub/dashboard.token)" "$token" "dashboard token kept"
 expect_eq "$(systemctl is-active ipchub.socket)" active "socket after the upgrade"
 expect_eq "$(stat -c %i /run/ipchub/ipchub.sock)" "$ino" "socket file inode (kept listening)"
 expect_eq "$(systemctl is-active ipchub.service)" active "service after the upgrade"
 [ "$(systemctl show -P MainPID ipchub.service)" != "$pid" ] || fail "service was not restarted by the upgrade"
 echo "service restarted: pid $pid -> $(systemctl show -P MainPID ipchub.service)"
-pubsub weather socket'
+pubsub weather socket' 300
 
 lstep socket-stop-removes-file '
 systemctl stop ipchub.socket || fail "systemctl stop ipchub.socket"
@@ -458,23 +579,144 @@ expect_eq "$(systemctl is-active ipchub.service)" inactive "service stopped with
 systemctl start ipchub.socket || fail "start the socket again"
 [ -S /run/ipchub/ipchub.sock ] || fail "socket file not recreated"'
 
+# The client libraries, with the hub running: installed with apt as a user
+# would, then a C program built against the installed header and pkg-config
+# file, and Python, each publishing and receiving through the hub.
+lstep install-libs "
+[ ${#LIB_NAMES[@]} = 3 ] || fail 'not all of $LIB_PACKAGES were found next to $DEB_NAME'
+cd /root && apt install -y $(printf './%s ' "${LIB_NAMES[@]}")" 300
+
+lstep lib-files '
+lib=$(dpkg -L libipchub0 | grep "/libipchub\.so\.0\$") || fail "libipchub0 has no libipchub.so.0"
+echo "$lib -> $(readlink -f "$lib")"
+case $lib in /usr/lib/*-*/libipchub.so.0) ;; *) fail "$lib is not in /usr/lib/<multiarch>" ;; esac
+dir=${lib%/*}
+soname=$(objdump -p "$(readlink -f "$lib")" | sed -n "s/^ *SONAME *//p")
+echo "SONAME $soname"
+expect_eq "$soname" libipchub.so.0 "soname of the library"
+ldconfig -p | grep "libipchub\.so\.0 " || fail "ldconfig does not know libipchub.so.0"
+expect_eq "$(readlink "$dir/libipchub.so")" libipchub.so.0 "the -dev link"
+for f in /usr/include/ipchub.h "$dir/pkgconfig/ipchub.pc" /usr/share/man/man3/libipchub.3.gz \
+         /usr/lib/python3/dist-packages/ipchub/ipchub.abi3.so \
+         /usr/lib/python3/dist-packages/ipchub/__init__.py \
+         /usr/lib/python3/dist-packages/ipchub/__init__.pyi \
+         /usr/lib/python3/dist-packages/ipchub/py.typed; do
+    [ -e "$f" ] && echo "ok $f" || fail "missing $f"
+done
+ls /usr/share/doc/libipchub-dev/examples/ | grep -q "^publisher\.c" || fail "no examples in /usr/share/doc/libipchub-dev/examples"
+expect_eq "$(pkg-config --modversion ipchub)" "$(dpkg-query -W -f="\${Version}" libipchub0)" "pkg-config --modversion"
+echo "pkg-config --cflags --libs ipchub: $(pkg-config --cflags --libs ipchub)"
+pkg-config --libs ipchub | grep -q -- -lipchub || fail "pkg-config --libs lacks -lipchub"' 60
+
+# A program of our own (tests/e2e/client.c): subscribe, publish, receive
+# its message back through the hub, on three transports.
+lstep c-client '
+cd /tmp && gcc -Wall -Werror -o client /root/e2e/client.c $(pkg-config --cflags --libs ipchub) || fail "gcc"
+ldd ./client | grep libipchub || fail "client is not linked with libipchub"
+for t in socket shm mqueue; do
+    echo "--- $t"
+    timeout 20 ./client $t e2e/c/$t || fail "C client over $t"
+done' 120
+
+# The shipped examples, against ipchubctl: C subscribes and ipchubctl
+# publishes, then the other way round.
+lstep c-examples '
+ex=/usr/share/doc/libipchub-dev/examples
+mkdir -p /tmp/ex && cd /tmp/ex
+for p in publisher subscriber; do
+    if [ -f $ex/$p.c ]; then cp $ex/$p.c .; else zcat $ex/$p.c.gz >$p.c; fi
+    gcc -Wall -o $p $p.c $(pkg-config --cflags --libs ipchub) || fail "gcc $p.c"
+done
+timeout 20 ./subscriber -t shm -n 1 -w 15 "e2e/ex/#" >sub.out 2>sub.err &
+sp=$!
+i=0; while ! grep -q subscribed sub.out && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+i=0
+while [ $i -lt 50 ]; do
+    res=$(timeout 10 ipchubctl pub --channel e2e/ex/today sunny); echo "ipchubctl pub: $res"
+    [ "$res" = "Published (1 subscriber)" ] && break
+    kill -0 $sp 2>/dev/null || break
+    i=$((i + 1)); sleep 0.2
+done
+wait $sp; src=$?
+echo "subscriber ($src):"; cat sub.out sub.err
+expect_eq "$src" 0 "C subscriber exit status"
+grep -qx "\[e2e/ex/today\] sunny (priority 0)" sub.out || fail "C subscriber output"
+timeout 20 ipchubctl sub --channel e2e/ex/back --count 1 >ctl.out 2>ctl.err &
+sp=$!
+i=0
+while [ $i -lt 50 ]; do
+    res=$(timeout 10 ./publisher -t shm -c e2e/ex/back rainy); echo "C publisher: $res"
+    [ "$res" = "delivered to 1" ] && break
+    kill -0 $sp 2>/dev/null || break
+    i=$((i + 1)); sleep 0.2
+done
+wait $sp; src=$?
+echo "ipchubctl sub ($src):"; cat ctl.out ctl.err
+expect_eq "$src" 0 "ipchubctl sub exit status"
+expect_eq "$(cat ctl.out)" "[e2e/ex/back] rainy" "ipchubctl sub output"' 120
+
+# tests/e2e/client.py over three transports, then the one-liner a user
+# would try first.
+lstep python-client '
+python3 -c "import ipchub, sys; print(ipchub.__file__); sys.exit(not ipchub.__file__.startswith(\"/usr/lib/python3/dist-packages/ipchub/\"))" ||
+    fail "python3 does not import the packaged module"
+expect_eq "$(python3 -c "import importlib.metadata as m; print(m.version(\"ipchub\"))")" \
+    "$(dpkg-query -W -f="\${Version}" python3-ipchub)" "the distribution version pip sees"
+for t in socket shm mqueue; do
+    echo "--- $t"
+    timeout 20 python3 /root/e2e/client.py $t e2e/py/$t || fail "Python client over $t"
+done
+timeout 20 ipchubctl sub --channel e2e/py/ctl --count 1 >/tmp/py-ctl.out 2>&1 &
+sp=$!
+timeout 15 python3 -c "
+import ipchub, time
+with ipchub.connect() as hub:
+    for _ in range(50):
+        n = hub.publish(\"e2e/py/ctl\", b\"from python\", confirm=True)
+        print(\"delivered to\", n)
+        if n:
+            break
+        time.sleep(0.2)
+" || fail "python3 -c publish"
+wait $sp; src=$?
+cat /tmp/py-ctl.out
+expect_eq "$src" 0 "ipchubctl sub exit status"
+grep -qx "\[e2e/py/ctl\] from python" /tmp/py-ctl.out || fail "ipchubctl sub output"' 120
+
+lstep purge-libs '
+apt purge -y libipchub-dev libipchub0 python3-ipchub || fail "apt purge"
+left=0
+for p in /usr/include/ipchub.h /usr/lib/python3/dist-packages/ipchub /usr/share/doc/libipchub-dev; do
+    [ -e "$p" ] && { echo "left behind: $p"; left=1; }
+done
+ls /usr/lib/*/libipchub* /usr/lib/*/pkgconfig/ipchub.pc 2>/dev/null && { echo "library files left behind"; left=1; }
+ldconfig -p | grep libipchub && { echo "ldconfig still lists libipchub"; left=1; }
+[ $left = 0 ] || fail "purging the libraries left something behind"
+systemctl is-active ipchub.socket || fail "the hub went with its client libraries"' 120
+
+# With the dashboard running, as after "systemctl enable --now": removal
+# must stop it (prerm), or its user could not be deleted.
 lstep purge '
+systemctl start ipchub-dashboard.service || fail "systemctl start ipchub-dashboard"
 apt purge -y ipchub || fail "apt purge"
 left=0
 for p in /etc/ipchub /run/ipchub /usr/bin/ipchubd /lib/systemd/system/ipchub.socket \
+         /lib/systemd/system/ipchub-dashboard.service \
          /etc/systemd/system/sockets.target.wants/ipchub.socket; do
     [ -e "$p" ] && { echo "left behind: $p"; left=1; }
 done
-getent passwd ipchub && { echo "user ipchub left behind"; left=1; }
-getent group ipchub && { echo "group ipchub left behind"; left=1; }
+for u in ipchub ipchub-dashboard; do
+    getent passwd $u && { echo "user $u left behind"; left=1; }
+    getent group $u && { echo "group $u left behind"; left=1; }
+done
 ls /dev/mqueue | grep -i ipchub && { echo "message queues left behind"; left=1; }
 pgrep -l ipchubd && { echo "ipchubd still running"; left=1; }
-for u in ipchub.socket ipchub.service; do
+for u in ipchub.socket ipchub.service ipchub-dashboard.service; do
     s=$(systemctl is-active $u); echo "$u: $s"
     [ "$s" = inactive ] || left=1
 done
 dpkg -s ipchub >/dev/null 2>&1 && { echo "package still known to dpkg"; left=1; }
-[ $left = 0 ] || fail "purge left something behind"'
+[ $left = 0 ] || fail "purge left something behind"' 300
 
 # Keep the whole journal of the container for a post-mortem.
 in_ct journalctl -b --no-pager -o short-monotonic >"$LOGDIR/journal.txt" 2>&1
