@@ -147,6 +147,18 @@ fn entries(state: &State, memfd: RawFd) -> Vec<(String, RawFd)> {
 /// systemd has taken them. Returns how many clients are kept. On error,
 /// whatever was stored already is removed again (the clients reconnect).
 pub fn stash(state: &mut State, capacity: usize) -> io::Result<usize> {
+    let path = std::env::var_os("NOTIFY_SOCKET")
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no NOTIFY_SOCKET"))?;
+    stash_to(&path, state, capacity)
+}
+
+/// [`stash`] to the service manager listening at `notify_socket`.
+fn stash_to(
+    notify_socket: &std::ffi::OsStr,
+    state: &mut State,
+    capacity: usize,
+) -> io::Result<usize> {
     let left_out = fit(state, capacity);
     if left_out > 0 {
         tracing::warn!(
@@ -156,7 +168,7 @@ pub fn stash(state: &mut State, capacity: usize) -> io::Result<usize> {
         );
     }
     let memfd = handover::write_memfd(state)?;
-    let sock = Notifier::connect()?;
+    let sock = Notifier::connect(notify_socket)?;
     let list = entries(state, memfd.as_raw_fd());
     let mut sent: Vec<&str> = Vec::new();
     let res = (|| {
@@ -177,7 +189,10 @@ pub fn stash(state: &mut State, capacity: usize) -> io::Result<usize> {
 
 /// Tell systemd to forget these names: their descriptors are ours now.
 pub fn forget(names: &[String]) {
-    let Ok(sock) = Notifier::connect() else {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let Ok(sock) = Notifier::connect(&path) else {
         return;
     };
     let mut names: Vec<&String> = names.iter().collect();
@@ -320,11 +335,8 @@ struct Notifier {
 }
 
 impl Notifier {
-    fn connect() -> io::Result<Notifier> {
+    fn connect(path: &std::ffi::OsStr) -> io::Result<Notifier> {
         use std::os::unix::ffi::OsStrExt;
-        let path = std::env::var_os("NOTIFY_SOCKET")
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no NOTIFY_SOCKET"))?;
         let sock = std::os::unix::net::UnixDatagram::unbound()?;
         let bytes = path.as_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {
@@ -332,7 +344,7 @@ impl Notifier {
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
             sock.connect_addr(&addr)?;
         } else {
-            sock.connect(std::path::Path::new(&path))?;
+            sock.connect(std::path::Path::new(path))?;
         }
         // systemd reads its notification socket all the time; a full queue
         // that does not drain within this is an error, not a hang.
@@ -578,5 +590,106 @@ mod tests {
         };
         assert_eq!(names(&old_state(false)), want(false));
         assert_eq!(names(&old_state(true)), want(true));
+    }
+
+    /// A service manager in a thread: takes `FDSTORE=1` messages with
+    /// their names, honours `FDSTOREREMOVE=1`, and answers `BARRIER=1` by
+    /// closing the descriptor that came with it.
+    fn fake_manager(
+        dir: &std::path::Path,
+    ) -> (
+        std::path::PathBuf,
+        std::thread::JoinHandle<HashMap<String, OwnedFd>>,
+    ) {
+        let path = dir.join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let mut store = HashMap::new();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let r = ipchub_os::sys::recv_with_fds(
+                    sock.as_fd(),
+                    &mut buf,
+                    nix::sys::socket::MsgFlags::empty(),
+                )
+                .unwrap();
+                let text = String::from_utf8_lossy(&buf[..r.bytes]).into_owned();
+                let name = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("FDNAME="))
+                    .map(str::to_string);
+                if text.contains("BARRIER=1") {
+                    drop(r.fds);
+                    return store;
+                } else if text.contains("FDSTOREREMOVE=1") {
+                    store.remove(&name.unwrap());
+                } else if text.contains("FDSTORE=1") {
+                    let mut fds = r.fds;
+                    assert_eq!(fds.len(), 1, "one descriptor per name");
+                    store.insert(name.unwrap(), fds.pop().unwrap());
+                }
+            }
+        });
+        (path, t)
+    }
+
+    #[test]
+    fn a_stop_and_a_start_round_trip_through_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, manager) = fake_manager(dir.path());
+        // What the old hub holds: a connection (socket pair: the far end is
+        // the client) and a pipe client's two data descriptors.
+        let (conn, client_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let ctrl7 = fd();
+        let mut state = old_state(false);
+        let nums = [
+            conn.as_raw_fd(),
+            ctrl7.as_raw_fd(),
+            r.as_raw_fd(),
+            w.as_raw_fd(),
+        ];
+        for (e, n) in state.fds[1..].iter_mut().zip(nums) {
+            e.fd = n;
+        }
+        state.clients[0].fd = nums[0];
+        state.clients[1].fd = nums[1];
+        state.clients[1].data_fds = vec![nums[2], nums[3]];
+        let kept = stash_to(path.as_os_str(), &mut state, 16384).unwrap();
+        assert_eq!(kept, 2);
+        let mut store = manager.join().unwrap();
+        let mut names: Vec<&String> = store.keys().collect();
+        names.sort();
+        assert_eq!(names, ["c5", "c7", "c7.0", "c7.1", "state"]);
+        // The old hub is gone: its descriptors close; the store's live on.
+        drop((conn, ctrl7, r, w));
+        let memfd = store.remove(STATE).unwrap();
+        let got = handover::read_sealed(&memfd).unwrap();
+        assert_eq!(got.clients.len(), 2);
+        let socket = fd();
+        let (state, fds) = rebind(got, store, Some(socket)).unwrap();
+        assert_eq!(fds.len(), 5);
+        // Client 5's connection is the same socket: the client's end hears
+        // what the new hub writes on it.
+        let c5 = fds
+            .iter()
+            .find(|f| f.as_raw_fd() == state.clients[0].fd)
+            .unwrap();
+        nix::unistd::write(c5, b"still here").unwrap();
+        let mut buf = [0u8; 10];
+        use std::io::Read;
+        (&client_end).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"still here");
+    }
+
+    #[test]
+    fn a_store_that_never_confirms_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        // Bound but nobody reads: the barrier is never answered.
+        let _sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let sock = Notifier::connect(path.as_os_str()).unwrap();
+        let err = sock.barrier(Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }
