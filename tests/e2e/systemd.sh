@@ -417,9 +417,13 @@ for tr in socket mqueue shm; do
     timeout 90 ipchubctl sub --channel $ch --lines --transport $tr >/tmp/fs.$tr.out 2>/tmp/fs.$tr.err &
     eval "sub_$tr=\$!"
 done
+# A fourth, on the socket, with the time each message arrived: the longest
+# pause a subscriber sees across the restart (BENCHMARKS.md).
+timeout 90 ipchubctl sub --channel $ch --format "%U %p" >/tmp/fs.timed.out 2>/tmp/fs.timed.err &
+sub_timed=$!
 # Until all three are subscribed: probes "0", left out of the comparison.
 i=0
-until [ "$(timeout 10 ipchubctl pub --channel $ch 0 2>&1)" = "Published (3 subscribers)" ]; do
+until [ "$(timeout 10 ipchubctl pub --channel $ch 0 2>&1)" = "Published (4 subscribers)" ]; do
     i=$((i + 1)); [ $i -lt 100 ] || fail "subscribers never all subscribed"; sleep 0.1
 done
 (seq 1 $n | while read -r k; do echo "$k"; sleep 0.01; done |
@@ -440,7 +444,10 @@ for tr in socket mqueue shm; do
     for _ in $(seq 100); do [ "$(tail -n1 /tmp/fs.$tr.out)" = "$n" ] && break; sleep 0.1; done
     eval "kill \$sub_$tr"
 done
+kill $sub_timed
 wait
+awk -v n=$n "\$2 != 0 { if (k > 0 && \$1 - prev > gap) { gap = \$1 - prev; at = \$2 } prev = \$1; k++ }
+    END { printf \"longest pause between two messages: %.1f ms (before message %s), %d of %d received\\n\", gap * 1000, at, k, n }" /tmp/fs.timed.out
 journalctl -u ipchub.service -o short-precise --no-pager -n 30 |
     grep -E "fd store|took over|clients kept|ready|stopping" | sed "s/^/  journal: /"
 journalctl -u ipchub.service --no-pager -n 30 | grep -q "clients and state left in the fd store" ||
