@@ -692,4 +692,87 @@ mod tests {
         let err = sock.barrier(Duration::from_millis(100)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
+
+    fn passed(names: &[&str]) -> Vec<PassedFd> {
+        names
+            .iter()
+            .map(|n| PassedFd {
+                fd: fd(),
+                name: n.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_start_without_stored_entries_changes_nothing() {
+        let (handed, others) = take(None, passed(&["ipchub"]));
+        assert!(handed.is_none());
+        assert_eq!(others.len(), 1);
+    }
+
+    #[test]
+    fn stored_clients_without_a_state_are_refused_and_the_socket_kept() {
+        let (handed, others) = take(None, passed(&["ipchub", "c5", "c7.0"]));
+        assert!(matches!(handed, Some(Err(HandoverError::NoEntry("state")))));
+        let names: Vec<&str> = others.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ipchub"], "the socket unit's socket stays");
+    }
+
+    #[test]
+    fn a_foreign_or_corrupt_state_in_the_store_is_refused() {
+        // Not sealed.
+        let (handed, _) = take(None, passed(&["ipchub", "state", "c5"]));
+        assert!(matches!(handed, Some(Err(HandoverError::NotSealed(..)))));
+        // Sealed, but another format version.
+        let mut list = passed(&["ipchub", "c5"]);
+        let mut bytes = handover::encode(&old_state(false));
+        bytes[8] = 99;
+        let memfd = nix::sys::memfd::memfd_create(
+            c"t",
+            nix::sys::memfd::MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )
+        .unwrap();
+        nix::unistd::write(&memfd, &bytes).unwrap();
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        fcntl(
+            memfd.as_raw_fd(),
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK,
+            ),
+        )
+        .unwrap();
+        list.push(PassedFd {
+            fd: memfd,
+            name: STATE.into(),
+        });
+        let (handed, others) = take(None, list);
+        assert!(matches!(
+            handed,
+            Some(Err(HandoverError::Version { found: 99 }))
+        ));
+        assert_eq!(others.len(), 1);
+    }
+
+    #[test]
+    fn a_good_state_in_the_store_is_taken_with_the_units_socket() {
+        let mut list = passed(&["ipchub", "c5", "c7", "c7.0", "c7.1"]);
+        let socket = list[0].fd.as_raw_fd();
+        list.push(PassedFd {
+            fd: handover::write_memfd(&old_state(false)).unwrap(),
+            name: STATE.into(),
+        });
+        let (handed, others) = take(None, list);
+        let state = handed.unwrap().unwrap();
+        assert!(
+            others.is_empty(),
+            "the socket unit's socket is the listener"
+        );
+        assert_eq!(state.fd("listener").unwrap(), socket);
+        assert_eq!(state.clients.len(), 2);
+        // Every number the state names can be claimed, once.
+        for e in &state.fds {
+            let fd = handover::claim(e.fd).unwrap();
+            assert_eq!(fd.as_raw_fd(), e.fd);
+        }
+    }
 }
