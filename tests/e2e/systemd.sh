@@ -408,8 +408,12 @@ pubsub weather socket'
 # subscriber must print every number once, in order, and never say it
 # reconnected; the store must be empty afterwards (nothing left behind).
 fdstore_steps() {
-lstep restart-keeps-clients '
+FS_LIB='
+# stream_through COMMAND...: run COMMAND (a restart) in the middle of the
+# stream and check what every subscriber got.
+stream_through() {
 n=400; ch=fdstore/seq
+systemctl reset-failed ipchub.service
 systemctl start ipchub.service || fail "start"
 old=$(systemctl show -P MainPID ipchub.service)
 for tr in socket mqueue shm; do
@@ -436,8 +440,8 @@ done
 pubber=$!
 sleep 1.5
 t0=$(date +%s%N)
-timeout 60 systemctl restart ipchub.service || fail "systemctl restart"
-echo "systemctl restart took $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+timeout 120 "$@" || fail "$*"
+echo "$* took $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 new=$(systemctl show -P MainPID ipchub.service)
 echo "MainPID $old -> $new"
 [ "$new" != "$old" ] && [ "$new" != 0 ] || fail "the service was not restarted"
@@ -455,9 +459,9 @@ awk -v n=$n "\$2 != 0 { if (k > 0 && \$1 - prev > gap) { gap = \$1 - prev; at = 
     END { printf \"longest pause between two messages: %.1f ms (before message %s), %d of %d received\\n\", gap * 1000, at, k, n }" /tmp/fs.timed.out
 journalctl -u ipchub.service -o short-precise --no-pager -n 30 |
     grep -E "fd store|took over|clients kept|ready|stopping" | sed "s/^/  journal: /"
-journalctl -u ipchub.service --no-pager -n 30 | grep -q "clients and state left in the fd store" ||
+journalctl -u ipchub.service --no-pager -n 60 | grep -q "clients and state left in the fd store" ||
     fail "the old hub did not use the fd store"
-journalctl -u ipchub.service --no-pager -n 30 | grep -q "planned restart: clients kept" ||
+journalctl -u ipchub.service --no-pager -n 60 | grep -q "planned restart: clients kept" ||
     fail "the new hub did not take the clients over"
 seq 1 $n >/tmp/fs.want
 for tr in socket mqueue; do
@@ -471,7 +475,15 @@ done
 echo "info: shm subscriber (not handed over yet): $(grep -vc "^0$" /tmp/fs.shm.out) of $n messages; stderr:"
 sed "s/^/  /" /tmp/fs.shm.err
 sleep 0.5
-expect_eq "$(systemctl show -P NFileDescriptorStore ipchub.service)" 0 "descriptors left in the store"'
+expect_eq "$(systemctl show -P NFileDescriptorStore ipchub.service)" 0 "descriptors left in the store"
+}'
+lstep restart-keeps-clients "$FS_LIB
+stream_through systemctl restart ipchub.service"
+# A package upgrade restarts the service the same way (dh_installsystemd's
+# restart after upgrade): the clients must not notice either.
+lstep upgrade-keeps-clients "$FS_LIB
+cd /root
+stream_through apt-get install -y --reinstall ./$DEB_NAME"
 
 # Repeated restarts with a client connected: nothing accumulates in the
 # store or in the hub, and the client is still the same connection.
