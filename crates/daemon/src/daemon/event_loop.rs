@@ -388,6 +388,12 @@ impl EventLoop {
                 // Planned restart: re-execute with the state handed over
                 // (returns only if that failed; the hub then carries on).
                 SIGUSR2 => self.handover(),
+                // A stop under systemd with an fd store keeps every
+                // connection there for the next start (event_loop/fdstore_stop.rs).
+                SIGTERM if super::fdstore::capacity().is_some() => {
+                    self.stop_into_fdstore();
+                    stop = true;
+                }
                 _ => {
                     info!(signal = sig, "shutting down on signal");
                     stop = true;
@@ -1030,5 +1036,6 @@ fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
 }
 
 mod closing;
+mod fdstore_stop;
 mod internal;
 mod rings;

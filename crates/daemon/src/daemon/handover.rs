@@ -182,8 +182,27 @@ pub fn write_memfd(state: &State) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Read a state memfd: it must be sealed against writing and resizing.
+/// Read a state memfd: it must be sealed against writing and resizing, and
+/// every descriptor its index names must be open in this process.
 pub fn read_memfd(fd: &OwnedFd) -> Result<State, HandoverError> {
+    let state = read_sealed(fd)?;
+    use nix::fcntl::{fcntl, FcntlArg};
+    for e in &state.fds {
+        if e.fd < 3 || fcntl(e.fd, FcntlArg::F_GETFD).is_err() {
+            return Err(HandoverError::MissingFd {
+                fd: e.fd,
+                name: e.name.clone(),
+            });
+        }
+    }
+    Ok(state)
+}
+
+/// Read a state memfd without looking at the descriptors it names: the
+/// seals, the format and the consistency of the client list with the index
+/// (systemd's fd store passes the descriptors by name, under new numbers:
+/// `daemon/fdstore.rs` maps them).
+pub fn read_sealed(fd: &OwnedFd) -> Result<State, HandoverError> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     let raw = fd.as_raw_fd();
     let seals = fcntl(raw, FcntlArg::F_GET_SEALS)
@@ -227,15 +246,39 @@ pub fn read_memfd(fd: &OwnedFd) -> Result<State, HandoverError> {
             )));
         }
     }
-    for e in &state.fds {
-        if e.fd < 3 || fcntl(e.fd, FcntlArg::F_GETFD).is_err() {
-            return Err(HandoverError::MissingFd {
-                fd: e.fd,
-                name: e.name.clone(),
-            });
-        }
-    }
     Ok(state)
+}
+
+/// Descriptors this process received already owned (from systemd's fd
+/// store) and handed to the state under their numbers, waiting for
+/// [`claim`].
+static PROVIDED: std::sync::Mutex<Option<std::collections::HashMap<RawFd, OwnedFd>>> =
+    std::sync::Mutex::new(None);
+
+/// Make an owned descriptor claimable by its number: the state names
+/// descriptors by number, and the fd store's arrive owned.
+pub fn provide(fd: OwnedFd) -> RawFd {
+    let raw = fd.as_raw_fd();
+    PROVIDED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(Default::default)
+        .insert(raw, fd);
+    raw
+}
+
+/// Take ownership of a descriptor the state names: one [`provide`]d, else
+/// one inherited across exec (`ipchub_os::sys::claim_inherited`).
+pub fn claim(raw: RawFd) -> io::Result<OwnedFd> {
+    let provided = PROVIDED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .and_then(|m| m.remove(&raw));
+    match provided {
+        Some(fd) => Ok(fd),
+        None => ipchub_os::sys::claim_inherited(raw),
+    }
 }
 
 /// In the successor, before any thread exists: the state handed over, if

@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod event_loop;
+pub mod fdstore;
 pub mod handover;
 pub mod handshake;
 pub mod listener;
@@ -70,6 +71,8 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
     // environment, which must happen before any thread exists.
     let handed = handover::take();
     let passed = systemd::take_listen_fds().context("reading LISTEN_FDS")?;
+    // A stop under systemd may have left the state in its fd store.
+    let (handed, passed) = fdstore::take(handed, passed);
     let config = Config::load(args.config.as_deref())?;
     if args.check_config {
         // Worded as `ipchubctl check-config` says it.
@@ -111,8 +114,9 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         match (handed, passed.into_iter().find(|p| p.name != "fifo")) {
             (Some(state), _) => {
                 let fd = state.fd("listener").expect("checked by handover::take");
-                // The predecessor handed this descriptor over by this number.
-                let fd = ipchub_os::sys::claim_inherited(fd)?;
+                // The predecessor handed this descriptor over by this number
+                // (or systemd's fd store passed it: `handover::claim`).
+                let fd = handover::claim(fd)?;
                 let l = UnixListener::from(fd);
                 // Inherited without close-on-exec: set it again, so children
                 // we spawn do not hold the hub's socket.

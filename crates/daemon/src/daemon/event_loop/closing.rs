@@ -179,13 +179,23 @@ impl EventLoop {
     /// connections made meanwhile wait in its backlog. Returns only if the
     /// re-execution failed; the hub then carries on.
     pub(super) fn handover(&mut self) {
-        use crate::daemon::handover;
-        use std::os::fd::AsRawFd;
         systemd::reloading();
         info!(
             generation = self.opts.generation + 1,
             "planned restart: handing over to a new ipchubd"
         );
+        let state = self.export_state();
+        self.exec_successor(state);
+    }
+
+    /// The hand-over's first half, shared by SIGUSR2 (re-execution) and a
+    /// stop into systemd's fd store (`event_loop/fdstore_stop.rs`): every
+    /// client whose data path is descriptors alone leaves the loop with its
+    /// descriptors open (close-on-exec cleared, numbers in the state's
+    /// index); the others get BYE "hub restarting"; children stop.
+    pub(super) fn export_state(&mut self) -> crate::daemon::handover::State {
+        use crate::daemon::handover;
+        use std::os::fd::AsRawFd;
         let listener = self.listener.as_raw_fd();
         let mut fds = vec![handover::FdEntry {
             name: "listener".into(),
@@ -267,7 +277,7 @@ impl EventLoop {
         crate::transport::fifo::remove_publish_dir(
             &self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR),
         );
-        let state = handover::State {
+        handover::State {
             hub_version: env!("CARGO_PKG_VERSION").into(),
             generation: self.opts.generation + 1,
             socket_path: self.opts.socket_path.clone(),
@@ -275,7 +285,15 @@ impl EventLoop {
             fds,
             next_client_id: self.hub.next_client_id(),
             clients: handed,
-        };
+        }
+    }
+
+    /// The hand-over's second half on SIGUSR2: execute ipchubd again with
+    /// `state`. Returns only if that failed; the hub then carries on.
+    fn exec_successor(&mut self, state: crate::daemon::handover::State) {
+        use crate::daemon::handover;
+        use std::os::fd::AsRawFd;
+        let listener = self.listener.as_raw_fd();
         let err = match handover::write_memfd(&state) {
             Ok(memfd) => match handover::inherit(listener) {
                 Ok(()) => handover::exec(memfd),
@@ -312,11 +330,12 @@ impl EventLoop {
         for h in clients {
             let id = h.hub.id;
             // The predecessor handed these descriptors over by number.
-            let claimed = ipchub_os::sys::claim_inherited(h.fd).and_then(|fd| {
+            // (Or systemd's fd store passed them: `handover::claim`.)
+            let claimed = crate::daemon::handover::claim(h.fd).and_then(|fd| {
                 let data = h
                     .data_fds
                     .iter()
-                    .map(|&f| ipchub_os::sys::claim_inherited(f))
+                    .map(|&f| crate::daemon::handover::claim(f))
                     .collect::<io::Result<Vec<OwnedFd>>>()?;
                 Ok((fd, data))
             });
