@@ -354,7 +354,7 @@ impl EventLoop {
             let mut doomed = Vec::new();
             self.hub.take_doomed(&mut doomed);
             for (id, reason) in doomed {
-                self.close(id, &reason);
+                self.close(id, CloseReason::Condemned(reason));
             }
             self.hub.take_resumed(&mut ids);
             let resumed = !ids.is_empty();
@@ -601,13 +601,12 @@ impl EventLoop {
             if c.greeted || c.closing.is_some() {
                 continue;
             }
-            let text = format!(
-                "no HELLO within {} ms of connecting (hub.handshake_timeout_ms)",
-                self.hub.config().hub.handshake_timeout_ms
-            );
+            let reason = CloseReason::HandshakeTimeout {
+                ms: self.hub.config().hub.handshake_timeout_ms,
+            };
             self.hub
-                .send_error(id, 0, wire::ErrorCode::BadHandshake, &text);
-            self.close(id, &text);
+                .send_error(id, 0, wire::ErrorCode::BadHandshake, &reason.to_string());
+            self.close(id, reason);
         }
     }
 
@@ -665,11 +664,10 @@ impl EventLoop {
             // Not read, but a client that went away must not stay: its
             // slot would be held for good (its unfinished frame is lost).
             if role == ROLE_CTRL && c.ctrl.as_ref().is_some_and(peer_hung_up) {
-                let reason = format!(
-                    "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
-                    c.ctrl_in.len()
-                );
-                self.close(id, &reason);
+                let reason = CloseReason::MidFrame {
+                    discarded: c.ctrl_in.len(),
+                };
+                self.close(id, reason);
                 return None;
             }
             let waiting = self.starved.entry(uid).or_default();
@@ -700,11 +698,11 @@ impl EventLoop {
                 // one frame: malformed input, answered like any other.
                 self.hub
                     .send_error(id, 0, wire::ErrorCode::Malformed, &e.to_string());
-                self.close(id, &format!("malformed input: {e}"));
+                self.close(id, CloseReason::Malformed(e.to_string()));
                 return None;
             }
             Err(e) => {
-                self.close(id, &format!("read error: {e}"));
+                self.close(id, CloseReason::Read(e));
                 return None;
             }
         };
@@ -730,16 +728,8 @@ impl EventLoop {
                 if role == ROLE_DATA_IN && !outcome.more && self.clients[&id].ctrl_gone =>
             {
                 // Drained (the source would block and the client is gone).
-                let c = &self.clients[&id];
-                let reason = if c.data_in.is_empty() {
-                    "disconnected".to_string()
-                } else {
-                    format!(
-                        "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
-                        c.data_in.len()
-                    )
-                };
-                self.close(id, &reason);
+                let reason = reason::ended(self.clients[&id].data_in.len());
+                self.close(id, reason);
                 None
             }
             _ if outcome.eof => {
@@ -754,15 +744,8 @@ impl EventLoop {
                     // EOF is seen again once it is resumed and reads.
                     return None;
                 }
-                let reason = if buf.is_empty() {
-                    "disconnected".to_string()
-                } else {
-                    format!(
-                        "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
-                        buf.len()
-                    )
-                };
-                self.close(id, &reason);
+                let reason = reason::ended(buf.len());
+                self.close(id, reason);
                 None
             }
             Step::Continue if outcome.more => Some(outcome.bytes),
@@ -801,7 +784,7 @@ impl EventLoop {
                 };
                 if let Some((code, text)) = refusal {
                     self.hub.send_error(id, h.seq, code, &text);
-                    self.close(id, &text);
+                    self.close(id, CloseReason::Refused(text));
                     return Step::Close;
                 }
             }
@@ -822,7 +805,7 @@ impl EventLoop {
                         c.ctrl_in.drain(..used);
                     }
                     if let Err(reason) = res {
-                        self.close(id, &reason);
+                        self.close(id, reason);
                         return Step::Close;
                     }
                 }
@@ -869,14 +852,14 @@ impl EventLoop {
             *buf = Vec::new();
         }
         if step == Step::Close {
-            self.close(id, "protocol violation");
+            self.close(id, CloseReason::ProtocolViolation);
         }
         step
     }
 
     fn reject_frame(&mut self, id: ClientId, e: &DecodeError) {
         self.hub.send_error(id, 0, e.code(), &e.to_string());
-        self.close(id, &format!("malformed input: {e}"));
+        self.close(id, CloseReason::Malformed(e.to_string()));
     }
 
     /// The first frame must be HELLO: set up the chosen data path and answer WELCOME.
@@ -886,7 +869,7 @@ impl EventLoop {
         ty: FrameType,
         seq: u64,
         payload: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         let c = self.clients.get_mut(&id).expect("caller checked");
         let fail = |c: &Client, code: wire::ErrorCode, text: &str| {
             let mut out = Vec::new();
@@ -903,7 +886,7 @@ impl EventLoop {
             if let Some(fd) = &c.ctrl {
                 let _ = nix::unistd::write(fd, &out);
             }
-            text.to_string()
+            CloseReason::Refused(text.to_string())
         };
         if ty != FrameType::Hello {
             return Err(fail(
@@ -941,12 +924,15 @@ impl EventLoop {
             0,
             seq,
         );
-        handshake::send_with_fds(c.ctrl.as_ref().ok_or("no control connection")?, &out, &fds)
-            .map_err(|e| format!("cannot send WELCOME: {e}"))?;
+        let ctrl = c
+            .ctrl
+            .as_ref()
+            .ok_or_else(|| CloseReason::Refused("no control connection".into()))?;
+        handshake::send_with_fds(ctrl, &out, &fds).map_err(CloseReason::SendWelcome)?;
         drop(fds);
         if let Some(link) = &link {
             self.register_link(id, link.as_ref())
-                .map_err(|e| format!("cannot register data path: {e}"))?;
+                .map_err(CloseReason::RegisterData)?;
         }
         let c = self.clients.get_mut(&id).expect("caller checked");
         c.data = link;
@@ -992,7 +978,7 @@ impl EventLoop {
                 }
                 self.hub.flushed(id);
             }
-            Err(e) => self.close(id, &format!("write error: {e}")),
+            Err(e) => self.close(id, CloseReason::Write(e)),
         }
     }
 }
@@ -1031,4 +1017,7 @@ fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
 
 mod closing;
 mod internal;
+mod reason;
 mod rings;
+
+pub use reason::CloseReason;

@@ -13,8 +13,8 @@ impl EventLoop {
     /// Disconnect a client. Its subscriptions end at once; if an explanation
     /// (ERROR) is still queued and the client is alive, the connection
     /// lingers up to [`LINGER`] so the client learns why, then closes.
-    pub(super) fn close(&mut self, id: ClientId, reason: &str) {
-        if self.ring_failed(id, reason) {
+    pub(super) fn close(&mut self, id: ClientId, reason: CloseReason) {
+        if self.ring_failed(id, &reason) {
             return;
         }
         let Some(c) = self.clients.get_mut(&id) else {
@@ -23,9 +23,7 @@ impl EventLoop {
         if c.closing.is_some() {
             return;
         }
-        let peer_gone = reason == "disconnected"
-            || reason.starts_with("read error")
-            || reason.starts_with("write error");
+        let peer_gone = reason.peer_gone();
         if !peer_gone {
             if let Some(q) = self.hub.queue(id) {
                 let _ = match c.data.as_mut() {
