@@ -66,6 +66,11 @@ pub struct LoopOptions {
     pub socket_path: PathBuf,
     /// Planned restarts (SIGUSR2) this process has been through.
     pub generation: u64,
+    /// Stops the loop from another thread.
+    pub shutdown: super::Shutdown,
+    /// Handle SIGINT, SIGTERM, SIGHUP and SIGUSR2 (the daemon does; a hub
+    /// run inside another program leaves its signals alone).
+    pub signals: bool,
 }
 
 struct Client {
@@ -97,7 +102,7 @@ struct Client {
 pub struct EventLoop {
     poll: Poll,
     listener: mio::net::UnixListener,
-    signals: Signals,
+    signals: Option<Signals>,
     hub: Hub,
     clients: HashMap<ClientId, Client>,
     pending: Vec<ClientId>,
@@ -131,10 +136,16 @@ impl EventLoop {
         let mut listener = mio::net::UnixListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let signals = if opts.signals {
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        opts.shutdown.attach(waker.clone());
         let mut hub = Hub::new(opts.config.clone());
         // Disk storage's sync thread reports through the control waker.
         let wake = waker.clone();
@@ -227,7 +238,8 @@ impl EventLoop {
         }
     }
 
-    /// Run until SIGINT/SIGTERM. Returns after every client got a BYE.
+    /// Run until SIGINT/SIGTERM or [`super::Shutdown`]. Returns after every
+    /// client got a BYE.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let watchdog = systemd::watchdog_interval();
@@ -270,7 +282,14 @@ impl EventLoop {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => self.run_control(),
+                    WAKER => {
+                        self.run_control();
+                        if self.opts.shutdown.is_requested() {
+                            info!("shutting down on request");
+                            self.shutdown();
+                            return Ok(());
+                        }
+                    }
                     SIGNALS => {
                         if self.handle_signals() {
                             self.shutdown();
@@ -380,7 +399,11 @@ impl EventLoop {
 
     fn handle_signals(&mut self) -> bool {
         let mut stop = false;
-        for sig in self.signals.pending() {
+        let Some(signals) = self.signals.as_mut() else {
+            return false;
+        };
+        let pending: Vec<i32> = signals.pending().collect();
+        for sig in pending {
             match sig {
                 SIGHUP => {
                     let _ = self.reload();
