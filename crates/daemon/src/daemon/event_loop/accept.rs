@@ -41,7 +41,7 @@ impl EventLoop {
                     return;
                 }
             };
-        let groups = supplementary_groups(ident.uid, ident.gid);
+        let groups = peer_groups(&ident);
         let id = match self.hub.admit_with_groups(ident, groups) {
             Ok(id) => id,
             Err(e) => {
@@ -217,18 +217,82 @@ impl EventLoop {
     }
 }
 
-/// The uid's supplementary groups from the user database, for `group:`
-/// access rules (SO_PEERCRED carries only the primary gid). A uid without
-/// an entry has none.
-pub(super) fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
-    let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) else {
+/// The peer's supplementary groups, for `group:`/`gid:` access rules
+/// (SO_PEERCRED carries only the primary gid): the `Groups:` line of
+/// `/proc/<pid>/status`, read right at accept. A file read, never a user
+/// database (NSS, possibly LDAP) lookup, so a slow directory server cannot
+/// stall the data thread. These are the groups the connecting process
+/// holds, as the kernel judges its file access; a user added to a group
+/// gains it here after logging in again, as for files.
+///
+/// The pid may have exited and been reused since it connected: the file
+/// is only believed if its effective uid and gid are those SO_PEERCRED
+/// gave, so the groups can only be those of a process of the same
+/// credentials. Anything unreadable (no pid, another pid namespace,
+/// `hidepid`) gives no supplementary groups: a rule naming one refuses.
+pub(super) fn peer_groups(ident: &Identity) -> Vec<u32> {
+    if ident.pid <= 0 {
         return Vec::new();
+    }
+    std::fs::read_to_string(format!("/proc/{}/status", ident.pid))
+        .ok()
+        .and_then(|status| status_groups(&status, ident.uid, ident.gid))
+        .unwrap_or_default()
+}
+
+/// The `Groups:` of a `/proc/<pid>/status` text whose effective uid and gid
+/// are `uid` and `gid`; None if they are not (or a line is malformed).
+pub(super) fn status_groups(status: &str, uid: u32, gid: u32) -> Option<Vec<u32>> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::split_whitespace)
     };
-    let Ok(name) = std::ffi::CString::new(user.name) else {
-        return Vec::new();
-    };
-    nix::unistd::getgrouplist(&name, gid.into()).map_or_else(
-        |_| Vec::new(),
-        |g| g.into_iter().map(|g| g.as_raw()).collect(),
-    )
+    // Uid: and Gid: are real, effective, saved, filesystem.
+    let effective = |name: &str| field(name)?.nth(1)?.parse::<u32>().ok();
+    if effective("Uid:")? != uid || effective("Gid:")? != gid {
+        return None;
+    }
+    field("Groups:")?
+        .map(|g| g.parse::<u32>().ok())
+        .collect::<Option<Vec<u32>>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tcat\nUmask:\t0022\nState:\tR (running)\n\
+        Uid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\n\
+        FDSize:\t64\nGroups:\t4 24 27 100 \nNStgid:\t42\n";
+
+    #[test]
+    fn groups_come_from_the_status_of_the_same_credentials() {
+        assert_eq!(status_groups(STATUS, 1000, 100), Some(vec![4, 24, 27, 100]));
+        // A pid reused by a process of other credentials is not believed.
+        assert_eq!(status_groups(STATUS, 1001, 100), None);
+        assert_eq!(status_groups(STATUS, 1000, 0), None);
+        let none = STATUS.replace("4 24 27 100 ", "");
+        assert_eq!(status_groups(&none, 1000, 100), Some(vec![]));
+        assert_eq!(status_groups("Name:\tx\n", 1000, 100), None);
+    }
+
+    #[test]
+    fn this_process_reads_its_own_groups() {
+        let ident = Identity {
+            pid: std::process::id() as i32,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
+        let mut want: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut got = peer_groups(&ident);
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want);
+    }
 }
