@@ -149,9 +149,12 @@ impl EventLoop {
         let mut hub = Hub::new(opts.config.clone());
         // Disk storage's sync thread reports through the control waker.
         let wake = waker.clone();
-        hub.attach_storage(Box::new(move || {
-            let _ = wake.wake();
-        }));
+        hub.attach_storage(
+            Box::new(move || {
+                let _ = wake.wake();
+            }),
+            opts.shutdown.on_panic(),
+        );
         let (control_tx, control_rx) = std::sync::mpsc::channel();
         Ok(EventLoop {
             waker,
@@ -192,6 +195,7 @@ impl EventLoop {
         ControlHandle {
             tx: self.control_tx.clone(),
             waker: self.waker.clone(),
+            on_panic: self.opts.shutdown.on_panic(),
         }
     }
 

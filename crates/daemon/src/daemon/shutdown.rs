@@ -54,6 +54,13 @@ impl Shutdown {
         self.trigger();
     }
 
+    /// A sink for [`crate::supervise::spawn`]: a panicking edge thread
+    /// [`fail`](Self::fail)s the daemon.
+    pub fn on_panic(&self) -> crate::supervise::OnPanic {
+        let this = self.clone();
+        std::sync::Arc::new(move |why| this.fail(why))
+    }
+
     /// Has a stop been asked for?
     pub fn is_requested(&self) -> bool {
         self.0.requested.load(Ordering::SeqCst)
