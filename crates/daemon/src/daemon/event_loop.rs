@@ -24,6 +24,7 @@ use super::control::{ControlHandle, EventFanout, Request};
 use super::handshake;
 use super::systemd;
 use crate::config::Config;
+use crate::hub::deadlines::Deadlines;
 use crate::hub::loglimit::LogKind;
 use crate::hub::{ClientId, ControlOp, ControlReply, Hub, HubEvent, Identity, Step, TransportKind};
 use crate::transport::stream::{flush_stream, read_stream};
@@ -127,6 +128,9 @@ pub struct EventLoop {
     starved: HashMap<u32, Vec<ClientId>>,
     /// What each client and uid holds in channel rings (their quotas).
     ring_use: rings::RingUse,
+    /// Lingering clients by when they must go (current while their
+    /// `closing` says so): no turn walks every client to find them.
+    lingering: Deadlines<ClientId>,
 }
 
 impl EventLoop {
@@ -167,6 +171,7 @@ impl EventLoop {
             input_bytes: HashMap::new(),
             starved: HashMap::new(),
             ring_use: rings::RingUse::default(),
+            lingering: Deadlines::default(),
             spawner: super::spawn::Spawner::new(
                 &opts.config.spawn,
                 opts.config.hub.max_message_size as usize,

@@ -71,7 +71,11 @@ impl EventLoop {
         self.hub.remove(id);
         self.spawner.client_closed(id);
         match leftover {
-            Some(q) => c.closing = Some((Instant::now() + LINGER, q)),
+            Some(q) => {
+                let until = Instant::now() + LINGER;
+                c.closing = Some((until, q));
+                self.lingering.push(until, id);
+            }
             None => self.finalize(id),
         }
         // Its ring slots and any ring lock it held (a writer that died
@@ -121,20 +125,18 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn next_linger_deadline(&self) -> Option<Instant> {
-        self.clients
-            .values()
-            .filter_map(|c| c.closing.as_ref().map(|(d, _)| *d))
-            .min()
+    /// When the first lingering client must go (no walk over clients).
+    pub(super) fn next_linger_deadline(&mut self) -> Option<Instant> {
+        let clients = &self.clients;
+        self.lingering
+            .next(|id, at| lingers_until(clients, id) == Some(at))
     }
 
     pub(super) fn expire_lingering(&mut self, now: Instant) {
-        let expired: Vec<ClientId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.closing.as_ref().is_some_and(|(d, _)| *d <= now))
-            .map(|(id, _)| *id)
-            .collect();
+        let clients = &self.clients;
+        let expired = self
+            .lingering
+            .pop_due(now, |id, at| lingers_until(clients, id) == Some(at));
         for id in expired {
             self.finalize(id);
         }
@@ -167,6 +169,14 @@ impl EventLoop {
         }
         info!("stopped");
     }
+}
+
+/// Until when `id` lingers, if it does.
+fn lingers_until(clients: &HashMap<ClientId, Client>, id: ClientId) -> Option<Instant> {
+    clients
+        .get(&id)
+        .and_then(|c| c.closing.as_ref())
+        .map(|(until, _)| *until)
 }
 
 impl EventLoop {
