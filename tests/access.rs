@@ -189,3 +189,44 @@ subscribe = ["*"]
     // Only root joined the ring; nobody was relayed.
     assert_eq!(hub.log().matches("client joined channel ring").count(), 1);
 }
+
+/// `group:`/`gid:` rules see the supplementary groups the connecting
+/// process holds (read from /proc at accept, never from the user
+/// database): nobody with group 4242 added may publish, nobody without
+/// it may not, though the user database gives nobody no such group.
+#[test]
+fn a_group_rule_admits_a_process_holding_the_group() {
+    let hub = Hub::start_shared(
+        r#"
+[access]
+default = "allow"
+[[access.rule]]
+pattern = "staff/#"
+publish = ["gid:4242"]
+subscribe = ["gid:4242"]
+"#,
+    );
+    let nobody_with = |groups: &str, t: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", groups, IPCHUBCTL])
+            .args(["pub", "-t", t, "-c", "staff/notes", "hello"])
+            .env("IPCHUB_SOCKET", &hub.socket)
+            .stdin(Stdio::null());
+        run(c)
+    };
+    for t in ["socket", "pipe", "shm"] {
+        let out = nobody_with("--groups=4242", t);
+        assert!(
+            out.status.success(),
+            "{t}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = nobody_with("--clear-groups", t);
+        assert!(!out.status.success(), "{t}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("uid 65534 may not publish to 'staff/notes'"),
+            "{t}: {err}"
+        );
+    }
+}

@@ -23,3 +23,4 @@ pub mod daemon;
 pub mod dbus;
 pub mod hub;
 pub mod store;
+pub mod supervise;

@@ -59,9 +59,10 @@ pub fn start(cfg: &Config, socket: &Path, config_path: Option<&Path>, control: C
         running: BTreeMap::new(),
     };
     sup.apply(cfg);
-    let spawned = std::thread::Builder::new()
-        .name("ipchub-bridges".into())
-        .spawn(move || sup.run(rx));
+    // A panic stops the daemon rather than leaving bridges unsupervised.
+    let spawned = crate::supervise::spawn("ipchub-bridges", sup.control.on_panic(), move || {
+        sup.run(rx)
+    });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the bridge supervisor; bridges will not reload");
     }

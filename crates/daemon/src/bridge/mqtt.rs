@@ -316,11 +316,11 @@ pub fn start(
     };
     let mut threads = Vec::new();
     let short = m.bridge_name().chars().take(6).collect::<String>();
-    threads.push(
-        std::thread::Builder::new()
-            .name(format!("mqtt-{short}"))
-            .spawn(move || mqtt_side.run())?,
-    );
+    threads.push(crate::supervise::spawn(
+        format!("mqtt-{short}"),
+        control.on_panic(),
+        move || mqtt_side.run(),
+    )?);
 
     let export_shared = shared.clone();
     let hub_notify = notify;
@@ -369,18 +369,18 @@ pub fn start(
         stop: stop.clone(),
         retained: shared.retained.clone(),
     };
-    threads.push(
-        std::thread::Builder::new()
-            .name(format!("mqtt-{short}-hub"))
-            .spawn(move || hub_side.run())?,
-    );
+    threads.push(crate::supervise::spawn(
+        format!("mqtt-{short}-hub"),
+        control.on_panic(),
+        move || hub_side.run(),
+    )?);
 
     let stat_shared = shared.clone();
-    threads.push(
-        std::thread::Builder::new()
-            .name(format!("mqtt-{short}-st"))
-            .spawn(move || report_status(&stat_shared, &counters, &control, notified))?,
-    );
+    threads.push(crate::supervise::spawn(
+        format!("mqtt-{short}-st"),
+        control.on_panic(),
+        move || report_status(&stat_shared, &counters, &control, notified),
+    )?);
     tracing::info!(component = %component, broker = %m.url, "MQTT bridge started");
     Ok(Running { shared, threads })
 }

@@ -23,6 +23,8 @@ pub(crate) type Request = (ControlOp, Sender<ControlReply>);
 pub struct ControlHandle {
     pub(crate) tx: Sender<Request>,
     pub(crate) waker: Arc<mio::Waker>,
+    /// Where the threads holding this handle report a panic.
+    pub(crate) on_panic: crate::supervise::OnPanic,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,12 @@ pub enum ControlError {
 }
 
 impl ControlHandle {
+    /// The sink for [`crate::supervise::spawn`] of threads beside this hub:
+    /// a panic in one stops the daemon.
+    pub fn on_panic(&self) -> crate::supervise::OnPanic {
+        self.on_panic.clone()
+    }
+
     /// Run `op` on the data thread and wait for its answer.
     pub fn call(&self, op: ControlOp, timeout: Duration) -> Result<ControlReply, ControlError> {
         let (tx, rx) = mpsc::channel();

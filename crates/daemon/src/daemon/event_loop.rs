@@ -24,6 +24,7 @@ use super::control::{ControlHandle, EventFanout, Request};
 use super::handshake;
 use super::systemd;
 use crate::config::Config;
+use crate::hub::deadlines::Deadlines;
 use crate::hub::loglimit::LogKind;
 use crate::hub::{ClientId, ControlOp, ControlReply, Hub, HubEvent, Identity, Step, TransportKind};
 use crate::transport::stream::{flush_stream, read_stream};
@@ -66,6 +67,11 @@ pub struct LoopOptions {
     pub socket_path: PathBuf,
     /// Planned restarts (SIGUSR2) this process has been through.
     pub generation: u64,
+    /// Stops the loop from another thread.
+    pub shutdown: super::Shutdown,
+    /// Handle SIGINT, SIGTERM, SIGHUP and SIGUSR2 (the daemon does; a hub
+    /// run inside another program leaves its signals alone).
+    pub signals: bool,
 }
 
 struct Client {
@@ -97,7 +103,7 @@ struct Client {
 pub struct EventLoop {
     poll: Poll,
     listener: mio::net::UnixListener,
-    signals: Signals,
+    signals: Option<Signals>,
     hub: Hub,
     clients: HashMap<ClientId, Client>,
     pending: Vec<ClientId>,
@@ -122,6 +128,9 @@ pub struct EventLoop {
     starved: HashMap<u32, Vec<ClientId>>,
     /// What each client and uid holds in channel rings (their quotas).
     ring_use: rings::RingUse,
+    /// Lingering clients by when they must go (current while their
+    /// `closing` says so): no turn walks every client to find them.
+    lingering: Deadlines<ClientId>,
 }
 
 impl EventLoop {
@@ -131,16 +140,25 @@ impl EventLoop {
         let mut listener = mio::net::UnixListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let signals = if opts.signals {
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        opts.shutdown.attach(waker.clone());
         let mut hub = Hub::new(opts.config.clone());
         // Disk storage's sync thread reports through the control waker.
         let wake = waker.clone();
-        hub.attach_storage(Box::new(move || {
-            let _ = wake.wake();
-        }));
+        hub.attach_storage(
+            Box::new(move || {
+                let _ = wake.wake();
+            }),
+            opts.shutdown.on_panic(),
+        );
         let (control_tx, control_rx) = std::sync::mpsc::channel();
         Ok(EventLoop {
             waker,
@@ -153,6 +171,7 @@ impl EventLoop {
             input_bytes: HashMap::new(),
             starved: HashMap::new(),
             ring_use: rings::RingUse::default(),
+            lingering: Deadlines::default(),
             spawner: super::spawn::Spawner::new(
                 &opts.config.spawn,
                 opts.config.hub.max_message_size as usize,
@@ -181,6 +200,7 @@ impl EventLoop {
         ControlHandle {
             tx: self.control_tx.clone(),
             waker: self.waker.clone(),
+            on_panic: self.opts.shutdown.on_panic(),
         }
     }
 
@@ -227,7 +247,8 @@ impl EventLoop {
         }
     }
 
-    /// Run until SIGINT/SIGTERM. Returns after every client got a BYE.
+    /// Run until SIGINT/SIGTERM or [`super::Shutdown`]. Returns after every
+    /// client got a BYE.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let watchdog = systemd::watchdog_interval();
@@ -270,7 +291,14 @@ impl EventLoop {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => self.run_control(),
+                    WAKER => {
+                        self.run_control();
+                        if self.opts.shutdown.is_requested() {
+                            info!("shutting down on request");
+                            self.shutdown();
+                            return Ok(());
+                        }
+                    }
                     SIGNALS => {
                         if self.handle_signals() {
                             self.shutdown();
@@ -354,7 +382,7 @@ impl EventLoop {
             let mut doomed = Vec::new();
             self.hub.take_doomed(&mut doomed);
             for (id, reason) in doomed {
-                self.close(id, &reason);
+                self.close(id, CloseReason::Condemned(reason));
             }
             self.hub.take_resumed(&mut ids);
             let resumed = !ids.is_empty();
@@ -380,7 +408,11 @@ impl EventLoop {
 
     fn handle_signals(&mut self) -> bool {
         let mut stop = false;
-        for sig in self.signals.pending() {
+        let Some(signals) = self.signals.as_mut() else {
+            return false;
+        };
+        let pending: Vec<i32> = signals.pending().collect();
+        for sig in pending {
             match sig {
                 SIGHUP => {
                     let _ = self.reload();
@@ -455,587 +487,17 @@ impl EventLoop {
             t.dropped
         )
     }
-
-    fn accept_all(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.admit(OwnedFd::from(stream)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_retry = None;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: the connection stays in the
-                    // backlog, and edge-triggered readiness will not report
-                    // it again, so retry on a timer (logged once per episode).
-                    if self.accept_retry.is_none() {
-                        warn!("accept failed, retrying every {ACCEPT_RETRY:?}: {e}");
-                    }
-                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn admit(&mut self, fd: OwnedFd) {
-        let ident =
-            match nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials) {
-                Ok(c) => Identity {
-                    pid: c.pid(),
-                    uid: c.uid(),
-                    gid: c.gid(),
-                },
-                Err(e) => {
-                    warn!("cannot read peer credentials, refusing client: {e}");
-                    return;
-                }
-            };
-        let groups = supplementary_groups(ident.uid, ident.gid);
-        let id = match self.hub.admit_with_groups(ident, groups) {
-            Ok(id) => id,
-            Err(e) => {
-                if self.hub.log_allowed(ident.uid, LogKind::Refused) {
-                    warn!(
-                        client_pid = ident.pid,
-                        client_uid = ident.uid,
-                        "refusing client: {e}"
-                    );
-                }
-                let mut out = Vec::new();
-                let p = wire::frame::error_payload(wire::ErrorCode::LimitReached, &e.to_string());
-                wire::encode(&mut out, FrameType::Error, 0, 0, "", &p, 0, 0);
-                let _ = nix::unistd::write(&fd, &out);
-                return;
-            }
-        };
-        let raw = fd.as_raw_fd();
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&raw),
-            token(id, ROLE_CTRL),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("cannot register client: {e}");
-            self.hub.remove(id);
-            return;
-        }
-        debug!(
-            client = id,
-            client_pid = ident.pid,
-            client_uid = ident.uid,
-            "client connected"
-        );
-        self.clients.insert(
-            id,
-            Client {
-                ident,
-                ctrl: Some(fd),
-                ctrl_in: Vec::new(),
-                data: None,
-                data_in: Vec::new(),
-                greeted: false,
-                hello_fds: Vec::new(),
-                input_accounted: 0,
-                paused: false,
-                transport: TransportKind::Socket,
-                closing: None,
-                ctrl_gone: false,
-            },
-        );
-        let timeout = Duration::from_millis(self.hub.config().hub.handshake_timeout_ms);
-        self.handshakes.push_back((Instant::now() + timeout, id));
-        // Data may already be waiting; edge-triggered readiness may not tell us again.
-        self.pending.push(id);
-    }
-
-    /// Read and handle input from one of a client's sources: a chunk at a
-    /// time, each handled before the next is read, up to the turn's budget.
-    fn service(&mut self, id: ClientId, role: usize) {
-        let mut spent = 0;
-        while let Some(n) = self.service_chunk(id, role) {
-            spent += n;
-            if spent >= READ_BUDGET {
-                // Others get their turn; this one is serviced again soon
-                // (edge-triggered readiness will not report it again).
-                self.pending.push(id);
-                return;
-            }
-        }
-    }
-
-    /// Bring the uid's input bytes up to date with a client's buffers; when
-    /// they fall below the bound, clients starved for it are read again.
-    pub(super) fn sync_input(&mut self, id: ClientId) {
-        let Some(c) = self.clients.get_mut(&id) else {
-            return;
-        };
-        let now = if c.ctrl.is_some() {
-            c.ctrl_in.len() + c.data_in.len()
-        } else {
-            0 // the hub's own endpoints are not a user's
-        };
-        if now == c.input_accounted {
-            return;
-        }
-        let uid = c.ident.uid;
-        let total = self.input_bytes.entry(uid).or_insert(0);
-        *total = (*total + now).saturating_sub(c.input_accounted);
-        let shrank = now < c.input_accounted;
-        c.input_accounted = now;
-        let below = *total < self.hub.config().queue.max_bytes_per_uid;
-        if *total == 0 {
-            self.input_bytes.remove(&uid);
-        }
-        if shrank && below {
-            if let Some(waiting) = self.starved.remove(&uid) {
-                self.pending.extend(waiting);
-            }
-        }
-    }
-
-    /// Close connections that did not send HELLO in time.
-    fn expire_handshakes(&mut self, now: Instant) {
-        while let Some(&(deadline, id)) = self.handshakes.front() {
-            if deadline > now {
-                return;
-            }
-            self.handshakes.pop_front();
-            let Some(c) = self.clients.get(&id) else {
-                continue;
-            };
-            if c.greeted || c.closing.is_some() {
-                continue;
-            }
-            let text = format!(
-                "no HELLO within {} ms of connecting (hub.handshake_timeout_ms)",
-                self.hub.config().hub.handshake_timeout_ms
-            );
-            self.hub
-                .send_error(id, 0, wire::ErrorCode::BadHandshake, &text);
-            self.close(id, &text);
-        }
-    }
-
-    /// Read one chunk from a client's source and handle what it completed.
-    /// Some(bytes read) when there may be more to read right away.
-    fn service_chunk(&mut self, id: ClientId, role: usize) -> Option<usize> {
-        let c = self.clients.get_mut(&id)?;
-        if c.closing.is_some() {
-            // Only waiting for it to read its ERROR: discard input, notice EOF.
-            let mut sink = Vec::new();
-            let gone = match role {
-                ROLE_CTRL => match &c.ctrl {
-                    Some(fd) => read_stream(fd, &mut sink, READ_CHUNK),
-                    None => return None,
-                },
-                _ => match c.data.as_mut() {
-                    Some(link) => link.read_into(&mut sink, READ_CHUNK),
-                    None => return None,
-                },
-            }
-            .map_or(true, |o| o.eof);
-            if gone {
-                self.finalize(id);
-            }
-            return None;
-        }
-        if c.paused {
-            // Not reading it, but a ring endpoint still wakes the clients
-            // that sleep on its ring.
-            if let Some(link) = c.data.as_mut() {
-                link.wake_others();
-            }
-            return None;
-        }
-        let max = self.hub.config().hub.max_message_size;
-        let max_hello = self.hub.config().hub.max_hello_size;
-        // A client in the middle of a frame is not read further while its
-        // uid's clients together buffer max_bytes_per_uid: a uid cannot
-        // park a largest partial frame in every connection. A stream with
-        // an empty buffer may still read one chunk (at most READ_CHUNK), so
-        // small frames flow; a message transport may not (one message may
-        // be a largest frame).
-        let uid = c.ident.uid;
-        let held = match role {
-            ROLE_CTRL => !c.ctrl_in.is_empty(),
-            _ => !c.data_in.is_empty() || c.data.as_ref().is_some_and(|l| l.max_frame().is_some()),
-        };
-        if c.greeted
-            && c.ctrl.is_some()
-            && !c.ctrl_gone
-            && held
-            && self.input_bytes.get(&uid).copied().unwrap_or(0)
-                >= self.hub.config().queue.max_bytes_per_uid
-        {
-            // Not read, but a client that went away must not stay: its
-            // slot would be held for good (its unfinished frame is lost).
-            if role == ROLE_CTRL && c.ctrl.as_ref().is_some_and(peer_hung_up) {
-                let reason = format!(
-                    "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
-                    c.ctrl_in.len()
-                );
-                self.close(id, &reason);
-                return None;
-            }
-            let waiting = self.starved.entry(uid).or_default();
-            if !waiting.contains(&id) {
-                waiting.push(id);
-            }
-            return None;
-        }
-        let res = match role {
-            ROLE_CTRL if !c.greeted => match &c.ctrl {
-                Some(fd) => handshake::read_hello(fd, &mut c.ctrl_in, &mut c.hello_fds, max_hello),
-                None => return None,
-            },
-            ROLE_CTRL => match &c.ctrl {
-                Some(fd) => read_stream(fd, &mut c.ctrl_in, READ_CHUNK),
-                None => return None,
-            },
-            ROLE_DATA_IN => match c.data.as_mut() {
-                Some(link) => link.read_into(&mut c.data_in, READ_CHUNK),
-                None => return None,
-            },
-            _ => return None,
-        };
-        let outcome = match res {
-            Ok(o) => o,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                // A message transport refused a record that is not exactly
-                // one frame: malformed input, answered like any other.
-                self.hub
-                    .send_error(id, 0, wire::ErrorCode::Malformed, &e.to_string());
-                self.close(id, &format!("malformed input: {e}"));
-                return None;
-            }
-            Err(e) => {
-                self.close(id, &format!("read error: {e}"));
-                return None;
-            }
-        };
-        let step = self.process(id, role, max);
-        self.sync_input(id);
-        match step {
-            Step::Close => None,
-            _ if outcome.eof && role == ROLE_CTRL && self.clients[&id].data.is_some() => {
-                // The client is gone, but what it wrote to its data path
-                // before going is still owed to the subscribers.
-                let c = self.clients.get_mut(&id).expect("present");
-                c.ctrl_gone = true;
-                if let Some(fd) = &c.ctrl {
-                    let _ = self
-                        .poll
-                        .registry()
-                        .deregister(&mut SourceFd(&fd.as_raw_fd()));
-                }
-                self.service(id, ROLE_DATA_IN);
-                None
-            }
-            Step::Continue
-                if role == ROLE_DATA_IN && !outcome.more && self.clients[&id].ctrl_gone =>
-            {
-                // Drained (the source would block and the client is gone).
-                let c = &self.clients[&id];
-                let reason = if c.data_in.is_empty() {
-                    "disconnected".to_string()
-                } else {
-                    format!(
-                        "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
-                        c.data_in.len()
-                    )
-                };
-                self.close(id, &reason);
-                None
-            }
-            _ if outcome.eof => {
-                let c = &self.clients[&id];
-                let buf = if role == ROLE_CTRL {
-                    &c.ctrl_in
-                } else {
-                    &c.data_in
-                };
-                if step == Step::Pause && !buf.is_empty() {
-                    // Keep the client until its buffered frames are handled; the
-                    // EOF is seen again once it is resumed and reads.
-                    return None;
-                }
-                let reason = if buf.is_empty() {
-                    "disconnected".to_string()
-                } else {
-                    format!(
-                        "disconnected mid-frame ({} bytes of an incomplete frame discarded)",
-                        buf.len()
-                    )
-                };
-                self.close(id, &reason);
-                None
-            }
-            Step::Continue if outcome.more => Some(outcome.bytes),
-            _ => None,
-        }
-    }
-
-    /// Decode and handle every complete frame buffered from `role`.
-    fn process(&mut self, id: ClientId, role: usize, max: u32) -> Step {
-        let Some(c) = self.clients.get_mut(&id) else {
-            return Step::Close;
-        };
-        if !c.greeted {
-            if role != ROLE_CTRL {
-                return Step::Continue;
-            }
-            // Judge the first frame by its header, before its body is
-            // buffered: only a HELLO within hub.max_hello_size is read.
-            if let Ok(Some(h)) = wire::frame::decode_header(&c.ctrl_in, u32::MAX) {
-                let max_hello = self.hub.config().hub.max_hello_size;
-                let refusal = if h.ty != FrameType::Hello {
-                    Some((
-                        wire::ErrorCode::BadHandshake,
-                        format!("expected HELLO as the first frame, got {:?}", h.ty),
-                    ))
-                } else if h.payload_len > max_hello {
-                    Some((
-                        wire::ErrorCode::TooLarge,
-                        format!(
-                            "HELLO payload of {} bytes exceeds hub.max_hello_size ({max_hello} bytes)",
-                            h.payload_len
-                        ),
-                    ))
-                } else {
-                    None
-                };
-                if let Some((code, text)) = refusal {
-                    self.hub.send_error(id, h.seq, code, &text);
-                    self.close(id, &text);
-                    return Step::Close;
-                }
-            }
-            let hello = match wire::decode(&c.ctrl_in, max) {
-                Ok(None) => return Step::Continue,
-                Ok(Some((frame, used))) => Ok((
-                    frame.header.ty,
-                    frame.header.seq,
-                    frame.payload.to_vec(),
-                    used,
-                )),
-                Err(e) => Err(e),
-            };
-            match hello {
-                Ok((ty, seq, payload, used)) => {
-                    let res = self.greet(id, ty, seq, payload);
-                    if let Some(c) = self.clients.get_mut(&id) {
-                        c.ctrl_in.drain(..used);
-                    }
-                    if let Err(reason) = res {
-                        self.close(id, &reason);
-                        return Step::Close;
-                    }
-                }
-                Err(e) => {
-                    self.reject_frame(id, &e);
-                    return Step::Close;
-                }
-            }
-        }
-        let now = Instant::now();
-        let Some(c) = self.clients.get_mut(&id) else {
-            return Step::Close;
-        };
-        let buf = if role == ROLE_CTRL {
-            &mut c.ctrl_in
-        } else {
-            &mut c.data_in
-        };
-        let mut off = 0;
-        let step = loop {
-            match wire::decode(&buf[off..], max) {
-                Ok(Some((frame, used))) => match self.hub.handle(id, &frame, now) {
-                    Step::Continue => off += used,
-                    Step::Pause => {
-                        c.paused = true;
-                        break Step::Pause;
-                    }
-                    Step::Close => {
-                        off += used;
-                        break Step::Close;
-                    }
-                },
-                Ok(None) => break Step::Continue,
-                Err(e) => {
-                    buf.drain(..off);
-                    self.reject_frame(id, &e);
-                    return Step::Close;
-                }
-            }
-        };
-        buf.drain(..off);
-        if buf.is_empty() && buf.capacity() > 4 * READ_BUDGET {
-            // Give back the memory a burst of big frames needed.
-            *buf = Vec::new();
-        }
-        if step == Step::Close {
-            self.close(id, "protocol violation");
-        }
-        step
-    }
-
-    fn reject_frame(&mut self, id: ClientId, e: &DecodeError) {
-        self.hub.send_error(id, 0, e.code(), &e.to_string());
-        self.close(id, &format!("malformed input: {e}"));
-    }
-
-    /// The first frame must be HELLO: set up the chosen data path and answer WELCOME.
-    fn greet(
-        &mut self,
-        id: ClientId,
-        ty: FrameType,
-        seq: u64,
-        payload: Vec<u8>,
-    ) -> Result<(), String> {
-        let c = self.clients.get_mut(&id).expect("caller checked");
-        let fail = |c: &Client, code: wire::ErrorCode, text: &str| {
-            let mut out = Vec::new();
-            wire::encode(
-                &mut out,
-                FrameType::Error,
-                0,
-                0,
-                "",
-                &wire::frame::error_payload(code, text),
-                0,
-                seq,
-            );
-            if let Some(fd) = &c.ctrl {
-                let _ = nix::unistd::write(fd, &out);
-            }
-            text.to_string()
-        };
-        if ty != FrameType::Hello {
-            return Err(fail(
-                c,
-                wire::ErrorCode::BadHandshake,
-                &format!("expected HELLO as the first frame, got {ty:?}"),
-            ));
-        }
-        let hello =
-            handshake::Hello::parse(&payload).map_err(|e| fail(c, e.code(), &e.to_string()))?;
-        let peer = crate::transport::Peer {
-            id,
-            uid: c.ident.uid,
-            gid: c.ident.gid,
-            runtime_dir: &self.opts.runtime_dir,
-            max_message: self.hub.config().hub.max_message_size,
-            shm_ring_size: self.hub.config().shm.ring_size,
-        };
-        let fds = std::mem::take(&mut c.hello_fds);
-        let (offer, mut welcome) =
-            handshake::setup(&peer, &hello, fds).map_err(|e| fail(c, e.code(), &e.to_string()))?;
-        if hello.transport == TransportKind::Shm && self.hub.config().shm.channel_rings {
-            // The client may ask for channel rings (OPEN_RING).
-            welcome.push_str("channel_rings=1\n");
-        }
-        let crate::transport::Offer { link, fds, .. } = offer;
-        let mut out = Vec::new();
-        wire::encode(
-            &mut out,
-            FrameType::Welcome,
-            0,
-            0,
-            "",
-            welcome.as_bytes(),
-            0,
-            seq,
-        );
-        handshake::send_with_fds(c.ctrl.as_ref().ok_or("no control connection")?, &out, &fds)
-            .map_err(|e| format!("cannot send WELCOME: {e}"))?;
-        drop(fds);
-        if let Some(link) = &link {
-            self.register_link(id, link.as_ref())
-                .map_err(|e| format!("cannot register data path: {e}"))?;
-        }
-        let c = self.clients.get_mut(&id).expect("caller checked");
-        c.data = link;
-        c.greeted = true;
-        c.transport = hello.transport;
-        self.hub.set_transport(id, hello.transport, &hello.name);
-        self.hub
-            .set_max_frame(id, c.data.as_ref().and_then(|l| l.max_frame()));
-        if self.hub.log_allowed(c.ident.uid, LogKind::Connection) {
-            info!(
-                message_id = crate::daemon::logging::msgid::CLIENT_CONNECTED,
-                client = id,
-                client_pid = c.ident.pid,
-                client_uid = c.ident.uid,
-                transport = hello.transport.name(),
-                name = %hello.name,
-                "client connected via {}",
-                hello.transport.describe()
-            );
-        }
-        // Data may have arrived on the new path before we registered it.
-        self.pending.push(id);
-        Ok(())
-    }
-
-    fn flush(&mut self, id: ClientId) {
-        let Some(c) = self.clients.get_mut(&id) else {
-            return;
-        };
-        if c.closing.is_some() {
-            self.flush_closing(id);
-            return;
-        }
-        let Some(q) = self.hub.queue(id) else { return };
-        let res = match c.data.as_mut() {
-            Some(link) => link.flush(q),
-            None => flush_ctrl(&c.ctrl, q).map(|()| 0),
-        };
-        match res {
-            Ok(lost) => {
-                if lost > 0 {
-                    self.hub.count_lost(id, lost);
-                }
-                self.hub.flushed(id);
-            }
-            Err(e) => self.close(id, &format!("write error: {e}")),
-        }
-    }
 }
 
-/// Has the other end of this socket closed (whatever is still unread)?
-fn peer_hung_up(fd: &OwnedFd) -> bool {
-    let mut pfd = [ipchub_os::sys::pollfd(fd.as_raw_fd(), libc::POLLRDHUP)];
-    matches!(ipchub_os::sys::poll_raw(&mut pfd, 0), Ok(n) if n > 0)
-        && pfd[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// Flush to the control connection (socket transport); a client without one
-/// always has a data link, so this is never reached for it.
-fn flush_ctrl(ctrl: &Option<OwnedFd>, q: &mut crate::hub::queue::OutQueue) -> io::Result<()> {
-    match ctrl {
-        Some(fd) => flush_stream(fd, q),
-        None => Ok(()),
-    }
-}
-
-/// The uid's supplementary groups from the user database, for `group:`
-/// access rules (SO_PEERCRED carries only the primary gid). A uid without
-/// an entry has none.
-fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
-    let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) else {
-        return Vec::new();
-    };
-    let Ok(name) = std::ffi::CString::new(user.name) else {
-        return Vec::new();
-    };
-    nix::unistd::getgrouplist(&name, gid.into()).map_or_else(
-        |_| Vec::new(),
-        |g| g.into_iter().map(|g| g.as_raw()).collect(),
-    )
-}
-
+mod accept;
 mod closing;
 mod fdstore_stop;
+mod input;
 mod internal;
+mod output;
+mod reason;
 mod rings;
+
+use output::flush_ctrl;
+
+pub use reason::CloseReason;

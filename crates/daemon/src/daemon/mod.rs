@@ -1,7 +1,10 @@
 //! `ipchubd`: configuration, the listening socket, logging, then the event loop.
 //!
-//! [`event_loop::EventLoop::run`] drives an already open listener, so the binary (socket-activated or
-//! self-bound) and tests share one entry point.
+//! [`run`] drives an already open listener until a [`Shutdown`] is
+//! triggered, so the binary (socket-activated, self-bound or handed over)
+//! and tests running a hub in-process share one entry point; [`main_with`]
+//! is the set-up around it (arguments, hand-over state, systemd's sockets,
+//! logging, signals).
 
 pub mod control;
 pub mod event_loop;
@@ -10,8 +13,12 @@ pub mod handover;
 pub mod handshake;
 pub mod listener;
 pub mod logging;
+mod shutdown;
 pub mod spawn;
 pub mod systemd;
+
+pub use event_loop::CloseReason;
+pub use shutdown::Shutdown;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -20,7 +27,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::config::Config;
-use crate::hub::TransportKind;
+use crate::hub::{ClientId, TransportKind};
 use event_loop::{EventLoop, LoopOptions};
 
 /// ipchubd: the ipchub publish/subscribe daemon.
@@ -149,6 +156,63 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
                 (l, Some(path.clone()), path)
             }
         };
+    run_with(
+        listener,
+        config,
+        Shutdown::new(),
+        Setup {
+            config_path: args.config.clone(),
+            socket_path: Some(socket_path),
+            unlink_on_exit: unlink,
+            generation,
+            kept,
+            signals: true,
+        },
+    )
+}
+
+/// What [`run_with`] needs besides the listener, the configuration and the
+/// shutdown handle; the defaults are those of a hub run in-process.
+#[derive(Default)]
+pub struct Setup {
+    /// The configuration file a reload reads again (None: built-in defaults).
+    pub config_path: Option<PathBuf>,
+    /// The listening socket's path (None: the listener's own address).
+    pub socket_path: Option<PathBuf>,
+    /// Socket file to remove at exit (None when systemd owns it).
+    pub unlink_on_exit: Option<PathBuf>,
+    /// Planned restarts this process has been through.
+    pub generation: u64,
+    /// Clients a predecessor handed over, and its next client id.
+    pub kept: Option<(Vec<handover::HandedClient>, ClientId)>,
+    /// Handle SIGINT, SIGTERM, SIGHUP and SIGUSR2 (the daemon does; a hub
+    /// run inside another program leaves its signals alone).
+    pub signals: bool,
+}
+
+/// Run a hub on `listener` with `config` until `shutdown` is triggered:
+/// the daemon's core, without its process set-up (no signals, logging or
+/// hand-over), so a test or another program can run a hub on a thread.
+/// The runtime directory is the listener's socket's directory.
+pub fn run(listener: UnixListener, config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    run_with(listener, config, shutdown, Setup::default())
+}
+
+/// [`run`] with the daemon's extras ([`Setup`]); [`main_with`] uses it.
+pub fn run_with(
+    listener: UnixListener,
+    config: Config,
+    shutdown: Shutdown,
+    setup: Setup,
+) -> anyhow::Result<()> {
+    let socket_path = match setup.socket_path {
+        Some(p) => p,
+        None => listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(PathBuf::from))
+            .context("the listener has no path")?,
+    };
     // The runtime directory, the directories above it and the hub's own
     // subdirectories are verified (refused, naming the path, if others could
     // tamper with them); then leftovers of a hub killed with -9 go: its FIFOs
@@ -169,26 +233,28 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         listener,
         LoopOptions {
             config,
-            config_path: args.config.clone(),
+            config_path: setup.config_path.clone(),
             runtime_dir,
-            unlink_on_exit: unlink,
+            unlink_on_exit: setup.unlink_on_exit,
             socket_path: socket_path.clone(),
-            generation,
+            generation: setup.generation,
+            shutdown: shutdown.clone(),
+            signals: setup.signals,
         },
     )
     .context("starting the event loop")?;
     // Stats and the ready line name the transports this host can serve.
     ev.hub_mut().set_transports(served_transports());
-    if let Some((clients, next_id)) = kept {
+    if let Some((clients, next_id)) = setup.kept {
         tracing::info!(clients = clients.len(), "planned restart: clients kept");
         ev.restore_clients(clients, next_id);
     }
-    start_components(&mut ev, &socket_path, args.config.as_deref());
+    start_components(&mut ev, &socket_path, setup.config_path.as_deref());
     systemd::ready(&format!("listening on {}", socket_path.display()));
     // As the original hub did: the transports served, the socket, and
     // where the configuration came from.
     let transports = ev.hub().transport_names().join(", ");
-    let config_from = match &args.config {
+    let config_from = match &setup.config_path {
         Some(path) => path.display().to_string(),
         None if std::path::Path::new(crate::config::DEFAULT_CONFIG_PATH).exists() => {
             crate::config::DEFAULT_CONFIG_PATH.to_string()
@@ -205,7 +271,10 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         socket_path.display()
     );
     ev.run().context("event loop failed")?;
-    Ok(())
+    match shutdown.failure() {
+        Some(why) => Err(anyhow::anyhow!("stopped: {why}")),
+        None => Ok(()),
+    }
 }
 
 /// Start the threads that sit beside the data thread (D-Bus, MQTT bridge).

@@ -424,6 +424,7 @@ mod tests {
         ControlHandle {
             tx: std::sync::mpsc::channel().0,
             waker: std::sync::Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap()),
+            on_panic: crate::supervise::unsupervised(),
         }
     }
 

@@ -60,9 +60,10 @@ const MAX_BATCH: usize = 1024;
 pub fn start(cfg: DbusConfig, log: &LogConfig, control: ControlHandle, events: Receiver<HubEvent>) {
     let access =
         Access::from_system().with_log_limits(log.rate_limit_burst, log.rate_limit_per_minute);
-    let spawned = std::thread::Builder::new()
-        .name("ipchub-dbus".into())
-        .spawn(move || run(&cfg, &control, &events, access));
+    // A panic stops the daemon rather than leaving it without D-Bus.
+    let spawned = crate::supervise::spawn("ipchub-dbus", control.on_panic(), move || {
+        run(&cfg, &control, &events, access)
+    });
     if let Err(e) = spawned {
         error!("cannot start the D-Bus thread, running without D-Bus: {e}");
     }

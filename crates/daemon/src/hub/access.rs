@@ -1,7 +1,7 @@
 //! Access control: who may publish to and subscribe to which channels.
 //!
 //! Rules are evaluated from kernel credentials only (SO_PEERCRED uid/gid and
-//! the uid's supplementary groups), never from anything a client says, so one
+//! the connecting process's supplementary groups), never from anything a client says, so one
 //! policy covers every transport. The first rule whose pattern matches a
 //! channel decides; channels no rule matches get `[access] default`
 //! ("allow" unless configured: a local hub is open to local users, like the
@@ -48,7 +48,8 @@ struct Rule {
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups of the uid (from the user database).
+    /// Supplementary groups the connecting process holds (read from
+    /// `/proc/<pid>/status` at accept, never the user database).
     pub groups: Vec<u32>,
 }
 

@@ -18,7 +18,7 @@ pub(super) struct DiskState {
     logs: HashMap<Box<str>, ChannelLog>,
     /// Started with the first log, so a hub storing nothing runs no thread.
     syncer: Option<Syncer>,
-    wake: Option<Box<dyn Fn() + Send>>,
+    wake: Option<(Box<dyn Fn() + Send>, crate::supervise::OnPanic)>,
     /// ACKs waiting for a sync ticket: (ticket, client, request seq, delivered).
     pending: std::collections::VecDeque<(u64, ClientId, u64, u32)>,
     /// Writes that failed (disk full, I/O error), for statistics and logs.
@@ -32,16 +32,20 @@ pub(super) struct DiskState {
 
 impl Hub {
     /// Open the state directory, start the sync thread (`wake` rouses the
-    /// event loop when it reports) and read back every channel log the
+    /// event loop when it reports; `on_panic` is told if it dies) and read back every channel log the
     /// configuration still stores on disk.
-    pub fn attach_storage(&mut self, wake: Box<dyn Fn() + Send>) {
+    pub fn attach_storage(
+        &mut self,
+        wake: Box<dyn Fn() + Send>,
+        on_panic: crate::supervise::OnPanic,
+    ) {
         let root = store::state_dir(&self.cfg.hub.state_dir);
         self.history.keep_sequences_in(root.join("sequences"));
         self.disk = Some(DiskState {
             root: root.clone(),
             logs: HashMap::default(),
             syncer: None,
-            wake: Some(wake),
+            wake: Some((wake, on_panic)),
             pending: Default::default(),
             failures: 0,
             syncs: 0,
@@ -65,8 +69,8 @@ impl Hub {
         if disk.logs.contains_key(name) {
             return;
         }
-        if let Some(wake) = disk.wake.take() {
-            match Syncer::start(wake) {
+        if let Some((wake, on_panic)) = disk.wake.take() {
+            match Syncer::start(wake, on_panic) {
                 Ok(s) => disk.syncer = Some(s),
                 // Writes still work; nothing is ever fsynced: say so.
                 Err(e) => tracing::error!(

@@ -17,6 +17,7 @@
 pub mod access;
 mod channels;
 pub mod control;
+pub mod deadlines;
 mod disk;
 mod history;
 pub mod loglimit;
@@ -203,6 +204,9 @@ pub struct Hub {
     /// by subscriber and channel; logged every [`DROP_REPORT_EVERY`].
     drop_report: HashMap<ClientId, HashMap<Box<str>, u64>>,
     drop_report_at: Instant,
+    /// Paused publishers by the time they were paused (their block timeout
+    /// is that plus `hub.block_timeout_ms`); current while `blocked` says so.
+    block_deadlines: deadlines::Deadlines<ClientId>,
     ring_requests: Vec<RingRequest>,
     /// How many peers are ring endpoints (see `Peer::ring_endpoint`).
     ring_endpoints: usize,
@@ -246,6 +250,7 @@ impl Hub {
             gone_bytes: Vec::new(),
             drop_report: HashMap::default(),
             drop_report_at: Instant::now(),
+            block_deadlines: Default::default(),
             ring_requests: Vec::new(),
             ring_endpoints: 0,
             started: SystemTime::now(),
@@ -571,13 +576,16 @@ impl Hub {
 
     /// When the next block timeout can fire, if any publisher is paused, or
     /// the next summary of suppressed log lines or drop report is due.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// Costs no walk over the clients (`deadlines`), so idle ones are free.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
         let timeout = Duration::from_millis(self.cfg.hub.block_timeout_ms);
         let drops =
             (!self.drop_report.is_empty()).then_some(self.drop_report_at + DROP_REPORT_EVERY);
-        self.peers
-            .values()
-            .filter_map(|p| p.blocked.map(|(_, since)| since + timeout))
+        let peers = &self.peers;
+        self.block_deadlines
+            .next(|id, since| blocked_since(peers, id) == Some(since))
+            .map(|since| since + timeout)
+            .into_iter()
             .chain(self.log_limit.next_due())
             .chain(drops)
             .min()
@@ -603,14 +611,20 @@ impl Hub {
             );
         }
         let timeout = Duration::from_millis(self.cfg.hub.block_timeout_ms);
-        let mut late: Vec<ClientId> = self
-            .peers
-            .values()
-            .filter_map(|p| {
-                p.blocked
-                    .filter(|(_, since)| now >= *since + timeout)
-                    .map(|(on, _)| on)
-            })
+        // Publishers paused since `now - timeout` or earlier (none if the
+        // timeout reaches back before there is a clock).
+        let late_publishers = match now.checked_sub(timeout) {
+            Some(due) => {
+                let peers = &self.peers;
+                self.block_deadlines
+                    .pop_due(due, |id, since| blocked_since(peers, id) == Some(since))
+            }
+            None => Vec::new(),
+        };
+        let mut late: Vec<ClientId> = late_publishers
+            .iter()
+            .filter_map(|id| self.peers.get(id).and_then(|p| p.blocked))
+            .map(|(on, _)| on)
             .collect();
         late.sort_unstable();
         late.dedup();
@@ -620,6 +634,13 @@ impl Hub {
                 self.cfg.hub.block_timeout_ms
             );
             self.doom(holder, ErrorCode::SlowConsumer, reason);
+        }
+        // Dooming a holder resumes its publishers; one still paused (its
+        // holder could not be doomed) stays due, as it was.
+        for id in late_publishers {
+            if let Some((_, since)) = self.peers.get(&id).and_then(|p| p.blocked) {
+                self.block_deadlines.push(since, id);
+            }
         }
     }
 
@@ -749,6 +770,7 @@ impl Hub {
     fn block(&mut self, id: ClientId, on: ClientId, now: Instant) -> Step {
         if let Some(p) = self.peers.get_mut(&id) {
             p.blocked = Some((on, now));
+            self.block_deadlines.push(now, id);
         }
         if let Some(h) = self.peers.get_mut(&on) {
             if !h.holding.contains(&id) {
@@ -1173,6 +1195,14 @@ fn mark_dirty(dirty: &mut Vec<ClientId>, id: ClientId, p: &mut Peer) {
         p.dirty = true;
         dirty.push(id);
     }
+}
+
+/// Since when `id` is paused, if it is.
+fn blocked_since(peers: &HashMap<ClientId, Peer>, id: ClientId) -> Option<Instant> {
+    peers
+        .get(&id)
+        .and_then(|p| p.blocked)
+        .map(|(_, since)| since)
 }
 
 mod internal;

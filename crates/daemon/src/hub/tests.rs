@@ -195,6 +195,38 @@ fn block_pauses_the_publisher_and_loses_nothing() {
 }
 
 #[test]
+fn a_resumed_publishers_block_timeout_no_longer_counts() {
+    let mut cfg = small_queue(Overflow::Block);
+    cfg.hub.block_timeout_ms = 50;
+    let mut hub = hub_with(cfg);
+    let p = hub.admit(ident()).unwrap();
+    let s = hub.admit(ident()).unwrap();
+    sub(&mut hub, s, "c");
+    assert_eq!(hub.next_deadline(), None, "nothing paused, no timer");
+    for i in 0..4 {
+        publish(&mut hub, p, "c", b"m", i);
+    }
+    assert_eq!(publish(&mut hub, p, "c", b"m", 4), Step::Pause);
+    let armed = hub.next_deadline().expect("a paused publisher has a timer");
+    // The subscriber drains: the publisher resumes, its timer is stale.
+    assert_eq!(drain(&mut hub, s).len(), 4);
+    let mut resumed = Vec::new();
+    hub.take_resumed(&mut resumed);
+    assert_eq!(resumed, vec![p]);
+    assert_eq!(hub.next_deadline(), None, "the stale timer is skipped");
+    hub.check_timeouts(armed + Duration::from_millis(1));
+    let mut doomed = Vec::new();
+    hub.take_doomed(&mut doomed);
+    assert!(doomed.is_empty(), "a resumed publisher dooms nobody");
+    // Paused again: a fresh timer, from the new pause.
+    for i in 5..9 {
+        publish(&mut hub, p, "c", b"m", i);
+    }
+    assert_eq!(publish(&mut hub, p, "c", b"m", 9), Step::Pause);
+    assert!(hub.next_deadline().unwrap() >= armed);
+}
+
+#[test]
 fn block_timeout_condemns_the_stuck_subscriber() {
     let mut cfg = small_queue(Overflow::Block);
     cfg.hub.block_timeout_ms = 50;

@@ -463,12 +463,17 @@ pub struct Syncer {
 
 impl Syncer {
     /// Start the thread; `wake` is called after each report.
-    pub fn start(wake: Box<dyn Fn() + Send>) -> io::Result<Syncer> {
+    /// A panic in it stops the daemon (`on_panic`): channel logs that are
+    /// never synced again must not pass for durable.
+    pub fn start(
+        wake: Box<dyn Fn() + Send>,
+        on_panic: crate::supervise::OnPanic,
+    ) -> io::Result<Syncer> {
         let (tx, rx) = mpsc::channel::<SyncRequest>();
         let (done_tx, done) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("ipchub-sync".into())
-            .spawn(move || sync_thread(rx, done_tx, wake))?;
+        crate::supervise::spawn("ipchub-sync", on_panic, move || {
+            sync_thread(rx, done_tx, wake)
+        })?;
         Ok(Syncer {
             tx,
             done,

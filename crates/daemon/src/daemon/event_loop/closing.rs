@@ -13,8 +13,8 @@ impl EventLoop {
     /// Disconnect a client. Its subscriptions end at once; if an explanation
     /// (ERROR) is still queued and the client is alive, the connection
     /// lingers up to [`LINGER`] so the client learns why, then closes.
-    pub(super) fn close(&mut self, id: ClientId, reason: &str) {
-        if self.ring_failed(id, reason) {
+    pub(super) fn close(&mut self, id: ClientId, reason: CloseReason) {
+        if self.ring_failed(id, &reason) {
             return;
         }
         let Some(c) = self.clients.get_mut(&id) else {
@@ -23,9 +23,7 @@ impl EventLoop {
         if c.closing.is_some() {
             return;
         }
-        let peer_gone = reason == "disconnected"
-            || reason.starts_with("read error")
-            || reason.starts_with("write error");
+        let peer_gone = reason.peer_gone();
         if !peer_gone {
             if let Some(q) = self.hub.queue(id) {
                 let _ = match c.data.as_mut() {
@@ -73,7 +71,11 @@ impl EventLoop {
         self.hub.remove(id);
         self.spawner.client_closed(id);
         match leftover {
-            Some(q) => c.closing = Some((Instant::now() + LINGER, q)),
+            Some(q) => {
+                let until = Instant::now() + LINGER;
+                c.closing = Some((until, q));
+                self.lingering.push(until, id);
+            }
             None => self.finalize(id),
         }
         // Its ring slots and any ring lock it held (a writer that died
@@ -123,20 +125,18 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn next_linger_deadline(&self) -> Option<Instant> {
-        self.clients
-            .values()
-            .filter_map(|c| c.closing.as_ref().map(|(d, _)| *d))
-            .min()
+    /// When the first lingering client must go (no walk over clients).
+    pub(super) fn next_linger_deadline(&mut self) -> Option<Instant> {
+        let clients = &self.clients;
+        self.lingering
+            .next(|id, at| lingers_until(clients, id) == Some(at))
     }
 
     pub(super) fn expire_lingering(&mut self, now: Instant) {
-        let expired: Vec<ClientId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.closing.as_ref().is_some_and(|(d, _)| *d <= now))
-            .map(|(id, _)| *id)
-            .collect();
+        let clients = &self.clients;
+        let expired = self
+            .lingering
+            .pop_due(now, |id, at| lingers_until(clients, id) == Some(at));
         for id in expired {
             self.finalize(id);
         }
@@ -169,6 +169,14 @@ impl EventLoop {
         }
         info!("stopped");
     }
+}
+
+/// Until when `id` lingers, if it does.
+fn lingers_until(clients: &HashMap<ClientId, Client>, id: ClientId) -> Option<Instant> {
+    clients
+        .get(&id)
+        .and_then(|c| c.closing.as_ref())
+        .map(|(until, _)| *until)
 }
 
 impl EventLoop {

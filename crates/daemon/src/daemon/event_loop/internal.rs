@@ -159,9 +159,9 @@ impl EventLoop {
                             id,
                             0,
                             wire::ErrorCode::NotPermitted,
-                            "disconnected by the administrator",
+                            &CloseReason::Administrator.to_string(),
                         );
-                        self.close(id, "disconnected by the administrator");
+                        self.close(id, CloseReason::Administrator);
                         ControlReply::Done
                     } else {
                         ControlReply::Failed(format!("no client with id {id}"))

@@ -865,7 +865,7 @@ impl EventLoop {
     /// out corrupt: a participant wrote something no correct writer
     /// writes). The ring cannot be trusted any more: retire it.
     /// True if `id` was a ring's endpoint.
-    pub(super) fn ring_failed(&mut self, id: ClientId, reason: &str) -> bool {
+    pub(super) fn ring_failed(&mut self, id: ClientId, reason: &CloseReason) -> bool {
         let Some(channel) = self
             .rings
             .iter()
@@ -874,7 +874,7 @@ impl EventLoop {
         else {
             return false;
         };
-        self.retire_ring(&channel, reason);
+        self.retire_ring(&channel, &reason.to_string());
         true
     }
 
@@ -950,8 +950,7 @@ impl EventLoop {
             }
         };
         if let Err(e) = handshake::send_with_fds(ctrl, &out, &fds) {
-            let reason = format!("cannot answer OPEN_RING: {e}");
-            self.close(client, &reason);
+            self.close(client, CloseReason::RingAnswer(e));
         }
     }
 }
