@@ -60,7 +60,7 @@ pub(super) struct HistoryStore {
 pub const SEQ_RESERVATION: u64 = 1 << 20;
 
 /// Channel sequence numbers increase across restarts, for channels kept in
-/// memory too: numbers are reserved in blocks of [`SEQ_RESERVATION`] in a
+/// memory too (a disk channel's log numbers it, exactly): numbers are reserved in blocks of [`SEQ_RESERVATION`] in a
 /// small file under the state directory (`sequences`, one
 /// `<escaped channel> <first unreserved number>` line each), written and
 /// fsynced *before* a number of a new block is used. A restart (planned,
@@ -288,10 +288,8 @@ impl HistoryStore {
             return;
         }
         let now = Instant::now();
-        let next_seq = records
-            .last()
-            .map_or(1, |r| r.chan_seq + 1)
-            .max(self.floors.floor(channel));
+        // The log numbers a disk channel: it continues exactly.
+        let next_seq = records.last().map_or(1, |r| r.chan_seq + 1);
         let mut h = ChannelHistory {
             entries: VecDeque::new(),
             payload_bytes: 0,
@@ -333,7 +331,9 @@ impl HistoryStore {
             });
         h.next_seq += 1;
         let next = h.next_seq;
-        self.floors.reserve(channel, next);
+        if bounds.disk.is_none() {
+            self.floors.reserve(channel, next);
+        }
     }
 
     /// Keep sequence reservations in `path` (the daemon, once it has a

@@ -875,7 +875,7 @@ impl Hub {
         // Channels with history: the variant carrying the channel sequence
         // number, for subscribers that asked (built only here). The number
         // is reserved on disk before it can leave (history.rs, SeqFloors).
-        if history.is_some() {
+        if history.is_some_and(|b| b.disk.is_none()) {
             self.history.reserve_next(frame.channel);
         }
         let chan_seq = history.map(|_| self.history.next_seq(frame.channel).to_le_bytes());
