@@ -221,6 +221,8 @@ impl Hub {
             .arg("--config")
             .arg(&config)
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address)
+            // Its own state (sequence reservations, logs), never /var/lib.
+            .env("STATE_DIRECTORY", dir.path().join("state"))
             .env("IPCHUB_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")

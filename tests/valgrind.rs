@@ -35,6 +35,7 @@ fn a_session_on_every_transport_is_clean_under_memcheck() {
         .arg(&socket)
         .arg("--config")
         .arg(&config)
+        .env("STATE_DIRECTORY", dir.path().join("state"))
         .env_remove("NOTIFY_SOCKET")
         .env_remove("LISTEN_FDS")
         .stdout(Stdio::null())
@@ -121,7 +122,10 @@ fn session(socket: &Path, t: TransportKind) {
     let mut wild = Client::connect(&opts).unwrap();
     wild.subscribe("vg/#").unwrap();
     publisher.publish_confirmed(&channel, b"last").unwrap();
-    let m = wild.recv(Some(Duration::from_secs(30))).unwrap().unwrap();
+    let m = wild
+        .recv(Some(Duration::from_secs(30)))
+        .unwrap()
+        .unwrap_or_else(|| panic!("{}: the wildcard subscriber got nothing", t.name()));
     assert_eq!(m.payload, b"last");
     publisher.stats().unwrap();
 }

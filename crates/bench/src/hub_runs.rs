@@ -286,6 +286,8 @@ impl HubProcess {
             .arg("--config")
             .arg(&config)
             .env_remove("NOTIFY_SOCKET")
+            // Its own state directory: a bench hub leaves nothing behind.
+            .env("STATE_DIRECTORY", dir.join("state"))
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("IPCHUB_LOG")

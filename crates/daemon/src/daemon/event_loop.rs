@@ -312,6 +312,13 @@ impl EventLoop {
                             self.service(id, role);
                             // One eventfd may also mean "room to write".
                             if role == ROLE_DATA_IN && self.writes_on_read(id) {
+                                // A SUBSCRIBE's ACK must not leave before the
+                                // hub reads the channel rings it now serves:
+                                // a ring publish right after it would be
+                                // behind the hub's cursor, never relayed.
+                                if self.hub.take_subscriptions_changed() {
+                                    self.tend_rings();
+                                }
                                 self.flush(id);
                             }
                         }

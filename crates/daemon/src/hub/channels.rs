@@ -51,6 +51,7 @@ impl Hub {
         text: &str,
     ) -> Result<(), (ErrorCode, String)> {
         let pat = Pattern::parse(text).map_err(|e| (ErrorCode::BadChannel, e.to_string()))?;
+        self.subscriptions_changed = true;
         let max = self.cfg.hub.max_subscriptions_per_client;
         let max_uid = self.cfg.hub.max_subscriptions_per_uid;
         let peer = self.peers.get(&id).expect("caller checked");
@@ -119,6 +120,7 @@ impl Hub {
         id: ClientId,
         text: &str,
     ) -> Result<(), (ErrorCode, String)> {
+        self.subscriptions_changed = true;
         let peer = self.peers.get_mut(&id).expect("caller checked");
         let Some(pos) = peer.patterns.iter().position(|p| p.as_str() == text) else {
             return Err((

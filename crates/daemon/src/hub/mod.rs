@@ -224,6 +224,8 @@ pub struct Hub {
     history: history::HistoryStore,
     /// Disk storage, once the daemon attached a state directory (disk.rs).
     disk: Option<disk::DiskState>,
+    /// A subscription was added or removed since the event loop last asked.
+    subscriptions_changed: bool,
 }
 
 impl Hub {
@@ -234,6 +236,7 @@ impl Hub {
             uid_bytes: HashMap::default(),
             cfg,
             peers: HashMap::default(),
+            subscriptions_changed: false,
             channels: HashMap::default(),
             subs: SubTrie::default(),
             sub_gen: 0,
@@ -505,6 +508,12 @@ impl Hub {
                 self.dirty.push(id);
             }
         }
+    }
+
+    /// Whether a SUBSCRIBE or UNSUBSCRIBE was handled since the last call
+    /// (the event loop then re-tends the channel rings before flushing).
+    pub fn take_subscriptions_changed(&mut self) -> bool {
+        std::mem::take(&mut self.subscriptions_changed)
     }
 
     /// Clients whose queues gained frames since the last call: flush them.
