@@ -177,6 +177,30 @@ pub struct Args {
     /// its own hubs; files go to its temporary directory (TMPDIR).
     #[arg(long, conflicts_with_all = ["socket", "csv", "svg", "attacks", "scale"])]
     pub storage: bool,
+
+    /// Instead of comparing mechanisms: the C and Python clients against
+    /// the Rust client, publisher → hub → subscriber, each end a separate
+    /// process of the same client (--transports, --sizes, --messages
+    /// [default: 200000], --repetitions). Prints msgs/s and the ratio to
+    /// Rust; bench/bindings.sh builds the clients and runs it with
+    /// `--transports socket,shm --sizes 64,1K`.
+    #[arg(long, conflicts_with_all = ["csv", "svg", "attacks", "scale", "storage"])]
+    pub bindings: bool,
+
+    /// With --bindings: the compiled C client
+    /// (bindings/c/bench/ipchub_bench_client.c) [default: no C rows].
+    #[arg(long, value_name = "PATH")]
+    pub c_client: Option<PathBuf>,
+
+    /// With --bindings: the Python client (bindings/python/bench_client.py),
+    /// run with python3 [default: no Python rows].
+    #[arg(long, value_name = "PATH")]
+    pub python_client: Option<PathBuf>,
+
+    /// With --bindings: a directory with the `ipchub` Python module,
+    /// put in front of PYTHONPATH.
+    #[arg(long, value_name = "DIR")]
+    pub python_path: Option<PathBuf>,
 }
 
 /// The argument that makes this executable a worker: the bench re-executes

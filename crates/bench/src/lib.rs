@@ -25,6 +25,7 @@ use ipchub_os::{shm, transport};
 use ipchub_wire as wire;
 
 mod attacks;
+mod bindings;
 pub mod cli;
 mod hub_runs;
 mod measure;
@@ -75,6 +76,13 @@ pub fn main() -> ExitCode {
         let spec = argv.get(2).and_then(|s| s.to_str()).unwrap_or("");
         return proc::worker_main(spec);
     }
+    if argv.get(1).is_some_and(|a| a == bindings::CLIENT_ARG) {
+        let rest: Vec<String> = argv[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return bindings::client_main(&rest);
+    }
     if let Some(arg) = argv
         .get(1)
         .and_then(|a| a.to_str())
@@ -88,6 +96,15 @@ pub fn main() -> ExitCode {
 
 /// The bench with parsed arguments.
 pub fn main_with(args: Args) -> ExitCode {
+    if (args.c_client.is_some() || args.python_client.is_some() || args.python_path.is_some())
+        && !args.bindings
+    {
+        eprintln!("ipchub-bench: --c-client, --python-client and --python-path go with --bindings");
+        return ExitCode::from(2);
+    }
+    if args.bindings {
+        return bindings::main(&args);
+    }
     if args.quick && !(args.attacks || args.scale || args.storage) {
         eprintln!("ipchub-bench: --quick goes with --attacks, --scale or --storage");
         return ExitCode::from(2);
