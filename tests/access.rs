@@ -3,6 +3,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
 
@@ -18,7 +21,8 @@ fn as_nobody(hub: &Hub, args: &[&str]) -> Command {
 }
 
 fn run(mut c: Command) -> Output {
-    c.output().expect("setpriv (util-linux) is needed")
+    c.output_within(LIMIT)
+        .expect("setpriv (util-linux) is needed")
 }
 
 const POLICY: &str = r#"
@@ -128,7 +132,7 @@ fn a_clients_fifos_and_queues_belong_to_it_with_mode_0600() {
     }
     for mut s in subs {
         s.kill().unwrap();
-        s.wait().unwrap();
+        s.wait_within(LIMIT).unwrap();
     }
 }
 
@@ -144,7 +148,7 @@ fn unknown_principals_are_config_errors() {
     let out = Command::new(IPCHUBCTL)
         .arg("check-config")
         .arg(&cfg)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

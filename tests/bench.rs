@@ -5,6 +5,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -16,7 +19,7 @@ fn bench(args: &[&str]) -> Output {
     Command::new(BENCH)
         .args(["--messages", "40", "--repetitions", "2"])
         .args(args)
-        .output()
+        .output_within(LIMIT)
         .expect("run ipchub-bench")
 }
 
@@ -333,7 +336,7 @@ fn scale_mode_measures_every_step_and_draws_it() {
     let out = Command::new(BENCH)
         .args(["--scale", "--quick", "--json", "--svg"])
         .arg(&svg)
-        .output()
+        .output_within(LIMIT)
         .expect("run ipchub-bench --scale");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -370,7 +373,7 @@ fn scale_mode_measures_every_step_and_draws_it() {
     // The text table says which limits were raised.
     let out = Command::new(BENCH)
         .args(["--scale", "--quick", "--messages", "200"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("raised per-uid limits"), "{text}");
@@ -480,7 +483,10 @@ fn svg_chart_is_written_by_hand() {
 
 #[test]
 fn help_explains_every_figure_and_benchmarks_md_agrees() {
-    let out = Command::new(BENCH).arg("--help").output().unwrap();
+    let out = Command::new(BENCH)
+        .arg("--help")
+        .output_within(LIMIT)
+        .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md"))
         .expect("BENCHMARKS.md");
@@ -532,7 +538,7 @@ fn attacks_mode_runs_every_attack_as_another_uid_and_reports_the_bystander() {
     let t0 = std::time::Instant::now();
     let out = Command::new(BENCH)
         .args(["--attacks", "--quick", "--json"])
-        .output()
+        .output_within(LIMIT)
         .expect("run ipchub-bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -581,7 +587,7 @@ fn attacks_mode_runs_every_attack_as_another_uid_and_reports_the_bystander() {
     // The table form names every attack and the figures.
     let out = Command::new(BENCH)
         .args(["--attacks", "--quick"])
-        .output()
+        .output_within(LIMIT)
         .expect("run ipchub-bench");
     let table = String::from_utf8_lossy(&out.stdout);
     for term in ["A1", "A7", "pub p99", "ping p99", "A5 attacker:"] {

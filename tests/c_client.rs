@@ -12,6 +12,9 @@
 mod bindings;
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -202,7 +205,7 @@ fn the_examples_are_clean_under_valgrind() {
             .valgrind("publisher", &pub_log)
             .args(["-s", hub.socket.to_str().unwrap(), "-t", name])
             .args(["-p", "4", "-c", &channel, "one", "two"])
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         let report = std::fs::read_to_string(&pub_log).unwrap_or_default();
         assert!(out.status.success(), "publisher under valgrind:\n{report}");

@@ -4,6 +4,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::time::Duration;
 
 use common::{wait_for, Hub};
@@ -359,7 +362,7 @@ fn publisher_and_subscriber_processes_hammer_one_ring_and_survive_kill_9() {
         })
         .collect();
     for mut p in pubs {
-        assert!(p.wait().unwrap().success());
+        assert!(p.wait_within(LIMIT).unwrap().success());
     }
     // Publishers killed in the middle of a stream.
     for _ in 0..5 {
@@ -375,13 +378,13 @@ fn publisher_and_subscriber_processes_hammer_one_ring_and_survive_kill_9() {
         });
         std::thread::sleep(Duration::from_millis(60));
         killed.kill().unwrap();
-        killed.wait().unwrap();
+        killed.wait_within(LIMIT).unwrap();
         feeder.join().unwrap();
     }
     let st = hub
         .ctl()
         .args(["pub", "-t", "shm", "-c", "hammer/a", "done"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(st.status.success(), "{st:?}");
     for s in subs {

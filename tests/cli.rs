@@ -4,6 +4,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -453,7 +456,10 @@ fn exit_statuses_are_distinct_and_errors_name_the_os_error_once() {
 #[test]
 fn short_and_long_help_agree_and_check_config_has_no_socket() {
     let first_line = |args: &[&str]| -> String {
-        let out = Command::new(IPCHUBCTL).args(args).output().unwrap();
+        let out = Command::new(IPCHUBCTL)
+            .args(args)
+            .output_within(LIMIT)
+            .unwrap();
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -469,10 +475,13 @@ fn short_and_long_help_agree_and_check_config_has_no_socket() {
     }
     let out = Command::new(IPCHUBCTL)
         .args(["check-config", "--help"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!stdout(&out).contains("--socket"), "{}", stdout(&out));
-    let out = Command::new(IPCHUBCTL).arg("--help").output().unwrap();
+    let out = Command::new(IPCHUBCTL)
+        .arg("--help")
+        .output_within(LIMIT)
+        .unwrap();
     assert!(stdout(&out).contains("Exit status:"));
     // --socket before or after the command.
     let hub = Hub::start();
@@ -484,7 +493,7 @@ fn short_and_long_help_agree_and_check_config_has_no_socket() {
             .env_remove("IPCHUB_SOCKET")
             .env("XDG_RUNTIME_DIR", "/nonexistent")
             .args(&args)
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     }
@@ -498,12 +507,12 @@ fn both_checkers_say_the_same_and_a_missing_spawn_program_fails_the_check() {
     let ctl = Command::new(IPCHUBCTL)
         .args(["check-config"])
         .arg(&good)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let d = Command::new(IPCHUBD)
         .args(["--check-config", "--config"])
         .arg(&good)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let expect = format!("{}: configuration OK\n", good.display());
     assert_eq!(stdout(&ctl), expect);
@@ -519,12 +528,12 @@ fn both_checkers_say_the_same_and_a_missing_spawn_program_fails_the_check() {
         Command::new(IPCHUBCTL)
             .args(["check-config"])
             .arg(&bad)
-            .output()
+            .output_within(LIMIT)
             .unwrap(),
         Command::new(IPCHUBD)
             .args(["--check-config", "--config"])
             .arg(&bad)
-            .output()
+            .output_within(LIMIT)
             .unwrap(),
     ] {
         assert!(!out.status.success());
@@ -543,7 +552,7 @@ fn both_checkers_say_the_same_and_a_missing_spawn_program_fails_the_check() {
     let out = Command::new(IPCHUBCTL)
         .args(["check-config"])
         .arg(&one)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let err = stderr(&out);
     assert!(

@@ -8,6 +8,11 @@
 //! IPCHUB_UPDATE_COMPLETIONS=1 cargo test --test completions
 //! ```
 
+#[path = "common/deadline.rs"]
+mod deadline;
+#[allow(unused_imports)]
+use deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
@@ -95,7 +100,7 @@ fn bash_completes_subcommands_and_flags() {
         );
         let out = std::process::Command::new("bash")
             .args(["--norc", "-c", &prog])
-            .output()
+            .output_within(LIMIT)
             .expect("bash is needed");
         assert!(
             out.status.success(),

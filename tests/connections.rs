@@ -7,6 +7,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,7 +68,7 @@ impl Drop for Attacker {
         if let Some(mut s) = self.stdin.take() {
             let _ = s.write_all(b"");
         }
-        let _ = self.child.wait();
+        let _ = self.child.wait_within(LIMIT);
     }
 }
 

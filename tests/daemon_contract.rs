@@ -3,6 +3,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -76,7 +79,7 @@ fn config_errors_name_the_key_and_refuse_to_start() {
         .arg(&cfg)
         .arg("--socket")
         .arg(dir.path().join("s"))
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -91,7 +94,7 @@ fn config_errors_name_the_key_and_refuse_to_start() {
     let out = Command::new(IPCHUBCTL)
         .arg("check-config")
         .arg(&cfg)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     let good = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/ipchub.toml");
@@ -99,7 +102,7 @@ fn config_errors_name_the_key_and_refuse_to_start() {
         .arg("--check-config")
         .arg("--config")
         .arg(good)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(
         out.status.success(),
@@ -122,7 +125,7 @@ fn ctl_sub_and_pub_print_what_scripts_expect() {
     let out = hub
         .ctl()
         .args(["pub", "--channel", "weather", "{\"temp\": 72}"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(out.status.success());
     assert_eq!(
@@ -197,7 +200,7 @@ fn ctl_errors_are_one_clear_line_and_a_failure_status() {
     let out = Command::new(IPCHUBCTL)
         .env("IPCHUB_SOCKET", dir.path().join("nope.sock"))
         .args(["pub", "--channel", "weather", "x"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -207,7 +210,7 @@ fn ctl_errors_are_one_clear_line_and_a_failure_status() {
     let out = hub
         .ctl()
         .args(["pub", "--channel", "bad//name", "x"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -222,13 +225,17 @@ fn ctl_stats_prints_a_table_and_json() {
     let hub = Hub::start();
     let _s = hub.subscriber(ipchub::hub::TransportKind::Socket, "weather");
     hub.client().publish_confirmed("weather", b"x").unwrap();
-    let out = hub.ctl().arg("stats").output().unwrap();
+    let out = hub.ctl().arg("stats").output_within(LIMIT).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("weather") && text.contains("CHANNEL") && text.contains("messages in 1"),
         "{text}"
     );
-    let out = hub.ctl().args(["stats", "--json"]).output().unwrap();
+    let out = hub
+        .ctl()
+        .args(["stats", "--json"])
+        .output_within(LIMIT)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["messages_in"], 1);
     assert!(v["clients"]

@@ -4,6 +4,9 @@
 //! while nobody looks.
 
 mod common;
+
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
 mod dashboard_common;
 
 use std::os::unix::fs::PermissionsExt;
@@ -104,7 +107,7 @@ fn a_token_file_is_used_and_not_printed() {
         .args(["dashboard", "--listen", "127.0.0.1:0", "--token-file"])
         .arg(&file)
         .env("IPCHUB_SOCKET", &hub.socket)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("readable by other users"));
@@ -135,7 +138,7 @@ fn non_loopback_addresses_are_refused_without_allow_remote() {
         let out = Command::new(IPCHUBCTL)
             .args(["dashboard", "--listen", addr])
             .env("IPCHUB_SOCKET", &hub.socket)
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{addr}");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -150,7 +153,7 @@ fn non_loopback_addresses_are_refused_without_allow_remote() {
         let out = Command::new(IPCHUBCTL)
             .args(["dashboard", "--listen", bad])
             .env("IPCHUB_SOCKET", &hub.socket)
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{bad}");
         assert!(
@@ -182,7 +185,7 @@ fn a_unix_listener_is_private_to_its_owner_and_needs_no_token() {
     let out = Command::new(IPCHUBCTL)
         .args(["dashboard", "--listen", &arg])
         .env("IPCHUB_SOCKET", &hub.socket)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on unix:"));
@@ -223,7 +226,11 @@ fn metrics_match_stats_json_and_bound_the_channel_label() {
         &["--listen", "127.0.0.1:0", "--metrics-top-channels", "2"],
     );
     let m = d.metrics();
-    let out = hub.ctl().args(["stats", "--json"]).output().unwrap();
+    let out = hub
+        .ctl()
+        .args(["stats", "--json"])
+        .output_within(LIMIT)
+        .unwrap();
     assert!(out.status.success());
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for (series, key) in [
@@ -429,7 +436,11 @@ fn it_polls_the_hub_only_while_someone_looks() {
         &["--listen", "127.0.0.1:0", "--interval", "0.1"],
     );
     let dash_clients = || {
-        let out = hub.ctl().args(["stats", "--json"]).output().unwrap();
+        let out = hub
+            .ctl()
+            .args(["stats", "--json"])
+            .output_within(LIMIT)
+            .unwrap();
         let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         st["clients"]
             .as_array()
@@ -491,7 +502,11 @@ fn channel_rings_and_their_readers_are_shown() {
     p.publish("ring/x", b"in place").unwrap();
     p.flush().unwrap();
     assert!(r.recv(Some(Duration::from_secs(10))).unwrap().is_some());
-    let out = hub.ctl().args(["stats", "--json"]).output().unwrap();
+    let out = hub
+        .ctl()
+        .args(["stats", "--json"])
+        .output_within(LIMIT)
+        .unwrap();
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ch = st["channels"]
         .as_array()

@@ -5,6 +5,9 @@
 //! (`IPCHUB_UPDATE_SCREENSHOT=1` also writes docs/dashboard.png).
 
 mod common;
+
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
 mod dashboard_common;
 
 use std::net::TcpStream;
@@ -89,7 +92,7 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let pg = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::killpg(pg, nix::sys::signal::SIGKILL);
-        let _ = self.child.wait();
+        let _ = self.child.wait_within(LIMIT);
     }
 }
 

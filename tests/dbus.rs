@@ -9,6 +9,11 @@
 //! Needs `dbus-daemon`, `busctl` and `setpriv`, and root (the denial test
 //! switches to `nobody`); a test whose tools are missing fails, it does not skip.
 
+#[path = "common/deadline.rs"]
+mod deadline;
+#[allow(unused_imports)]
+use deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -51,7 +56,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 fn kill(child: &mut Child) {
     let _ = child.kill();
-    let _ = child.wait();
+    let _ = child.wait_within(LIMIT);
 }
 
 /// A private `dbus-daemon` with system-bus rules plus our policy file.
@@ -123,7 +128,7 @@ impl Bus {
         };
         cmd.arg(format!("--address={}", self.address))
             .args(args)
-            .output()
+            .output_within(LIMIT)
             .expect("run busctl")
     }
 }
@@ -271,7 +276,7 @@ impl Hub {
             .arg("--socket")
             .arg(&self.socket)
             .args(["stats", "--json"])
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).unwrap()

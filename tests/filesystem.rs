@@ -6,6 +6,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,7 +23,7 @@ fn as_nobody(argv: &[&str]) -> std::process::Output {
     Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
         .args(argv)
-        .output()
+        .output_within(LIMIT)
         .expect("setpriv (util-linux) is needed")
 }
 
@@ -344,12 +347,12 @@ fn check_both(config: &str) -> Vec<(bool, String)> {
         .arg("--check-config")
         .arg("--config")
         .arg(&cfg)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let c = Command::new(IPCHUBCTL)
         .arg("check-config")
         .arg(&cfg)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     [d, c]
         .into_iter()

@@ -7,6 +7,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -384,6 +387,6 @@ fn an_unreadable_state_falls_back_to_a_fresh_start() {
         assert_eq!(c.publish_confirmed("x", b"y").unwrap(), 0);
         assert!(child.try_wait().unwrap().is_none());
         child.kill().unwrap();
-        child.wait().unwrap();
+        child.wait_within(LIMIT).unwrap();
     }
 }

@@ -5,6 +5,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -241,7 +244,7 @@ fn history_is_bounded_per_uid_and_obeys_the_read_rules() {
             .args(args)
             .env("IPCHUB_SOCKET", &hub.socket)
             .stdin(Stdio::null())
-            .output()
+            .output_within(LIMIT)
             .expect("setpriv (util-linux) is needed")
     };
     let mut p = hub.client();
@@ -316,7 +319,7 @@ fn history_is_bounded_per_uid_and_obeys_the_read_rules() {
         let out = Command::new(IPCHUBCTL)
             .args(args)
             .env("IPCHUB_SOCKET", &hub.socket)
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
@@ -327,7 +330,7 @@ fn history_is_bounded_per_uid_and_obeys_the_read_rules() {
     let out = Command::new(IPCHUBCTL)
         .args(["sub", "-c", "n/b", "--since", "10 parsecs"])
         .env("IPCHUB_SOCKET", &hub.socket)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unit must be"));

@@ -3,6 +3,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::time::Duration;
 
 use common::{error_text, Hub};
@@ -405,7 +408,7 @@ fn a_second_hub_refuses_and_a_stale_socket_is_replaced() {
     let out = std::process::Command::new(common::IPCHUBD)
         .arg("--socket")
         .arg(&hub.socket)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

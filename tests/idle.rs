@@ -4,6 +4,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::time::Duration;
 
 use common::Hub;
@@ -55,6 +58,6 @@ fn an_idle_hub_with_idle_clients_on_every_transport_uses_no_cpu() {
     }
     for s in &mut subs {
         s.kill().unwrap();
-        s.wait().unwrap();
+        s.wait_within(LIMIT).unwrap();
     }
 }

@@ -4,6 +4,11 @@
 //! crate that names what it does not depend on; these checks keep the
 //! manifests themselves from drifting.
 
+#[path = "common/deadline.rs"]
+mod deadline;
+#[allow(unused_imports)]
+use deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +26,7 @@ fn cargo() -> Command {
 fn metadata() -> serde_json::Value {
     let out = cargo()
         .args(["metadata", "--format-version", "1", "--offline", "--locked"])
-        .output()
+        .output_within(LIMIT)
         .expect("cargo metadata runs");
     assert!(
         out.status.success(),
@@ -100,7 +105,7 @@ fn the_client_library_pulls_in_no_daemon_or_tool_dependencies() {
             "--format",
             "{p}",
         ])
-        .output()
+        .output_within(LIMIT)
         .expect("cargo tree runs");
     assert!(
         out.status.success(),

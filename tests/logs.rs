@@ -5,6 +5,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
@@ -36,7 +39,11 @@ fn named(hub: &Hub, name: &str) -> Client {
 }
 
 fn stats_json(hub: &Hub) -> HubStats {
-    let out = hub.ctl().args(["stats", "--json"]).output().unwrap();
+    let out = hub
+        .ctl()
+        .args(["stats", "--json"])
+        .output_within(LIMIT)
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -129,7 +136,7 @@ fn stats_say_queued_and_delivered_apart_and_drops_are_reported() {
         st.transports
     );
 
-    let out = hub.ctl().arg("stats").output().unwrap();
+    let out = hub.ctl().arg("stats").output_within(LIMIT).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("TRANSPORT  CLIENTS     BYTES IN    BYTES OUT"),
@@ -331,7 +338,7 @@ fn journal_entries_carry_stable_fields_message_ids_and_syslog_priorities() {
         next(&mut entries);
     }
     let _ = child.kill();
-    let _ = child.wait();
+    let _ = child.wait_within(LIMIT);
     let reloaded = entries
         .iter()
         .find(|e| e.get("MESSAGE_ID").map(String::as_str) == Some(RELOADED))
@@ -464,10 +471,10 @@ fn transports_the_host_cannot_serve_are_not_named() {
         .arg("--socket")
         .arg(&socket)
         .args(["stats", "--json"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let _ = child.kill();
-    let _ = child.wait();
+    let _ = child.wait_within(LIMIT);
     let text = read();
     assert!(
         text.contains("Backends available: socket, pipe, fifo, shm;"),

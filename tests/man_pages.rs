@@ -13,6 +13,11 @@
 //! checked against the typed config tree and the wire format instead. Every
 //! page must pass `man --warnings` the way lintian runs it.
 
+#[path = "common/deadline.rs"]
+mod deadline;
+#[allow(unused_imports)]
+use deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -828,7 +833,7 @@ fn man_reports_no_warnings() {
             .env("LC_ALL", "C.UTF-8")
             .env("MANROFFSEQ", "")
             .env("MANWIDTH", "80")
-            .output()
+            .output_within(LIMIT)
             .unwrap_or_else(|e| {
                 panic!("cannot run man ({e}): install man-db (apt-get install man-db)")
             });

@@ -5,6 +5,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::time::Duration;
 
 use common::{wait_for, Hub, Raw, IPCHUBCTL};
@@ -18,7 +21,7 @@ fn ctl_as_nobody(hub: &Hub, args: &[&str]) -> String {
     let out = common::as_nobody(IPCHUBCTL)
         .args(args)
         .env("IPCHUB_SOCKET", &hub.socket)
-        .output()
+        .output_within(LIMIT)
         .expect("setpriv (util-linux) is needed");
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap()

@@ -8,6 +8,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -116,7 +119,7 @@ impl Broker {
     fn kill9(&mut self) {
         let mut c = self.child.take().expect("broker running");
         c.kill().unwrap();
-        c.wait().unwrap();
+        c.wait_within(LIMIT).unwrap();
     }
 
     fn restart(&mut self) {
@@ -132,7 +135,7 @@ impl Broker {
         let st = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-t", topic, "-m", payload, "-q", &qos.to_string()])
-            .status()
+            .status_within(LIMIT)
             .expect("run mosquitto_pub");
         assert!(st.success(), "mosquitto_pub failed");
     }
@@ -142,7 +145,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
-            let _ = c.wait();
+            let _ = c.wait_within(LIMIT);
         }
         if std::thread::panicking() {
             let log = std::fs::read_to_string(self.dir.path().join("mosquitto.log"));
@@ -214,7 +217,7 @@ impl Sub {
 impl Drop for Sub {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.wait_within(LIMIT);
     }
 }
 
@@ -295,7 +298,7 @@ fn hub_messages_reach_the_broker_at_qos_0_and_1() {
     let out = hub
         .ctl()
         .args(["pub", "-c", "jobs/8", "from ipchubctl"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(
         out.status.success(),
@@ -613,7 +616,7 @@ fn ipchubctl_stats_shows_the_bridge() {
     wait_until(Duration::from_secs(10), "the bridge to connect", || {
         status(&mut ctl).get("connected").map(String::as_str) == Some("true")
     });
-    let out = hub.ctl().arg("stats").output().unwrap();
+    let out = hub.ctl().arg("stats").output_within(LIMIT).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("COMPONENT bridge.mqtt"), "{text}");
     assert!(text.contains("connected=true"), "{text}");
@@ -668,7 +671,7 @@ impl Pki {
         let out = Command::new("openssl")
             .args(args)
             .current_dir(self.dir.path())
-            .output()
+            .output_within(LIMIT)
             .expect("run openssl (apt-get install openssl)");
         assert!(
             out.status.success(),
@@ -1162,7 +1165,10 @@ fn mqtt_retain(broker: &Broker, topic: &str, payload: &str) {
     } else {
         cmd.args(["-m", payload]);
     }
-    assert!(cmd.status().expect("run mosquitto_pub").success());
+    assert!(cmd
+        .status_within(LIMIT)
+        .expect("run mosquitto_pub")
+        .success());
 }
 
 /// Publish a retained value into the hub and wait for the hub's ACK.

@@ -2,6 +2,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use common::Hub;
 
 #[test]
@@ -16,7 +19,7 @@ fn a_python_client_written_from_the_protocol_document_works() {
         .arg(&hub.socket)
         .arg("docs/check")
         .arg("{\"temp\": 72}")
-        .output()
+        .output_within(LIMIT)
         .expect("python3 is needed for this test");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -46,7 +49,7 @@ fn the_python_client_checks_the_documents_corrected_parts_against_the_hub() {
         .arg(&hub.socket)
         .arg("--checks")
         .arg(doc)
-        .output()
+        .output_within(LIMIT)
         .expect("python3 is needed for this test");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

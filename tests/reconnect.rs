@@ -6,6 +6,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::io::BufRead;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -333,5 +336,5 @@ fn ipchubctl_sub_keeps_running_across_a_restart() {
     wait_line(&out, "[cli/r] two");
     assert!(child.try_wait().unwrap().is_none(), "sub still runs");
     child.kill().unwrap();
-    child.wait().unwrap();
+    child.wait_within(LIMIT).unwrap();
 }

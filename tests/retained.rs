@@ -5,6 +5,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -241,7 +244,7 @@ fn as_nobody(hub: &Hub, args: &[&str]) -> Output {
         .args(args)
         .env("IPCHUB_SOCKET", &hub.socket)
         .stdin(Stdio::null())
-        .output()
+        .output_within(LIMIT)
         .expect("setpriv (util-linux) is needed")
 }
 
@@ -294,7 +297,7 @@ fn retained_bytes_are_bounded_per_uid_and_in_total() {
     let out = Command::new(IPCHUBCTL)
         .args(["sub", "-c", "n/a", "-n", "1", "--timeout", "5"])
         .env("IPCHUB_SOCKET", &hub.socket)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -303,7 +306,7 @@ fn retained_bytes_are_bounded_per_uid_and_in_total() {
     let out = Command::new(IPCHUBCTL)
         .args(["sub", "-c", "n/a", "--no-retained", "--timeout", "0.5"])
         .env("IPCHUB_SOCKET", &hub.socket)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(out.stdout.is_empty());
     // Root's values count against the total: 934 + 934 > 1500.

@@ -6,6 +6,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -475,7 +478,7 @@ fn rings_are_bounded_per_client_and_per_uid() {
     still_receives(&mut p, &mut bystander, "a6/root");
     for s in &mut subs {
         s.kill().unwrap();
-        s.wait().unwrap();
+        s.wait_within(LIMIT).unwrap();
     }
 }
 

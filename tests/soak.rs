@@ -6,6 +6,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::collections::HashMap;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +48,7 @@ impl Victim {
     fn kill(mut self) {
         for c in &mut self.0 {
             let _ = c.kill(); // SIGKILL
-            c.wait().unwrap();
+            c.wait_within(LIMIT).unwrap();
         }
     }
 }

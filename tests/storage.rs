@@ -6,6 +6,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -225,7 +228,7 @@ impl SmallDisk {
         let ok = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
             .arg(dir.path())
-            .status()
+            .status_within(LIMIT)
             .expect("mount(8)");
         assert!(ok.success(), "mounting a tmpfs needs root");
         SmallDisk(dir.path().to_path_buf(), dir)
@@ -237,7 +240,7 @@ impl Drop for SmallDisk {
         let _ = std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.0)
-            .status();
+            .status_within(LIMIT);
     }
 }
 
@@ -296,7 +299,7 @@ fn ipchubctl_history_lists_what_is_stored() {
     hub.stop();
     hub.restart();
     let run = |args: &[&str]| {
-        let out = hub.ctl().args(args).output().unwrap();
+        let out = hub.ctl().args(args).output_within(LIMIT).unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

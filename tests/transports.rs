@@ -4,6 +4,9 @@
 
 mod common;
 
+#[allow(unused_imports)]
+use common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::time::Duration;
 
 use common::{wait_for, Hub};
@@ -183,7 +186,7 @@ fn mqueue_mounted() -> bool {
     mounted
         || std::process::Command::new("mount")
             .args(["-t", "mqueue", "mqueue", "/dev/mqueue"])
-            .status()
+            .status_within(LIMIT)
             .is_ok_and(|s| s.success())
 }
 
@@ -216,7 +219,7 @@ fn a_clients_fifos_and_queues_vanish_when_it_exits_or_is_killed() {
         .unwrap();
     wait_for(|| hub.ipc_objects().len() == 2, "the client's objects");
     child.kill().unwrap();
-    child.wait().unwrap();
+    child.wait_within(LIMIT).unwrap();
     wait_for(
         || hub.ipc_objects().is_empty(),
         "objects removed after kill -9",

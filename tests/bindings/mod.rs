@@ -1,7 +1,11 @@
 //! Shared by tests/c_client.rs and tests/python_client.rs: the C library
 //! installed into a prefix with its programs compiled against it, the
 //! Python wheel built and installed, and process helpers.
+
 #![allow(dead_code)]
+
+#[allow(unused_imports)]
+use crate::common::deadline::{ChildWithin as _, CommandWithin as _};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -40,7 +44,7 @@ pub fn target_dir() -> PathBuf {
 
 pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
     let out = cmd
-        .output()
+        .output_within(LIMIT)
         .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),

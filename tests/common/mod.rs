@@ -2,6 +2,10 @@
 //! clients, so each test reads as a few lines of intent.
 #![allow(dead_code)]
 
+pub mod deadline;
+#[allow(unused_imports)]
+use deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -251,7 +255,7 @@ impl Hub {
     pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
-        child.wait().unwrap();
+        child.wait_within(LIMIT).unwrap();
     }
 
     /// Start again on the same socket and config.
@@ -271,7 +275,7 @@ impl Drop for Hub {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
-            let _ = c.wait();
+            let _ = c.wait_within(LIMIT);
         }
         if std::thread::panicking() {
             eprintln!("--- ipchubd log ---\n{}", self.log());

@@ -1,7 +1,11 @@
 //! Test harness for `ipchubctl dashboard`: start one against a test hub
 //! (optionally as `nobody`), read the URL it prints, and speak just enough
 //! HTTP/1.0 to check responses and event streams.
+
 #![allow(dead_code)]
+
+#[allow(unused_imports)]
+use crate::common::deadline::{ChildWithin as _, CommandWithin as _, LIMIT};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -149,7 +153,7 @@ impl Dash {
 impl Drop for Dash {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.wait_within(LIMIT);
     }
 }
 
