@@ -116,6 +116,12 @@ pub struct EventLoop {
     spawner: super::spawn::Spawner,
     /// Set while accepting fails for lack of resources: when to try again.
     accept_retry: Option<Instant>,
+    /// A reload being read on its own thread (user and group names are
+    /// resolved there, never on this one), who waits for its outcome, and
+    /// whether another was asked for meanwhile.
+    reloading: Option<std::sync::mpsc::Receiver<Result<Loaded, String>>>,
+    reload_waiters: Vec<std::sync::mpsc::Sender<crate::hub::ControlReply>>,
+    reload_again: bool,
     /// Channels with a broadcast ring (shm clients read and write it directly).
     rings: HashMap<String, rings::ChannelRing>,
     /// Connections not greeted yet, in order of their handshake deadline
@@ -166,6 +172,9 @@ impl EventLoop {
             control_rx,
             fanout: EventFanout::default(),
             accept_retry: None,
+            reloading: None,
+            reload_waiters: Vec::new(),
+            reload_again: false,
             rings: HashMap::new(),
             handshakes: VecDeque::new(),
             input_bytes: HashMap::new(),
@@ -422,7 +431,7 @@ impl EventLoop {
         for sig in pending {
             match sig {
                 SIGHUP => {
-                    let _ = self.reload();
+                    self.reload();
                 }
                 // Planned restart: re-execute with the state handed over
                 // (returns only if that failed; the hub then carries on).
@@ -442,26 +451,62 @@ impl EventLoop {
         stop
     }
 
-    fn reload(&mut self) -> Result<(), String> {
+    /// Start reading the configuration again (SIGHUP, D-Bus `Reload`). The
+    /// file is read and its `[access]` user and group names resolved on a
+    /// thread of its own: NSS (and LDAP behind it) can take seconds, and
+    /// this thread carries every message. The outcome is applied by
+    /// [`finish_reload`](Self::finish_reload) when the thread wakes us.
+    fn reload(&mut self) {
+        if self.reloading.is_some() {
+            // Read again once this one is applied: the file may have
+            // changed after the thread read it.
+            self.reload_again = true;
+            return;
+        }
         systemd::reloading();
-        // The publish FIFOs stay those opened at start; the new [access]
-        // must not be one they would bypass.
-        let loaded = Config::load(self.opts.config_path.as_deref()).and_then(|cfg| {
-            match crate::config::check_publish_fifo_access(&self.opts.config.fifo, &cfg.access) {
-                Ok(()) => Ok(cfg),
-                Err((key, message)) => Err(crate::config::ConfigError::Value {
-                    path: self.opts.config_path.clone().unwrap_or_default(),
-                    key: format!("{key} (running since start)"),
-                    message,
-                }),
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = self.opts.config_path.clone();
+        let fifo = self.opts.config.fifo.clone();
+        let waker = self.waker.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ipchub-reload".into())
+            .spawn(move || {
+                let _ = tx.send(load_for_reload(path, &fifo));
+                let _ = waker.wake();
+            });
+        match spawned {
+            Ok(_) => self.reloading = Some(rx),
+            Err(e) => self.apply_reload(Err(format!("cannot start the reload thread: {e}"))),
+        }
+    }
+
+    /// Apply a reload whose reading finished, if one did.
+    pub(super) fn finish_reload(&mut self) {
+        let Some(rx) = &self.reloading else { return };
+        let outcome = match rx.try_recv() {
+            Ok(o) => o,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Err("the reload thread ended without an answer".to_string())
             }
-        });
+        };
+        self.reloading = None;
+        self.apply_reload(outcome);
+        if std::mem::take(&mut self.reload_again) {
+            self.reload();
+        }
+    }
+
+    fn apply_reload(&mut self, loaded: Result<Loaded, String>) {
         let res = match loaded {
-            Ok(cfg) => {
+            Ok(Loaded {
+                config: cfg,
+                policy,
+            }) => {
                 // The bridges' supervisor restarts those whose settings changed.
                 crate::bridge::reload(&cfg);
                 let changes = crate::hub::config_changes(self.hub.config(), &cfg);
-                self.hub.reload(cfg);
+                self.hub.reload_with(cfg, policy);
                 self.recheck_ring_access();
                 let changed = if changes.is_empty() {
                     "nothing changed".to_string()
@@ -476,11 +521,17 @@ impl EventLoop {
                     message_id = crate::daemon::logging::msgid::RELOAD_FAILED,
                     "reload failed, keeping the running configuration: {e}"
                 );
-                Err(e.to_string())
+                Err(e)
             }
         };
         systemd::reloaded(&self.status_line());
-        res
+        let answer = match res {
+            Ok(()) => crate::hub::ControlReply::Done,
+            Err(e) => crate::hub::ControlReply::Failed(e),
+        };
+        for w in self.reload_waiters.drain(..) {
+            let _ = w.send(answer.clone());
+        }
     }
 
     fn status_line(&self) -> String {
@@ -494,6 +545,36 @@ impl EventLoop {
             t.dropped
         )
     }
+}
+
+/// A configuration read for a reload, its access policy resolved.
+pub(super) struct Loaded {
+    config: Config,
+    policy: crate::hub::access::Policy,
+}
+
+/// Read the configuration for a reload (on the reload thread): the same
+/// checks as at start, plus that the publish FIFOs opened at start do not
+/// bypass the new `[access]` rules, and the rules' names resolved.
+fn load_for_reload(
+    path: Option<std::path::PathBuf>,
+    fifo: &crate::config::FifoConfig,
+) -> Result<Loaded, String> {
+    let cfg = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    if let Err((key, message)) = crate::config::check_publish_fifo_access(fifo, &cfg.access) {
+        return Err(crate::config::ConfigError::Value {
+            path: path.unwrap_or_default(),
+            key: format!("{key} (running since start)"),
+            message,
+        }
+        .to_string());
+    }
+    let policy = crate::hub::access::Policy::from_config(&cfg.access)
+        .map_err(|e| format!("[access]: {e}"))?;
+    Ok(Loaded {
+        config: cfg,
+        policy,
+    })
 }
 
 mod accept;

@@ -320,11 +320,18 @@ impl Hub {
     /// Apply a reloaded configuration: limits and policies change for
     /// existing queues and channels at once.
     pub fn reload(&mut self, cfg: Config) {
+        let policy = policy_of(&cfg);
+        self.reload_with(cfg, policy);
+    }
+
+    /// [`reload`](Self::reload) with the access policy already resolved
+    /// (by the daemon's reload thread: no user or group lookup here).
+    pub fn reload_with(&mut self, cfg: Config, policy: Policy) {
         for peer in self.peers.values_mut() {
             peer.out
                 .set_limits(cfg.queue.max_messages, cfg.queue.max_bytes);
         }
-        self.policy = policy_of(&cfg);
+        self.policy = policy;
         self.log_limit
             .set_limits(cfg.log.rate_limit_burst, cfg.log.rate_limit_per_minute);
         for (name, ch) in self.channels.iter_mut() {

@@ -139,6 +139,7 @@ impl EventLoop {
     pub(super) fn run_control(&mut self) {
         // The sync thread shares this waker: ACKs it made good go out.
         self.hub.collect_durable();
+        self.finish_reload();
         while let Ok((op, reply)) = self.control_rx.try_recv() {
             let answer = match op {
                 ControlOp::Stats => ControlReply::Stats(Box::new(self.hub.stats())),
@@ -167,10 +168,12 @@ impl EventLoop {
                         ControlReply::Failed(format!("no client with id {id}"))
                     }
                 }
-                ControlOp::Reload => match self.reload() {
-                    Ok(()) => ControlReply::Done,
-                    Err(e) => ControlReply::Failed(e),
-                },
+                ControlOp::Reload => {
+                    // Answered when the reload thread is done.
+                    self.reload_waiters.push(reply);
+                    self.reload();
+                    continue;
+                }
                 ControlOp::SetStatus { component, status } => {
                     self.hub.set_component_status(component, status);
                     ControlReply::Done
