@@ -18,7 +18,11 @@
 //! figures), `session` (rounds), `proc` (worker processes), `hub_runs`,
 //! `raw`, `peers` (the mechanisms), `report` and `svg` (output).
 
-#![forbid(unsafe_code)]
+// No unsafe code, except one call with the optional `peers` feature: the
+// ZeroMQ peer sets ZMQ_XPUB_NODROP, which the zmq crate does not wrap
+// (more_peers.rs); the rest of the crate stays denied even then.
+#![cfg_attr(not(feature = "peers"), forbid(unsafe_code))]
+#![cfg_attr(feature = "peers", deny(unsafe_code))]
 
 use ipchub_client as client;
 use ipchub_os::{shm, transport};

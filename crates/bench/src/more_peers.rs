@@ -336,6 +336,7 @@ mod zmq_peer {
         s.set_xpub_verbose(true)
             .map_err(|e| err("XPUB_VERBOSE", e))?;
         let one: libc::c_int = 1;
+        #[allow(unsafe_code)]
         // SAFETY: zmq_setsockopt reads sizeof(int) bytes from a live int;
         // the socket pointer is the live socket `s` owns.
         let rc = unsafe {

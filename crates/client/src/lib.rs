@@ -673,8 +673,9 @@ impl Client {
     /// transport, where it is the link) and the data link, to speak the
     /// protocol byte by byte (conformance and hostile-input tests, other
     /// language bindings' test suites). Not part of the supported API:
-    /// hidden because the workspace's hostile-input tests and
-    /// `ipchub-bench`'s attacks need it.
+    /// only with the `test-hooks` feature, which the workspace's
+    /// hostile-input tests and `ipchub-bench`'s attacks turn on.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn into_raw(mut self) -> (Option<OwnedFd>, Box<dyn Link>) {
         // What is still buffered goes with the link (its new owner decides).

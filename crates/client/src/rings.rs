@@ -195,6 +195,7 @@ impl Client {
 
     /// Take `channel`'s ring lock and keep it, as a publisher that dies in
     /// the middle of a message would: for tests of the hub's recovery.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn hold_ring_lock_for_test(&self, channel: &str) -> bool {
         self.rings
@@ -204,6 +205,7 @@ impl Client {
 
     /// Write garbage into `channel`'s ring, as a broken participant could:
     /// for tests of how the hub and the other participants cope.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn scribble_ring_for_test(&self, channel: &str) -> bool {
         self.rings
@@ -214,6 +216,7 @@ impl Client {
 
     /// Read a word of `channel`'s ring header or slots (byte offset as in
     /// PROTOCOL.md §6.2): for tests that play a hostile participant.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn peek_ring_for_test(&self, channel: &str, off: usize) -> Option<u64> {
         self.rings
@@ -223,6 +226,7 @@ impl Client {
 
     /// Write a word of `channel`'s ring header or slots, as any participant
     /// can: for tests of what the hub and the other participants survive.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn poke_ring_for_test(&self, channel: &str, off: usize, v: u64) -> bool {
         self.rings
@@ -233,6 +237,7 @@ impl Client {
 
     /// Write `record` into `channel`'s ring as one record, whatever it
     /// holds, as a hostile writer could: for tests of the readers' checks.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn write_ring_record_for_test(&self, channel: &str, record: &[u8]) -> bool {
         let Some(i) = self.rings.find(channel) else {
