@@ -60,15 +60,24 @@ pub(super) struct HistoryStore {
 pub const SEQ_RESERVATION: u64 = 1 << 20;
 
 /// Channel sequence numbers increase across restarts, for channels kept in
-/// memory too (a disk channel's log numbers it, exactly): numbers are reserved in blocks of [`SEQ_RESERVATION`] in a
-/// small file under the state directory (`sequences`, one
-/// `<escaped channel> <first unreserved number>` line each), written and
-/// fsynced *before* a number of a new block is used. A restart (planned,
-/// crash or power loss) continues from the reservation: numbers may jump,
-/// never repeat. One write per million messages per channel.
+/// memory too (a disk channel's log numbers it, exactly): numbers are
+/// reserved in blocks of [`SEQ_RESERVATION`] in a small file under the
+/// state directory (`sequences`, mode 0600), an append-only list of
+/// `<escaped channel> <first unreserved number>` lines (the last line of a
+/// channel wins). A block is appended, one `write(2)`, *before* a number of
+/// it is used, so a restart after a clean stop or a `kill -9` continues
+/// from the reservation: numbers may jump, never repeat. No fsync on the
+/// data thread (a power loss, which also loses the memory history, may
+/// repeat numbers). The file is rewritten without its stale lines when
+/// they outnumber the live ones. One line per million messages per
+/// channel, and one per channel that starts numbering.
 #[derive(Default)]
 struct SeqFloors {
-    file: Option<std::path::PathBuf>,
+    path: Option<std::path::PathBuf>,
+    /// Open for appending (opened at the first reservation).
+    file: Option<std::fs::File>,
+    /// Lines in the file, to know when to compact it.
+    lines: usize,
     /// Where each channel's numbering starts in this process: what was
     /// reserved when it started.
     start: HashMap<Box<str>, u64>,
@@ -78,27 +87,37 @@ struct SeqFloors {
 
 impl SeqFloors {
     /// Where the reservations live, and what they say now. A missing file
-    /// is an empty one; unreadable lines are skipped (logged).
+    /// is an empty one; unreadable lines are skipped (logged once).
     fn load(path: std::path::PathBuf) -> SeqFloors {
-        let mut reserved = HashMap::default();
+        let mut reserved: HashMap<Box<str>, u64> = HashMap::default();
+        let mut lines = 0;
+        let mut bad = 0;
         if let Ok(text) = std::fs::read_to_string(&path) {
             for line in text.lines() {
+                lines += 1;
                 let parsed = line.split_once(' ').and_then(|(name, n)| {
                     Some((crate::store::unescape(name)?, n.trim().parse::<u64>().ok()?))
                 });
                 match parsed {
                     Some((name, n)) => {
-                        reserved.insert(name.into_boxed_str(), n);
+                        let r = reserved.entry(name.into_boxed_str()).or_insert(n);
+                        *r = (*r).max(n);
                     }
-                    None => tracing::warn!(
-                        file = %path.display(),
-                        "an unreadable line in the sequence reservations: skipped"
-                    ),
+                    None => bad += 1,
                 }
             }
         }
+        if bad > 0 {
+            tracing::warn!(
+                file = %path.display(),
+                lines = bad,
+                "unreadable lines in the sequence reservations: skipped"
+            );
+        }
         SeqFloors {
-            file: Some(path),
+            path: Some(path),
+            file: None,
+            lines,
             start: reserved.clone(),
             reserved,
         }
@@ -111,12 +130,43 @@ impl SeqFloors {
 
     /// Make sure `seq` is reserved for `channel` before it is used.
     fn reserve(&mut self, channel: &str, seq: u64) {
-        let Some(path) = &self.file else { return };
-        if self.reserved.get(channel).is_some_and(|&r| seq < r) {
+        if self.path.is_none() || self.reserved.get(channel).is_some_and(|&r| seq < r) {
             return;
         }
         let next = seq.saturating_add(SEQ_RESERVATION);
         self.reserved.insert(channel.into(), next);
+        let line = format!("{} {next}\n", crate::store::escape(channel));
+        let res = if self.lines > 2 * self.reserved.len() + 64 {
+            self.compact()
+        } else {
+            self.append(line.as_bytes())
+        };
+        if let Err(e) = res {
+            self.file = None;
+            let path = self.path.as_deref().unwrap_or(std::path::Path::new(""));
+            tracing::warn!(
+                file = %path.display(),
+                "cannot save channel sequence reservations ({e}): numbers may repeat after a restart"
+            );
+        }
+    }
+
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.file.is_none() {
+            let path = self.path.as_deref().expect("checked by reserve");
+            self.file = Some(open_private(path, false)?);
+        }
+        self.file.as_mut().expect("opened above").write_all(line)?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Rewrite the file with one line per channel (a temporary file renamed
+    /// over it: a crash leaves the old list or the new one).
+    fn compact(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = self.path.clone().expect("checked by reserve");
         let mut text = String::new();
         for (name, n) in &self.reserved {
             text.push_str(&crate::store::escape(name));
@@ -124,34 +174,30 @@ impl SeqFloors {
             text.push_str(&n.to_string());
             text.push('\n');
         }
-        if let Err(e) = write_durably(path, text.as_bytes()) {
-            tracing::warn!(
-                file = %path.display(),
-                "cannot save channel sequence reservations ({e}): numbers may repeat after a restart"
-            );
-        }
+        let tmp = path.with_extension("tmp");
+        open_private(&tmp, true)?.write_all(text.as_bytes())?;
+        std::fs::rename(&tmp, &path)?;
+        self.file = Some(open_private(&path, false)?);
+        self.lines = self.reserved.len();
+        Ok(())
     }
 }
 
-/// Replace `path` with `bytes` so that a crash leaves the old or the new
-/// content, never a mix: a fsynced temporary file renamed over it.
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+/// Open `path` (mode 0600, its directory 0700 if missing) for appending,
+/// or truncated for writing.
+fn open_private(path: &std::path::Path, truncate: bool) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)
+    let mut o = std::fs::OpenOptions::new();
+    if truncate {
+        o.write(true).truncate(true);
+    } else {
+        o.append(true);
+    }
+    o.create(true).mode(0o600).open(path)
 }
 
 pub use crate::wire::Replay;
@@ -540,5 +586,35 @@ impl Hub {
             let b = self.cfg.history_for(&name);
             self.history.rebound(&name, b, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod seq_floor_tests {
+    use super::*;
+
+    /// Reservations append one line each, are read back (the highest per
+    /// channel), and the file is compacted so stale lines never pile up.
+    #[test]
+    fn reservations_append_reload_and_compact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/sequences");
+        let mut f = SeqFloors::load(path.clone());
+        for round in 0..50u64 {
+            for c in 0..10 {
+                f.reserve(&format!("ch/{c}"), 1 + round * SEQ_RESERVATION);
+            }
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines().count() <= 2 * 10 + 64 + 1,
+            "{}",
+            text.lines().count()
+        );
+        let again = SeqFloors::load(path);
+        for c in 0..10 {
+            assert_eq!(again.floor(&format!("ch/{c}")), 1 + 50 * SEQ_RESERVATION);
+        }
+        assert_eq!(again.floor("never/seen"), 1);
     }
 }
