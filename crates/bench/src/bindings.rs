@@ -689,12 +689,7 @@ pub fn main(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let out = if args.json {
-        serde_json::to_string_pretty(&r).expect("serialisable") + "\n"
-    } else {
-        text(&r)
-    };
-    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+    super::print_report(args, &r, text);
     let failed = r.rows.iter().any(|row| {
         row.error
             .as_deref()

@@ -152,12 +152,7 @@ fn scale_main(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let out = if args.json {
-        serde_json::to_string_pretty(&r).expect("serialisable") + "\n"
-    } else {
-        scale::text(&r)
-    };
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    print_report(args, &r, scale::text);
     if let Some(path) = &args.svg {
         if let Err(e) = std::fs::write(path, scale::svg(&r)) {
             eprintln!("ipchub-bench: writing {}: {e}", path.display());
@@ -171,6 +166,16 @@ fn scale_main(args: &Args) -> ExitCode {
     }
 }
 
+/// A mode's own report on stdout: JSON with `--json`, else its text.
+pub(crate) fn print_report<R: serde::Serialize>(args: &Args, r: &R, text: fn(&R) -> String) {
+    let out = if args.json {
+        serde_json::to_string_pretty(r).expect("serialisable") + "\n"
+    } else {
+        text(r)
+    };
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}
+
 /// `--storage`: its own report (text or JSON). A row that failed fails
 /// the run.
 fn storage_main(args: &Args) -> ExitCode {
@@ -181,12 +186,7 @@ fn storage_main(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let out = if args.json {
-        serde_json::to_string_pretty(&r).expect("serialisable") + "\n"
-    } else {
-        storage::text(&r)
-    };
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    print_report(args, &r, storage::text);
     if r.rows.iter().any(|row| row.error.is_some()) {
         ExitCode::FAILURE
     } else {
