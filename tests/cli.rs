@@ -106,12 +106,20 @@ fn pub_takes_a_file_all_of_stdin_lines_and_repeats_and_says_1_subscriber() {
         b"first line\nsecond line\n"
     );
 
-    let mut c = hub.ctl();
-    c.args(["pub", "-c", "in", "--stdin", "--quiet"]);
+    // `-s` is all of standard input as one message, as in mosquitto_pub;
+    // after `pub` the socket is the long `--socket`, before it `-s` still is.
+    let sock = hub.socket.to_str().unwrap();
+    let mut c = Command::new(IPCHUBCTL);
+    c.args(["pub", "-c", "in", "-s", "--quiet", "--socket", sock]);
     let out = run(c, b"all\nof it");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out), "", "--quiet prints no Connected line");
     assert_eq!(s.recv(WAIT).unwrap().unwrap().payload, b"all\nof it");
+    let mut c = Command::new(IPCHUBCTL);
+    c.args(["-s", sock, "pub", "-c", "in", "--stdin", "-q"]);
+    let out = run(c, b"long\nform");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.recv(WAIT).unwrap().unwrap().payload, b"long\nform");
 
     for flags in [&["-l"][..], &[][..]] {
         let mut c = hub.ctl();
@@ -151,7 +159,7 @@ fn pub_takes_a_file_all_of_stdin_lines_and_repeats_and_says_1_subscriber() {
         "Published (2 subscribers)\n"
     );
     // Two sources at once, or --repeat of a stream of lines, are usage errors.
-    let out = ctl(&hub, &["pub", "-c", "in", "-f", "x", "--stdin"]);
+    let out = ctl(&hub, &["pub", "-c", "in", "-f", "x", "-s"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = ctl(&hub, &["pub", "-c", "in", "--repeat", "2"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

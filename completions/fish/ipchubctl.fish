@@ -37,7 +37,7 @@ complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "history" -d 'Li
 complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "check-config" -d 'Check a configuration file without starting a hub'
 complete -c ipchubctl -n "__fish_ipchubctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s c -l channel -d 'Channel to publish on, e.g. `sensors/kitchen/temp`' -r
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s s -l socket -d 'Control socket of the hub, as the --socket before the command (this one wins)' -r -F
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l socket -d 'Control socket of the hub, as the --socket before the command (this one wins)' -r -F
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s t -l transport -d 'How to reach the hub for data' -r -f -a "socket\t''
 pipe\t''
 fifo\t''
@@ -50,7 +50,7 @@ complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l interval -d 
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s q -l quiet -d 'Print no "Connected to hub" (or "Subscribed to") line on standard error'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l no-reconnect -d 'Exit (status 7) when the hub goes away, instead of reconnecting and carrying on once it is back (the default, said on standard error)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l no-confirm -d 'Do not ask for delivery counts (prints nothing per message)'
-complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l stdin -d 'Publish all of standard input, up to its end, as one message'
+complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s s -l stdin -d 'Publish all of standard input, up to its end, as one message (`-s`, as in mosquitto_pub; the control socket is `--socket` after `pub`)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s l -l lines -d 'Publish each line of standard input as one message (the default without a message)'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -l retain -d 'Keep the message as the channel\'s retained value, sent first to every later subscriber; an empty message clears it'
 complete -c ipchubctl -n "__fish_ipchubctl_using_subcommand pub" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -152,6 +152,16 @@ pub struct HubArgs {
     pub socket: Option<PathBuf>,
 }
 
+/// Where the hub is, for `pub`: there `-s` reads standard input as one
+/// message (mosquitto_pub's habit), so the socket has only the long flag
+/// (or `ipchubctl -s PATH pub …` before the command).
+#[derive(Debug, ClapArgs)]
+pub struct PubHubArgs {
+    /// Control socket of the hub, as the --socket before the command (this one wins).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
 #[derive(Debug, ClapArgs)]
 pub struct ConnectArgs {
     /// How to reach the hub for data.
@@ -179,7 +189,7 @@ pub struct PubArgs {
     #[arg(long, short = 'c')]
     pub channel: String,
     #[command(flatten)]
-    pub hub: HubArgs,
+    pub hub: PubHubArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Message priority 0..=31 (the POSIX mqueue priority, carried to every transport).
@@ -191,8 +201,9 @@ pub struct PubArgs {
     /// Publish the whole content of FILE as one message.
     #[arg(long, short = 'f', value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Publish all of standard input, up to its end, as one message.
-    #[arg(long)]
+    /// Publish all of standard input, up to its end, as one message (`-s`, as
+    /// in mosquitto_pub; the control socket is `--socket` after `pub`).
+    #[arg(long, short = 's')]
     pub stdin: bool,
     /// Publish each line of standard input as one message (the default without a message).
     #[arg(long, short = 'l')]
@@ -208,7 +219,7 @@ pub struct PubArgs {
     /// later subscriber; an empty message clears it.
     #[arg(long)]
     pub retain: bool,
-    /// The message. Without it (or -f, --stdin), each line of standard input is one message.
+    /// The message. Without it (or -f, -s), each line of standard input is one message.
     pub message: Option<String>,
 }
 
@@ -571,7 +582,9 @@ fn publish(socket: Option<PathBuf>, a: PubArgs) -> anyhow::Result<i32> {
         .map_err(|e| CtlError::Usage(format!("invalid channel: {e}")))?;
     let one_message = a.message.is_some() || a.file.is_some() || a.stdin;
     if !one_message && a.repeat > 1 {
-        return Err(CtlError::Usage("--repeat needs a message, -f FILE or --stdin".into()).into());
+        return Err(
+            CtlError::Usage("--repeat needs a message, -f FILE or -s (--stdin)".into()).into(),
+        );
     }
     let mut client = connect(socket, &a.connect, "pub")?;
     let opts = PublishOptions {
