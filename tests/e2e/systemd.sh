@@ -183,6 +183,17 @@ else
 fi
 mkdir "$ROOT" && tar -C "$ROOT" -xf "$ROOT_TAR" || die "cannot unpack $ROOT_TAR"
 cp "$DEB" "${LIB_DEBS[@]}" "$ROOT/root/" || die "cannot copy the .debs into the root"
+# The upgrade steps install a higher version over the installed one, so
+# dpkg runs the real upgrade path (prerm upgrade NEW, postinst configure
+# OLD): the same package with "+e2e1" appended to its version, which sorts
+# above it.
+UP_VERSION=${DEB_VERSION}+e2e1
+UP_NAME=ipchub_${UP_VERSION#*:}_${DEB_ARCH}.deb
+mkdir "$RUN/up" && dpkg-deb -R "$DEB" "$RUN/up/pkg" &&
+    sed -i "s/^Version: .*/Version: $UP_VERSION/" "$RUN/up/pkg/DEBIAN/control" &&
+    dpkg-deb -b "$RUN/up/pkg" "$ROOT/root/$UP_NAME" >/dev/null &&
+    dpkg --compare-versions "$UP_VERSION" gt "$DEB_VERSION" &&
+    rm -r "$RUN/up" || die "cannot build the higher-version package $UP_NAME"
 # The test's own programs (a C client, a Python client, an HTTP getter).
 mkdir -p "$ROOT/root/e2e" &&
     cp "$(dirname "$0")"/client.c "$(dirname "$0")"/client.py "$(dirname "$0")"/http_get.py "$ROOT/root/e2e/" ||
@@ -624,7 +635,9 @@ stream_through systemctl restart ipchub.service"
 # restart after upgrade): the clients must not notice either.
 lstep upgrade-keeps-clients "$FS_LIB
 cd /root
-stream_through apt-get install -y --reinstall ./$DEB_NAME"
+expect_eq \"\$(dpkg-query -W -f '\${Version}' ipchub)\" '$DEB_VERSION' 'version before the upgrade'
+stream_through apt-get install -y ./$UP_NAME
+expect_eq \"\$(dpkg-query -W -f '\${Version}' ipchub)\" '$UP_VERSION' 'version after the upgrade'"
 
 # Repeated restarts with a client connected: nothing accumulates in the
 # store or in the hub, and the client is still the same connection.
@@ -678,15 +691,16 @@ expect_eq "$n" 0 "restarts"
 expect_eq "$st" active "state"
 systemctl restart ipchub.service'
 
-# Upgrade (a reinstall runs the same maintainer scripts with the old
-# version as argument): the socket keeps listening (same inode), a running
-# service is restarted onto the new binary.
+# Upgrade (upgrade-keeps-clients installed the higher version; reinstalling
+# it runs the same maintainer scripts with the old version as argument):
+# the socket keeps listening (same inode), a running service is restarted
+# onto the new binary.
 lstep upgrade '
 timeout 10 ipchubctl pub --channel weather hello >/dev/null
 expect_eq "$(systemctl is-active ipchub.service)" active "service running before the upgrade"
 pid=$(systemctl show -P MainPID ipchub.service); ino=$(stat -c %i /run/ipchub/ipchub.sock)
 token=$(sha256sum /etc/ipchub/dashboard.token)
-cd /root && apt install -y --reinstall ./'"$DEB_NAME"' >/tmp/upgrade.log 2>&1 || { cat /tmp/upgrade.log; fail "apt install --reinstall"; }
+cd /root && apt install -y --reinstall ./'"$UP_NAME"' >/tmp/upgrade.log 2>&1 || { cat /tmp/upgrade.log; fail "apt install --reinstall"; }
 expect_eq "$(sha256sum /etc/ipchub/dashboard.token)" "$token" "dashboard token kept"
 expect_eq "$(systemctl is-active ipchub.socket)" active "socket after the upgrade"
 expect_eq "$(stat -c %i /run/ipchub/ipchub.sock)" "$ino" "socket file inode (kept listening)"
