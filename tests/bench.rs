@@ -594,3 +594,43 @@ fn attacks_mode_runs_every_attack_as_another_uid_and_reports_the_bystander() {
         assert!(table.contains(term), "table lacks {term}:\n{table}");
     }
 }
+
+/// `--restart --quick`: a planned restart under every step's clients,
+/// each kept on its own connection (the bench's clients never reconnect),
+/// and the pause measured.
+#[test]
+fn restart_mode_keeps_every_client_and_measures_the_pause() {
+    let out = Command::new(BENCH)
+        .args(["--restart", "--quick", "--json"])
+        .output_within(LIMIT)
+        .expect("run ipchub-bench --restart");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ipchub-bench --restart failed: {stderr}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r["schema"], "ipchub-bench-restart/1");
+    let points = r["points"].as_array().unwrap();
+    let clients: Vec<u64> = points
+        .iter()
+        .map(|p| p["clients"].as_u64().unwrap())
+        .collect();
+    assert_eq!(clients, [1, 10], "{r:#}");
+    for p in points {
+        assert!(p["error"].is_null(), "{p:#}");
+        let n = p["clients"].as_u64().unwrap();
+        // The idle ones plus the ping-pong's publisher and subscriber.
+        assert_eq!(p["clients_kept"].as_u64(), Some(n + 2), "{p:#}");
+        assert_eq!(p["idle_answering"].as_u64(), Some(n), "{p:#}");
+        let pause = p["longest_pause_ns"].as_f64().unwrap();
+        assert!(pause >= p["round_trip_p50_ns"].as_f64().unwrap(), "{p:#}");
+    }
+    // --quick belongs to the modes that have a short form.
+    let out = Command::new(BENCH)
+        .args(["--quick"])
+        .output_within(LIMIT)
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--restart"));
+}

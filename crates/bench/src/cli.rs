@@ -154,7 +154,8 @@ pub struct Args {
 
     /// With --attacks: small attacks (seconds, for tests), not the sizes
     /// of issue #13. With --scale: up to 10 clients, 100 channels and 100
-    /// patterns, short rounds. With --storage: short runs, 16 MiB raw.
+    /// patterns, short rounds. With --storage: short runs, 16 MiB raw. With
+    /// --restart: 1 and 10 clients.
     #[arg(long)]
     pub quick: bool,
 
@@ -178,13 +179,22 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["socket", "csv", "svg", "attacks", "scale"])]
     pub storage: bool,
 
+    /// Instead of comparing mechanisms: the pause a planned restart
+    /// (SIGUSR2, the hand-over to a re-executed hub) makes, with 1, 10, 100
+    /// and 1,000 idle socket clients connected: the longest round trip of a
+    /// confirmed ping-pong through the hub across the restart, next to its
+    /// median before, and how many clients the new hub kept. The bench
+    /// starts its own hubs with raised per-uid limits. --quick: 1 and 10.
+    #[arg(long, conflicts_with_all = ["socket", "csv", "svg", "attacks", "scale", "storage"])]
+    pub restart: bool,
+
     /// Instead of comparing mechanisms: the C and Python clients against
     /// the Rust client, publisher → hub → subscriber, each end a separate
     /// process of the same client (--transports, --sizes, --messages
     /// [default: 200000], --repetitions). Prints msgs/s and the ratio to
     /// Rust; bench/bindings.sh builds the clients and runs it with
     /// `--transports socket,shm --sizes 64,1K`.
-    #[arg(long, conflicts_with_all = ["csv", "svg", "attacks", "scale", "storage"])]
+    #[arg(long, conflicts_with_all = ["csv", "svg", "attacks", "scale", "storage", "restart"])]
     pub bindings: bool,
 
     /// With --bindings: the compiled C client

@@ -243,7 +243,8 @@ pub fn latency_session(
 pub struct HubProcess {
     child: Child,
     pub socket: PathBuf,
-    log: PathBuf,
+    /// Where its standard error (its log) goes.
+    pub log: PathBuf,
 }
 
 impl HubProcess {
@@ -256,6 +257,17 @@ impl HubProcess {
     /// The same with `extra` (TOML keys of sections other than [log] and
     /// [dbus]) in its configuration: `--scale` raises the hub's limits.
     pub fn start_with(binary: &Path, dir: &Path, extra: &str) -> Result<HubProcess, RunError> {
+        HubProcess::start_logging(binary, dir, extra, "warn")
+    }
+
+    /// The same, logging at `level` (`--restart` reads the successor's
+    /// "clients kept" line, logged at info).
+    pub fn start_logging(
+        binary: &Path,
+        dir: &Path,
+        extra: &str,
+        level: &str,
+    ) -> Result<HubProcess, RunError> {
         if !binary.exists() {
             return Err(RunError::unavailable(format!(
                 "no ipchubd at {} (build it, or give --hub-binary or --socket)",
@@ -267,7 +279,7 @@ impl HubProcess {
         let log = dir.join("ipchubd.log");
         // The bench hub must not claim the hub's name on the system bus; a
         // hub too old to know [dbus] has no D-Bus side at all.
-        let quiet = format!("{extra}\n[log]\nlevel = \"warn\"\n\n[dbus]\nenabled = false\n");
+        let quiet = format!("{extra}\n[log]\nlevel = \"{level}\"\n\n[dbus]\nenabled = false\n");
         std::fs::write(&config, &quiet)?;
         let known = Command::new(binary)
             .arg("--check-config")
@@ -278,7 +290,7 @@ impl HubProcess {
             .status()
             .is_ok_and(|s| s.success());
         if !known {
-            std::fs::write(&config, format!("{extra}\n[log]\nlevel = \"warn\"\n"))?;
+            std::fs::write(&config, format!("{extra}\n[log]\nlevel = \"{level}\"\n"))?;
         }
         let child = Command::new(binary)
             .arg("--socket")
@@ -322,6 +334,11 @@ impl HubProcess {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Its process id (the same after a planned restart: it re-executes).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Still running? (A crash mid-run explains every failure after it.)

@@ -38,6 +38,7 @@ mod peers;
 mod proc;
 mod raw;
 mod report;
+mod restart;
 mod scale;
 mod session;
 mod storage;
@@ -109,9 +110,12 @@ pub fn main_with(args: Args) -> ExitCode {
     if args.bindings {
         return bindings::main(&args);
     }
-    if args.quick && !(args.attacks || args.scale || args.storage) {
-        eprintln!("ipchub-bench: --quick goes with --attacks, --scale or --storage");
+    if args.quick && !(args.attacks || args.scale || args.storage || args.restart) {
+        eprintln!("ipchub-bench: --quick goes with --attacks, --scale, --storage or --restart");
         return ExitCode::from(2);
+    }
+    if args.restart {
+        return restart_main(&args);
     }
     if args.attacks {
         return attacks::main(&args);
@@ -174,6 +178,24 @@ pub(crate) fn print_report<R: serde::Serialize>(args: &Args, r: &R, text: fn(&R)
         text(r)
     };
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}
+
+/// `--restart`: its own report (text or JSON). A step that failed fails
+/// the run.
+fn restart_main(args: &Args) -> ExitCode {
+    let r = match restart::run(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ipchub-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print_report(args, &r, restart::text);
+    if r.points.iter().any(|p| p.error.is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `--storage`: its own report (text or JSON). A row that failed fails

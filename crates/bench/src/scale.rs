@@ -167,7 +167,7 @@ impl Load {
 
 /// Take every descriptor the hard limit allows (raised to 65536 when root
 /// may): 10,000 clients need one each here and in the hub, which inherits it.
-fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let want = hard.max(65536);
