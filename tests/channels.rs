@@ -115,6 +115,75 @@ fn attacker() {
             writeln!(out, "REPORT refused={refused}").unwrap();
             keep.push(r);
         }
+        // Every channel, subscription and ring limit at once (the hub's
+        // configuration is the test's): shm clients opening rings and
+        // filling them, one client holding exact channels, and deep
+        // patterns (one trie node per level) from several clients.
+        "all-limits" => {
+            use ipchub::client::{Client, Options, Reconnect};
+            use ipchub::hub::TransportKind;
+            let opts = |t| Options {
+                socket: Some(socket.clone()),
+                transport: t,
+                name: "all-limits".into(),
+                reconnect: Reconnect::off(),
+            };
+            let mut shm = Vec::new();
+            for c in 0..3 {
+                let mut cl = Client::connect(&opts(TransportKind::Shm)).unwrap();
+                for i in 0..4 {
+                    let ch = format!("lim/ring/{c}/{i}");
+                    cl.subscribe(&ch).unwrap();
+                    for _ in 0..96 {
+                        cl.publish(&ch, &[0x5a; 1024]).unwrap();
+                    }
+                }
+                shm.push(cl);
+            }
+            // `n` exact channels, 200 per client (under the per-client limit).
+            let (mut channels, mut ch_err) = (0, None);
+            for c in 0..n.div_ceil(200) {
+                let mut r = raw_at(&socket);
+                let mut buf = Vec::new();
+                let k = 200.min(n - c * 200);
+                for i in 0..k {
+                    let ch = format!("lim/ch/{c}/{i}");
+                    buf.extend(frame(FrameType::Subscribe, 0, &ch, i as u64 + 1));
+                }
+                r.send(&buf);
+                let (a, e) = answers(&mut r, k);
+                channels += a;
+                ch_err = ch_err.or(e);
+                keep.push(r);
+            }
+            // 32 levels, the most a name may have.
+            let deep = "a/".repeat(30);
+            let (mut patterns, mut pat_err) = (0, None);
+            for c in 0..5 {
+                let mut r = raw_at(&socket);
+                let mut buf = Vec::new();
+                for i in 0..256u64 {
+                    let p = format!("p{c}-{i}/{deep}#");
+                    buf.extend(frame(FrameType::Subscribe, 0, &p, i + 1));
+                }
+                r.send(&buf);
+                let (a, e) = answers(&mut r, 256);
+                patterns += a;
+                pat_err = pat_err.or(e);
+                keep.push(r);
+            }
+            writeln!(
+                out,
+                "REPORT channels={channels} channel_error={} patterns={patterns} pattern_error={}",
+                ch_err.unwrap_or_default(),
+                pat_err.unwrap_or_default()
+            )
+            .unwrap();
+            out.flush().unwrap();
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            drop(shm);
+        }
         // 200 clients × 1024 wildcard patterns, then `n` publishes to new
         // channels none of them matches.
         "wildcards" => {
@@ -360,6 +429,91 @@ fn wildcard_flood_does_not_freeze_routing_for_a_bystander() {
         line.contains(&format!("uid {NOBODY} holds 16384 subscriptions"))
             && line.contains("hub.max_subscriptions_per_uid"),
         "{line}"
+    );
+    stop(child);
+}
+
+/// The hub's resident memory, in bytes.
+fn rss(hub: &Hub) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", hub.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// docs/SECURITY.md §8: one uid held at its channel, subscription and
+/// ring limits at once (besides the connections its clients need) makes
+/// the hub grow by less than the formula of the limits says, and a
+/// bystander of another uid still gets a ring of its own and its messages.
+#[test]
+fn one_uid_at_every_channel_pattern_and_ring_limit_stays_under_the_memory_bound() {
+    const MAX_CLIENTS_PER_UID: usize = 32;
+    const MAX_MESSAGE: usize = 65536;
+    const BYTES_PER_UID: usize = 1 << 20;
+    const CHANNELS_PER_UID: usize = 512;
+    const PATTERNS_PER_UID: usize = 1024;
+    const RING_BYTES_PER_UID: usize = 512 << 10;
+    const RING_SIZE: usize = 64 << 10;
+    let hub = Hub::start_shared(&format!(
+        "[hub]\nmax_clients = 64\nmax_clients_per_uid = {MAX_CLIENTS_PER_UID}\n\
+         max_message_size = {MAX_MESSAGE}\nmax_channels_per_uid = {CHANNELS_PER_UID}\n\
+         max_subscriptions_per_client = 256\nmax_subscriptions_per_uid = {PATTERNS_PER_UID}\n\
+         [queue]\nmax_bytes = 262144\nmax_bytes_per_uid = {BYTES_PER_UID}\n\
+         [shm]\nring_size = {RING_SIZE}\nchannel_ring_size = 65536\n\
+         max_rings_per_client = 4\nmax_rings_per_uid = 8\n\
+         max_ring_bytes_per_uid = {RING_BYTES_PER_UID}\n"
+    ));
+    // Warm the hub up with a ring of root's own before the baseline.
+    let mut warm = hub.subscriber(ipchub::hub::TransportKind::Shm, "warm");
+    let mut p = hub.client();
+    p.publish_confirmed("warm", b"x").unwrap();
+    assert!(warm.recv(Some(PROMPT)).unwrap().is_some());
+    let before = rss(&hub);
+    let (child, mut out) = attack(&hub, "all-limits", 600);
+    let line = report(&mut out, &hub);
+    eprintln!("{line}");
+    // Each limit was reached, and each refusal names its key.
+    assert!(line.contains("hub.max_channels_per_uid"), "{line}");
+    assert!(line.contains("hub.max_subscriptions_per_uid"), "{line}");
+    let log = hub.log();
+    assert!(
+        log.contains("(limit shm.max_rings_per_uid)") || log.contains("shm.max_ring_bytes_per_uid"),
+        "{log}"
+    );
+    let grown = rss(&hub).saturating_sub(before);
+    // M(uid) of §8 with the connections this uid may have, then the
+    // channel, pattern and ring terms. A pattern costs one trie node per
+    // level: B_pat is per level, times the 32 levels a name may have.
+    const C: usize = 16 << 10;
+    const K: usize = 64 << 10;
+    // Measured: about 510 bytes a level (a node in its parent's table of
+    // four buckets, and the level's name), allocator included.
+    const B_CH: usize = 512;
+    const B_LEVEL: usize = 640;
+    let n = MAX_CLIENTS_PER_UID;
+    let f = MAX_MESSAGE + 279;
+    let m_uid = n * C + 2 * (BYTES_PER_UID + n * K + K + f) + 2 * (BYTES_PER_UID + n * f);
+    let n_shm = 3;
+    let bound = m_uid
+        + CHANNELS_PER_UID * (B_CH + 255)
+        + PATTERNS_PER_UID * (32 * B_LEVEL + 255)
+        + RING_BYTES_PER_UID
+        + n_shm * RING_SIZE;
+    eprintln!("the hub grew by {grown} bytes; bound {bound} (M(uid) {m_uid})");
+    assert!(
+        grown < bound,
+        "the hub grew by {grown} bytes, over the bound {bound}"
+    );
+    // A bystander of another uid gets a ring and its messages.
+    let mut mine = hub.subscriber(ipchub::hub::TransportKind::Shm, "bystander/ring");
+    p.publish_confirmed("bystander/ring", b"still here")
+        .unwrap();
+    assert_eq!(
+        mine.recv(Some(PROMPT)).unwrap().unwrap().payload,
+        b"still here"
     );
     stop(child);
 }
