@@ -444,7 +444,7 @@ fn rss(hub: &Hub) -> usize {
         * 1024
 }
 
-/// docs/SECURITY.md §8: one uid held at its channel, subscription and
+/// docs/SECURITY.md §8: one uid held at its channel, pattern-level and
 /// ring limits at once (besides the connections its clients need) makes
 /// the hub grow by less than the formula of the limits says, and a
 /// bystander of another uid still gets a ring of its own and its messages.
@@ -455,12 +455,14 @@ fn one_uid_at_every_channel_pattern_and_ring_limit_stays_under_the_memory_bound(
     const BYTES_PER_UID: usize = 1 << 20;
     const CHANNELS_PER_UID: usize = 512;
     const PATTERNS_PER_UID: usize = 1024;
+    const LEVELS_PER_UID: usize = 16384;
     const RING_BYTES_PER_UID: usize = 512 << 10;
     const RING_SIZE: usize = 64 << 10;
     let hub = Hub::start_shared(&format!(
         "[hub]\nmax_clients = 64\nmax_clients_per_uid = {MAX_CLIENTS_PER_UID}\n\
          max_message_size = {MAX_MESSAGE}\nmax_channels_per_uid = {CHANNELS_PER_UID}\n\
          max_subscriptions_per_client = 256\nmax_subscriptions_per_uid = {PATTERNS_PER_UID}\n\
+         max_pattern_levels_per_uid = {LEVELS_PER_UID}\n\
          [queue]\nmax_bytes = 262144\nmax_bytes_per_uid = {BYTES_PER_UID}\n\
          [shm]\nring_size = {RING_SIZE}\nchannel_ring_size = 65536\n\
          max_rings_per_client = 4\nmax_rings_per_uid = 8\n\
@@ -477,7 +479,8 @@ fn one_uid_at_every_channel_pattern_and_ring_limit_stays_under_the_memory_bound(
     eprintln!("{line}");
     // Each limit was reached, and each refusal names its key.
     assert!(line.contains("hub.max_channels_per_uid"), "{line}");
-    assert!(line.contains("hub.max_subscriptions_per_uid"), "{line}");
+    // The patterns have 32 levels each: the level budget runs out first.
+    assert!(line.contains("hub.max_pattern_levels_per_uid"), "{line}");
     let log = hub.log();
     assert!(
         log.contains("(limit shm.max_rings_per_uid)") || log.contains("shm.max_ring_bytes_per_uid"),
@@ -486,7 +489,7 @@ fn one_uid_at_every_channel_pattern_and_ring_limit_stays_under_the_memory_bound(
     let grown = rss(&hub).saturating_sub(before);
     // M(uid) of §8 with the connections this uid may have, then the
     // channel, pattern and ring terms. A pattern costs one trie node per
-    // level: B_pat is per level, times the 32 levels a name may have.
+    // level at most, charged against the uid's level budget.
     const C: usize = 16 << 10;
     const K: usize = 64 << 10;
     // Measured: about 510 bytes a level (a node in its parent's table of
@@ -499,7 +502,8 @@ fn one_uid_at_every_channel_pattern_and_ring_limit_stays_under_the_memory_bound(
     let n_shm = 3;
     let bound = m_uid
         + CHANNELS_PER_UID * (B_CH + 255)
-        + PATTERNS_PER_UID * (32 * B_LEVEL + 255)
+        + (PATTERNS_PER_UID * (32 * B_LEVEL + 255))
+            .min(LEVELS_PER_UID * B_LEVEL + PATTERNS_PER_UID * 255)
         + RING_BYTES_PER_UID
         + n_shm * RING_SIZE;
     eprintln!("the hub grew by {grown} bytes; bound {bound} (M(uid) {m_uid})");

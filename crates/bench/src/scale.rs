@@ -46,7 +46,8 @@ max_clients = 40000\n\
 max_clients_per_uid = 20000\n\
 max_channels = 250000\n\
 max_channels_per_uid = 120000\n\
-max_subscriptions_per_uid = 250000\n";
+max_subscriptions_per_uid = 250000\n\
+max_pattern_levels_per_uid = 1000000\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

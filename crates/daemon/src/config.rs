@@ -5,7 +5,7 @@
 //! rather than a silently ignored setting. `etc/ipchub.toml` in the repository
 //! lists every key with its default; a test keeps the two in agreement.
 
-use crate::wire::channel::Pattern;
+use crate::wire::channel::{Pattern, MAX_LEVELS};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -93,6 +93,10 @@ pub struct HubConfig {
     pub max_channels_per_uid: usize,
     /// Most subscriptions all the clients of one uid may hold together.
     pub max_subscriptions_per_uid: usize,
+    /// Most levels the patterns of one uid's clients may have together: each
+    /// level of a pattern is a node of the subscription index (hundreds of
+    /// bytes), so the index memory one uid holds is charged by level.
+    pub max_pattern_levels_per_uid: usize,
     /// Under `block`, how long a subscriber may hold publishers back before it is disconnected.
     pub block_timeout_ms: u64,
     /// How long a new connection may take to send its HELLO before it is closed.
@@ -809,6 +813,7 @@ impl Default for HubConfig {
             max_subscriptions_per_client: 1024,
             max_channels_per_uid: 4096,
             max_subscriptions_per_uid: 16384,
+            max_pattern_levels_per_uid: 131072,
             block_timeout_ms: 10_000,
             handshake_timeout_ms: 5_000,
             max_hello_size: 4096,
@@ -934,6 +939,12 @@ impl Config {
             return Err(bad(
                 "hub.max_subscriptions_per_uid",
                 "must be at least 1".into(),
+            ));
+        }
+        if h.max_pattern_levels_per_uid < MAX_LEVELS {
+            return Err(bad(
+                "hub.max_pattern_levels_per_uid",
+                format!("must be at least {MAX_LEVELS}, the levels one pattern may have"),
             ));
         }
         if self.queue.max_messages == 0 {

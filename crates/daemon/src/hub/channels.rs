@@ -44,6 +44,12 @@ fn matching(
     v
 }
 
+/// What a pattern is charged against `hub.max_pattern_levels_per_uid`: its
+/// levels, each a node of the subscription index at most.
+fn pattern_levels(pat: &Pattern) -> usize {
+    pat.as_str().split('/').count()
+}
+
 impl Hub {
     pub(super) fn subscribe(
         &mut self,
@@ -74,6 +80,17 @@ impl Hub {
                 ),
             ));
         }
+        let levels = pattern_levels(&pat);
+        let max_levels = self.cfg.hub.max_pattern_levels_per_uid;
+        let held_levels = self.uid_levels.get(&uid).copied().unwrap_or(0);
+        if held_levels + levels > max_levels {
+            return Err((
+                ErrorCode::LimitReached,
+                format!(
+                    "uid {uid} holds patterns of {held_levels} levels over all its clients; {levels} more would pass hub.max_pattern_levels_per_uid ({max_levels})"
+                ),
+            ));
+        }
         if pat.is_exact() && !self.policy.allows(pat.as_str(), &peer.creds, Op::Subscribe) {
             let text = format!(
                 "uid {} may not subscribe to '{}' (access policy)",
@@ -95,6 +112,7 @@ impl Hub {
         }
         self.subs.insert(pat.as_str(), id);
         *self.uid_subs.entry(uid).or_insert(0) += 1;
+        *self.uid_levels.entry(uid).or_insert(0) += levels;
         if pat.is_exact() {
             // Only this channel is concerned; the policy allowed it above.
             let gen = self.sub_gen;
@@ -145,6 +163,12 @@ impl Hub {
                 *n -= 1;
                 if *n == 0 {
                     self.uid_subs.remove(&uid);
+                }
+            }
+            if let Some(n) = self.uid_levels.get_mut(&uid) {
+                *n = n.saturating_sub(pattern_levels(pat));
+                if *n == 0 {
+                    self.uid_levels.remove(&uid);
                 }
             }
             if pat.is_exact() {

@@ -185,6 +185,9 @@ pub struct Hub {
     sub_gen: u64,
     /// Patterns held by each uid's clients together (hub.max_subscriptions_per_uid).
     uid_subs: HashMap<u32, usize>,
+    /// Levels of those patterns together (hub.max_pattern_levels_per_uid):
+    /// each is a node of the subscription index.
+    uid_levels: HashMap<u32, usize>,
     /// Channels charged to each uid (hub.max_channels_per_uid).
     uid_channels: HashMap<u32, usize>,
     /// Channels nobody holds, oldest first: collected when room is needed.
@@ -241,6 +244,7 @@ impl Hub {
             subs: SubTrie::default(),
             sub_gen: 0,
             uid_subs: HashMap::default(),
+            uid_levels: HashMap::default(),
             uid_channels: HashMap::default(),
             idle: BTreeMap::new(),
             idle_by_uid: BTreeMap::new(),

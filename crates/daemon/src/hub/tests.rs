@@ -675,6 +675,43 @@ fn subscriptions_per_uid_are_limited_over_all_its_clients() {
 }
 
 #[test]
+fn pattern_levels_per_uid_are_limited_and_given_back() {
+    let mut cfg = Config::default();
+    cfg.hub.max_pattern_levels_per_uid = 40;
+    let mut hub = hub_with(cfg);
+    let a1 = hub.admit(of_uid(1)).unwrap();
+    let a2 = hub.admit(of_uid(1)).unwrap();
+    let b = hub.admit(of_uid(2)).unwrap();
+    let deep = |tag: &str| format!("{tag}/{}#", "l/".repeat(30));
+    sub(&mut hub, a1, &deep("a")); // 32 levels
+    sub(&mut hub, a2, "x/y/+/z"); // 36
+    sub(&mut hub, a2, "p/q/r/s"); // 40: exactly the limit
+    send(&mut hub, a2, &frame(FrameType::Subscribe, 0, "t", b"", 5));
+    let e = error_of(&mut hub, a2);
+    assert!(
+        e.contains("uid 1 holds patterns of 40 levels")
+            && e.contains("hub.max_pattern_levels_per_uid"),
+        "{e}"
+    );
+    // Another uid has its own budget.
+    sub(&mut hub, b, &deep("b"));
+    // Unsubscribing and leaving give the levels back.
+    send(
+        &mut hub,
+        a2,
+        &frame(FrameType::Unsubscribe, 0, "p/q/r/s", b"", 6),
+    );
+    let got = drain(&mut hub, a2);
+    assert!(
+        got.iter().any(|f| f.0 == FrameType::Ack && f.1 == 6),
+        "{got:?}"
+    );
+    sub(&mut hub, a2, "t");
+    hub.remove(a1);
+    sub(&mut hub, a2, &deep("c"));
+}
+
+#[test]
 fn a_channel_about_to_get_its_ring_is_never_collected() {
     let mut cfg = Config::default();
     cfg.shm.channel_rings = true;
