@@ -599,3 +599,64 @@ fn a_forged_cursor_does_not_get_an_innocent_reader_disconnected() {
     assert_eq!(last.as_deref(), Some(&b"last"[..]));
     nobody_blamed(&hub);
 }
+
+/// B12 across users: every ring participant can write every byte, so a
+/// writer could pass itself off as anyone to the ring's direct readers. A
+/// ring is therefore shared only by the clients of one uid: nobody's
+/// subscriber owns the ring of `b12/users`, root's shm clients on the
+/// same channel get no slot in it (the hub relays to them, stamping and
+/// checking each origin), and both sides still get every message.
+#[test]
+fn a_ring_is_never_shared_across_users() {
+    let hub = Hub::start_with(CFG);
+    std::fs::set_permissions(
+        hub.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut theirs = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            IPCHUBCTL,
+            "sub",
+            "-t",
+            "shm",
+            "-l",
+            "-c",
+            "b12/users",
+        ])
+        .env("IPCHUB_SOCKET", &hub.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux) is needed");
+    hub.wait_subscribers("b12/users", 1);
+    wait_for(|| rings_created(&hub) == 1, "nobody's ring");
+    // Root's reader and writer on the same channel: refused the ring.
+    let mut mine = hub.subscriber(Shm, "b12/users");
+    let mut writer = hub.client_via(Shm);
+    writer.publish("b12/users", b"from root").unwrap();
+    writer.flush().unwrap();
+    let m = next_message(&mut mine, Duration::from_secs(10)).expect("root's message");
+    assert_eq!(m.payload, b"from root");
+    assert_eq!(m.origin, writer.id());
+    assert_eq!(rings_created(&hub), 1, "{}", hub.log());
+    assert!(
+        hub.log().contains(
+            "is shared by another user's clients, and a ring is never shared across users"
+        ),
+        "{}",
+        hub.log()
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(theirs.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "from root\n");
+    theirs.kill().unwrap();
+    let _ = theirs.wait_within(LIMIT);
+}

@@ -39,6 +39,13 @@ pub(super) struct ChannelRing {
     slots: Vec<Option<(ClientId, u8)>>,
     /// The uid of the client in each slot (meaningful where `slots` is Some).
     slot_uid: Vec<u32>,
+    /// The one uid whose clients may share this ring: every participant can
+    /// write every byte, so a writer could pass itself off as anyone to the
+    /// ring's direct readers; sharing only within a uid (whose processes can
+    /// already trace each other) keeps that from crossing users. Clients of
+    /// other uids on the channel are relayed by the hub, which checks and
+    /// stamps the origin of what it relays.
+    owner: u32,
     /// Where the search for a free slot starts: slots are reused as late
     /// as possible, so a departed client still storing into its old slot
     /// is unlikely to meet a new owner.
@@ -520,6 +527,16 @@ impl EventLoop {
             .rings
             .get(&req.channel)
             .is_some_and(|r| r.has(req.client));
+        if let Some(r) = self.rings.get(&req.channel) {
+            if r.owner != uid {
+                let text = format!(
+                    "the channel ring of '{}' is shared by another user's clients, and a ring is never shared across users (its writers could pass themselves off as anyone to its readers): the hub relays '{}'",
+                    req.channel, req.channel
+                );
+                tracing::debug!(client = req.client, channel = %req.channel, "channel ring refused: {text}");
+                return Err((ErrorCode::RingUnavailable, text));
+            }
+        }
         if !joined {
             self.check_ring_quota(req.client, uid, &req.channel)?;
         }
@@ -558,15 +575,16 @@ impl EventLoop {
             }
             // Rings are a shortcut: if the hub cannot make one (no memory,
             // no descriptor, no client slot for its endpoint), it relays.
-            self.make_ring(&req.channel, req.overflow).map_err(|e| {
-                (
-                    ErrorCode::RingUnavailable,
-                    format!(
-                        "cannot set up the channel ring ({e}): the hub relays '{}'",
-                        req.channel
-                    ),
-                )
-            })?;
+            self.make_ring(&req.channel, req.overflow, uid)
+                .map_err(|e| {
+                    (
+                        ErrorCode::RingUnavailable,
+                        format!(
+                            "cannot set up the channel ring ({e}): the hub relays '{}'",
+                            req.channel
+                        ),
+                    )
+                })?;
         }
         let r = self.rings.get_mut(&req.channel).expect("made above");
         let mut fresh = false;
@@ -691,7 +709,7 @@ impl EventLoop {
         (cap, cap + bring::HEADER_BYTES)
     }
 
-    fn make_ring(&mut self, channel: &str, overflow: Overflow) -> std::io::Result<()> {
+    fn make_ring(&mut self, channel: &str, overflow: Overflow, owner: u32) -> std::io::Result<()> {
         let (size, bytes) = self.ring_size();
         let policy = match overflow {
             Overflow::DropOldest => bring::Policy::DropOldest,
@@ -739,6 +757,7 @@ impl EventLoop {
                 shared,
                 slots: (0..MAX_SLOTS).map(|_| None).collect(),
                 slot_uid: vec![0; MAX_SLOTS],
+                owner,
                 next_slot: HUB_SLOT + 1,
                 bytes,
                 watch: Watch::new(
