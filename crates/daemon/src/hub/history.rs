@@ -71,6 +71,15 @@ pub const SEQ_RESERVATION: u64 = 1 << 20;
 /// repeat numbers). The file is rewritten without its stale lines when
 /// they outnumber the live ones. One line per million messages per
 /// channel, and one per channel that starts numbering.
+///
+/// Per-channel numbering is kept only while it is needed, so invented
+/// channel names cannot grow it: at start no memory channel holds a
+/// message, so every reservation read back folds into one hub-wide floor
+/// (the empty name: a line `" <n>"`), where every channel's numbering
+/// starts in this process; a channel whose history is dropped folds its
+/// reservation into that floor too. Every channel's numbers still only
+/// increase (they jump to the floor). What remains per channel belongs to
+/// channels holding stored messages, which are charged to their uids.
 #[derive(Default)]
 struct SeqFloors {
     path: Option<std::path::PathBuf>,
@@ -114,18 +123,50 @@ impl SeqFloors {
                 "unreadable lines in the sequence reservations: skipped"
             );
         }
+        // No memory channel has a message yet: one floor serves them all.
+        let mut folded: HashMap<Box<str>, u64> = HashMap::default();
+        if let Some(&n) = reserved.values().max() {
+            folded.insert("".into(), n);
+        }
         SeqFloors {
             path: Some(path),
             file: None,
             lines,
-            start: reserved.clone(),
-            reserved,
+            start: folded.clone(),
+            reserved: folded,
         }
     }
 
     /// The first number `channel` may use now.
     fn floor(&self, channel: &str) -> u64 {
-        self.start.get(channel).copied().unwrap_or(1).max(1)
+        self.start
+            .get(channel)
+            .or_else(|| self.start.get(""))
+            .copied()
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// `channel` (whose next number was `next`) keeps no numbering of its
+    /// own any more: fold what it reserved into the hub-wide floor.
+    fn forget(&mut self, channel: &str, next: u64) {
+        let mine = [
+            self.reserved.remove(channel),
+            self.start.remove(channel),
+            Some(next),
+        ];
+        let n = mine.into_iter().flatten().max().unwrap_or(1);
+        if self.start.get("").is_some_and(|&f| f >= n) {
+            return;
+        }
+        self.start.insert("".into(), n);
+        self.reserved.insert("".into(), n);
+        if self.path.is_some() {
+            if let Err(e) = self.append(format!(" {n}\n").as_bytes()) {
+                self.file = None;
+                tracing::warn!("cannot save channel sequence reservations ({e}): numbers may repeat after a restart");
+            }
+        }
     }
 
     /// Make sure `seq` is reserved for `channel` before it is used.
@@ -315,7 +356,26 @@ impl HistoryStore {
             None => {
                 let n = h.entries.len();
                 self.evict_front(channel, n);
-                self.channels.remove(channel);
+                self.forget(channel);
+                return;
+            }
+        }
+        // A memory channel left without messages keeps no record.
+        if self
+            .channels
+            .get(channel)
+            .is_some_and(|h| h.entries.is_empty() && h.bounds.disk.is_none())
+        {
+            self.forget(channel);
+        }
+    }
+
+    /// Drop `channel`'s record; a memory channel's numbering folds into
+    /// the hub-wide floor, so its numbers never repeat.
+    fn forget(&mut self, channel: &str) {
+        if let Some(h) = self.channels.remove(channel) {
+            if h.bounds.disk.is_none() {
+                self.floors.forget(channel, h.next_seq);
             }
         }
     }
@@ -611,10 +671,40 @@ mod seq_floor_tests {
             "{}",
             text.lines().count()
         );
-        let again = SeqFloors::load(path);
+        let mut again = SeqFloors::load(path.clone());
+        // Every reservation read back folds into one floor: no channel
+        // holds a message after a restart, and per-name state must not
+        // grow with the names ever used.
         for c in 0..10 {
             assert_eq!(again.floor(&format!("ch/{c}")), 1 + 50 * SEQ_RESERVATION);
         }
-        assert_eq!(again.floor("never/seen"), 1);
+        assert_eq!(again.floor("never/seen"), 1 + 50 * SEQ_RESERVATION);
+        assert_eq!(again.reserved.len(), 1);
+        assert_eq!(again.start.len(), 1);
+        // The file shrinks to a few lines at the next compaction.
+        for i in 0..70u64 {
+            again.reserve("busy", 1 + 50 * SEQ_RESERVATION + i * SEQ_RESERVATION);
+        }
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines <= 2 * 2 + 64 + 1, "{lines}");
+    }
+
+    /// A forgotten channel's reservation folds into the hub-wide floor:
+    /// its numbers and every newcomer's start above anything it used, in
+    /// this process and after a restart.
+    #[test]
+    fn forgetting_a_channel_folds_its_numbers_into_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sequences");
+        let mut f = SeqFloors::load(path.clone());
+        assert_eq!(f.floor("a"), 1);
+        f.reserve("a", 7);
+        f.start.insert("a".into(), 7);
+        f.forget("a", 9);
+        assert_eq!(f.reserved.len(), 1, "only the floor is left");
+        assert_eq!(f.floor("a"), 7 + SEQ_RESERVATION);
+        assert_eq!(f.floor("b"), 7 + SEQ_RESERVATION);
+        let again = SeqFloors::load(path);
+        assert_eq!(again.floor("a"), 7 + SEQ_RESERVATION);
     }
 }
