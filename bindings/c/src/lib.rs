@@ -11,7 +11,7 @@
 //! rendering (`IPCHUB_UPDATE_HEADER=1 cargo test -p ipchub-c` rewrites it).
 #![allow(non_camel_case_types)]
 
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::AsRawFd;
@@ -133,17 +133,27 @@ struct OwnedMessage {
 }
 
 thread_local! {
-    /// The last failure on this thread: message and hub code.
-    static LAST_ERROR: RefCell<(CString, u16)> = RefCell::new((CString::default(), 0));
+    /// The last failure on this thread: message and hub code; None after
+    /// a success.
+    static LAST_ERROR: RefCell<Option<(CString, u16)>> = const { RefCell::new(None) };
+    /// Whether LAST_ERROR holds a failure. Every call clears the error, so
+    /// this is all a successful call touches: a plain flag, no destructor,
+    /// no lazy initialisation. Resetting LAST_ERROR itself on every call
+    /// cost a `malloc` and a `free` (`CString::default` allocates one
+    /// byte), per message on a receive loop.
+    static ERROR_SET: Cell<bool> = const { Cell::new(false) };
 }
 
 fn set_error(text: &str, hub_code: u16) {
     let text = CString::new(text.replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = (text, hub_code));
+    LAST_ERROR.with(|e| *e.borrow_mut() = Some((text, hub_code)));
+    ERROR_SET.with(|f| f.set(true));
 }
 
 fn clear_error() {
-    LAST_ERROR.with(|e| *e.borrow_mut() = (CString::default(), 0));
+    if ERROR_SET.with(|f| f.replace(false)) {
+        LAST_ERROR.with(|e| *e.borrow_mut() = None);
+    }
 }
 
 /// Record `err` as this thread's last error and give its code.
@@ -519,18 +529,33 @@ fn next_message(
     if let Some(m) = st.pending.pop_front() {
         return Ok(Some(m));
     }
-    // What is already there needs no clock (two clock reads per message
-    // were a seventh of a C subscriber's time).
-    match st.client.next_event(Some(Duration::ZERO))? {
-        Some(Event::Message(m)) => return Ok(Some(m)),
-        Some(other) => {
-            keep(st, cl, other);
-            if let Some(m) = st.pending.pop_front() {
-                return Ok(Some(m));
+    // What has already arrived is taken with `poll_events`: no clock read
+    // (`next_event(Some(ZERO))` reads one for its deadline, an eighth of
+    // a C subscriber's time on shm at 64 B) and no arming of the
+    // wake-ups (`next_event` finding the rings empty tells each ring its
+    // reader sleeps, only to return at once; the wait below arms them
+    // again). Only when nothing is waiting to be written: a receive
+    // writes pending publishes first, and `poll_events` does not.
+    if st.client.pending_bytes() == 0 {
+        // (`keep` queues only messages, and those are returned here.)
+        while let Some(ev) = st.client.poll_events()? {
+            match ev {
+                Event::Message(m) => return Ok(Some(m)),
+                other => keep(st, cl, other),
             }
         }
-        None if timeout_ms == 0 => return Ok(None),
-        None => {}
+    }
+    if timeout_ms == 0 {
+        // This arms the wake-ups, as the descriptor's contract asks
+        // (`ipchub_fileno`): after a TIMEOUT the next message wakes the
+        // caller's loop.
+        while let Some(ev) = st.client.next_event(Some(Duration::ZERO))? {
+            match ev {
+                Event::Message(m) => return Ok(Some(m)),
+                other => keep(st, cl, other),
+            }
+        }
+        return Ok(None);
     }
     let deadline =
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
@@ -740,14 +765,21 @@ pub unsafe extern "C" fn ipchub_max_message(c: *const ipchub_client) -> u32 {
 /// until the next call into the library on this thread.
 #[no_mangle]
 pub extern "C" fn ipchub_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().0.as_ptr())
+    LAST_ERROR.with(|e| match &*e.borrow() {
+        Some((text, _)) => text.as_ptr(),
+        None => c"".as_ptr(),
+    })
 }
 
 /// The hub's error code (docs/PROTOCOL.md) of this thread's last failure
 /// when it was IPCHUB_ERR_REFUSED, else 0.
 #[no_mangle]
 pub extern "C" fn ipchub_last_hub_code() -> c_int {
-    LAST_ERROR.with(|e| c_int::from(e.borrow().1))
+    LAST_ERROR.with(|e| {
+        e.borrow()
+            .as_ref()
+            .map_or(0, |(_, code)| c_int::from(*code))
+    })
 }
 
 /// A static description of an `IPCHUB_*` return code.
