@@ -96,10 +96,12 @@ struct State {
     client: Client,
     /// Messages that arrived while waiting for a confirmation.
     pending: VecDeque<Message>,
-    /// What the last `ipchub_receive` view points into: the channel as a
-    /// C string (reused while the channel stays the same) and the message
-    /// (handed back to the client for reuse at the next call).
-    current: Option<(CString, Message)>,
+    /// What the last `ipchub_receive` view points into: the message
+    /// (handed back to the client for reuse at the next call) and its
+    /// channel as a C string (kept, and reused while the channel stays the
+    /// same).
+    current: Option<Message>,
+    current_channel: CString,
     /// The channel of the last `ipchub_publish`, checked to be UTF-8: a
     /// publisher of one channel validates its name once, not per message.
     publish_channel: String,
@@ -369,6 +371,7 @@ pub unsafe extern "C" fn ipchub_connect(
                         client,
                         pending: VecDeque::new(),
                         current: None,
+                        current_channel: CString::default(),
                         publish_channel: String::new(),
                         poisoned: false,
                     }),
@@ -632,21 +635,18 @@ pub unsafe extern "C" fn ipchub_receive(
         // The previous view ends here: its message's buffers go back to the
         // client for the next messages, its channel string is kept while
         // the channel stays the same (no allocation per message).
-        let cached = st.current.take().map(|(cs, old)| {
+        if let Some(old) = st.current.take() {
             st.client.recycle(old);
-            cs
-        });
+        }
         let Some(m) = next_message(st, cl, timeout_ms)? else {
             return Ok(IPCHUB_TIMEOUT);
         };
-        let channel = match cached {
-            Some(cs) if cs.as_bytes() == m.channel.as_bytes() => cs,
-            _ => channel_cstring(m.channel.clone()),
-        };
-        let view = view_of(&channel, &m.payload, &m);
-        // The view points into the heap buffers, which do not move when the
-        // tuple is moved into the client.
-        st.current = Some((channel, m));
+        if st.current_channel.as_bytes() != m.channel.as_bytes() {
+            st.current_channel = channel_cstring(m.channel.clone());
+        }
+        // Moved into place once; the view points into its heap buffers.
+        let m = st.current.insert(m);
+        let view = view_of(&st.current_channel, &m.payload, m);
         // SAFETY: checked non-NULL; the caller's writable storage.
         unsafe { *msg = view };
         Ok(IPCHUB_OK)
@@ -670,7 +670,9 @@ pub unsafe extern "C" fn ipchub_receive_copy(
     // SAFETY: checked non-NULL.
     unsafe { *out = std::ptr::null_mut() };
     with_client(c, |st, cl| {
-        st.current = None;
+        if let Some(old) = st.current.take() {
+            st.client.recycle(old);
+        }
         let Some(m) = next_message(st, cl, timeout_ms)? else {
             return Ok(IPCHUB_TIMEOUT);
         };
