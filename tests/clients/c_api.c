@@ -132,7 +132,17 @@ int main(int argc, char **argv)
     EXPECT(strstr(ipchub_last_error(), "32") != NULL);
     EXPECT(ipchub_publish(c, NULL, "x", 1, 0, NULL) == IPCHUB_ERR_INVALID_ARGUMENT);
     EXPECT(ipchub_publish(c, "capi/a", NULL, 1, 0, NULL) == IPCHUB_ERR_INVALID_ARGUMENT);
+    /* A repeated channel skips its UTF-8 check: the same buffer changed
+     * in place must be checked again. */
+    char chan[] = "capi/a";
+    EXPECT(ipchub_publish(c, chan, "u", 1, 0, NULL) == IPCHUB_OK);
+    EXPECT(ipchub_receive(c, 10000, &m) == IPCHUB_OK && m.len == 1);
+    chan[5] = (char)0xff;
+    EXPECT(ipchub_publish(c, chan, "u", 1, 0, NULL) == IPCHUB_ERR_INVALID_ARGUMENT);
+    EXPECT(strstr(ipchub_last_error(), "channel is not valid UTF-8") != NULL);
+    /* A success after a failure clears the thread's error. */
     EXPECT(ipchub_publish(c, "capi/a", NULL, 0, 0, NULL) == IPCHUB_OK);
+    EXPECT(strcmp(ipchub_last_error(), "") == 0 && ipchub_last_hub_code() == 0);
     EXPECT(ipchub_receive(c, 10000, &m) == IPCHUB_OK && m.len == 0);
     EXPECT(ipchub_subscribe(c, "capi/#/x") == IPCHUB_ERR_BAD_CHANNEL);
     EXPECT(ipchub_subscribe(NULL, "capi/x") == IPCHUB_ERR_INVALID_ARGUMENT);

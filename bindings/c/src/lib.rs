@@ -11,7 +11,7 @@
 //! rendering (`IPCHUB_UPDATE_HEADER=1 cargo test -p ipchub-c` rewrites it).
 #![allow(non_camel_case_types)]
 
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::AsRawFd;
@@ -96,10 +96,15 @@ struct State {
     client: Client,
     /// Messages that arrived while waiting for a confirmation.
     pending: VecDeque<Message>,
-    /// What the last `ipchub_receive` view points into: the channel as a
-    /// C string (reused while the channel stays the same) and the message
-    /// (handed back to the client for reuse at the next call).
-    current: Option<(CString, Message)>,
+    /// What the last `ipchub_receive` view points into: the message
+    /// (handed back to the client for reuse at the next call) and its
+    /// channel as a C string (kept, and reused while the channel stays the
+    /// same).
+    current: Option<Message>,
+    current_channel: CString,
+    /// The channel of the last `ipchub_publish`, checked to be UTF-8: a
+    /// publisher of one channel validates its name once, not per message.
+    publish_channel: String,
     /// A panic was caught inside a call: the state may be torn.
     poisoned: bool,
 }
@@ -133,17 +138,27 @@ struct OwnedMessage {
 }
 
 thread_local! {
-    /// The last failure on this thread: message and hub code.
-    static LAST_ERROR: RefCell<(CString, u16)> = RefCell::new((CString::default(), 0));
+    /// The last failure on this thread: message and hub code; None after
+    /// a success.
+    static LAST_ERROR: RefCell<Option<(CString, u16)>> = const { RefCell::new(None) };
+    /// Whether LAST_ERROR holds a failure. Every call clears the error, so
+    /// this is all a successful call touches: a plain flag, no destructor,
+    /// no lazy initialisation. Resetting LAST_ERROR itself on every call
+    /// cost a `malloc` and a `free` (`CString::default` allocates one
+    /// byte), per message on a receive loop.
+    static ERROR_SET: Cell<bool> = const { Cell::new(false) };
 }
 
 fn set_error(text: &str, hub_code: u16) {
     let text = CString::new(text.replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = (text, hub_code));
+    LAST_ERROR.with(|e| *e.borrow_mut() = Some((text, hub_code)));
+    ERROR_SET.with(|f| f.set(true));
 }
 
 fn clear_error() {
-    LAST_ERROR.with(|e| *e.borrow_mut() = (CString::default(), 0));
+    if ERROR_SET.with(|f| f.replace(false)) {
+        LAST_ERROR.with(|e| *e.borrow_mut() = None);
+    }
 }
 
 /// Record `err` as this thread's last error and give its code.
@@ -356,6 +371,8 @@ pub unsafe extern "C" fn ipchub_connect(
                         client,
                         pending: VecDeque::new(),
                         current: None,
+                        current_channel: CString::default(),
+                        publish_channel: String::new(),
                         poisoned: false,
                     }),
                 });
@@ -455,11 +472,12 @@ pub unsafe extern "C" fn ipchub_publish(
     priority: u8,
     delivered: *mut u32,
 ) -> c_int {
-    // SAFETY: the caller's contract.
-    let channel = match unsafe { req_str(channel, "channel") } {
-        Ok(ch) => ch,
-        Err(e) => return e,
-    };
+    if channel.is_null() {
+        return invalid("channel is NULL");
+    }
+    // SAFETY: non-NULL, and NUL-terminated by the caller's contract. Its
+    // UTF-8 check waits for the handle: a repeated channel skips it.
+    let channel = unsafe { CStr::from_ptr(channel) }.to_bytes();
     if data.is_null() && len > 0 {
         return invalid("data is NULL");
     }
@@ -470,10 +488,22 @@ pub unsafe extern "C" fn ipchub_publish(
         unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
     };
     with_client(c, |st, cl| {
+        // The UTF-8 check (and the strlen before it) were a fifth of a C
+        // publisher's time on shm at 64 B: a byte comparison with the last
+        // channel is enough when it did not change.
+        if st.publish_channel.as_bytes() != channel {
+            let Ok(ch) = std::str::from_utf8(channel) else {
+                return Ok(invalid("channel is not valid UTF-8"));
+            };
+            st.publish_channel.clear();
+            st.publish_channel.push_str(ch);
+        }
         let ack = !delivered.is_null();
-        let seq = st
-            .client
-            .publish_with(channel, payload, PublishOptions { ack, priority })?;
+        let seq = st.client.publish_with(
+            &st.publish_channel,
+            payload,
+            PublishOptions { ack, priority },
+        )?;
         if ack {
             let n = wait_ack(st, cl, seq)?;
             // SAFETY: checked non-NULL; the caller's writable u32.
@@ -519,18 +549,33 @@ fn next_message(
     if let Some(m) = st.pending.pop_front() {
         return Ok(Some(m));
     }
-    // What is already there needs no clock (two clock reads per message
-    // were a seventh of a C subscriber's time).
-    match st.client.next_event(Some(Duration::ZERO))? {
-        Some(Event::Message(m)) => return Ok(Some(m)),
-        Some(other) => {
-            keep(st, cl, other);
-            if let Some(m) = st.pending.pop_front() {
-                return Ok(Some(m));
+    // What has already arrived is taken with `poll_events`: no clock read
+    // (`next_event(Some(ZERO))` reads one for its deadline, an eighth of
+    // a C subscriber's time on shm at 64 B) and no arming of the
+    // wake-ups (`next_event` finding the rings empty tells each ring its
+    // reader sleeps, only to return at once; the wait below arms them
+    // again). Only when nothing is waiting to be written: a receive
+    // writes pending publishes first, and `poll_events` does not.
+    if st.client.pending_bytes() == 0 {
+        // (`keep` queues only messages, and those are returned here.)
+        while let Some(ev) = st.client.poll_events()? {
+            match ev {
+                Event::Message(m) => return Ok(Some(m)),
+                other => keep(st, cl, other),
             }
         }
-        None if timeout_ms == 0 => return Ok(None),
-        None => {}
+    }
+    if timeout_ms == 0 {
+        // This arms the wake-ups, as the descriptor's contract asks
+        // (`ipchub_fileno`): after a TIMEOUT the next message wakes the
+        // caller's loop.
+        while let Some(ev) = st.client.next_event(Some(Duration::ZERO))? {
+            match ev {
+                Event::Message(m) => return Ok(Some(m)),
+                other => keep(st, cl, other),
+            }
+        }
+        return Ok(None);
     }
     let deadline =
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
@@ -590,21 +635,18 @@ pub unsafe extern "C" fn ipchub_receive(
         // The previous view ends here: its message's buffers go back to the
         // client for the next messages, its channel string is kept while
         // the channel stays the same (no allocation per message).
-        let cached = st.current.take().map(|(cs, old)| {
+        if let Some(old) = st.current.take() {
             st.client.recycle(old);
-            cs
-        });
+        }
         let Some(m) = next_message(st, cl, timeout_ms)? else {
             return Ok(IPCHUB_TIMEOUT);
         };
-        let channel = match cached {
-            Some(cs) if cs.as_bytes() == m.channel.as_bytes() => cs,
-            _ => channel_cstring(m.channel.clone()),
-        };
-        let view = view_of(&channel, &m.payload, &m);
-        // The view points into the heap buffers, which do not move when the
-        // tuple is moved into the client.
-        st.current = Some((channel, m));
+        if st.current_channel.as_bytes() != m.channel.as_bytes() {
+            st.current_channel = channel_cstring(m.channel.clone());
+        }
+        // Moved into place once; the view points into its heap buffers.
+        let m = st.current.insert(m);
+        let view = view_of(&st.current_channel, &m.payload, m);
         // SAFETY: checked non-NULL; the caller's writable storage.
         unsafe { *msg = view };
         Ok(IPCHUB_OK)
@@ -628,7 +670,9 @@ pub unsafe extern "C" fn ipchub_receive_copy(
     // SAFETY: checked non-NULL.
     unsafe { *out = std::ptr::null_mut() };
     with_client(c, |st, cl| {
-        st.current = None;
+        if let Some(old) = st.current.take() {
+            st.client.recycle(old);
+        }
         let Some(m) = next_message(st, cl, timeout_ms)? else {
             return Ok(IPCHUB_TIMEOUT);
         };
@@ -740,14 +784,21 @@ pub unsafe extern "C" fn ipchub_max_message(c: *const ipchub_client) -> u32 {
 /// until the next call into the library on this thread.
 #[no_mangle]
 pub extern "C" fn ipchub_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().0.as_ptr())
+    LAST_ERROR.with(|e| match &*e.borrow() {
+        Some((text, _)) => text.as_ptr(),
+        None => c"".as_ptr(),
+    })
 }
 
 /// The hub's error code (docs/PROTOCOL.md) of this thread's last failure
 /// when it was IPCHUB_ERR_REFUSED, else 0.
 #[no_mangle]
 pub extern "C" fn ipchub_last_hub_code() -> c_int {
-    LAST_ERROR.with(|e| c_int::from(e.borrow().1))
+    LAST_ERROR.with(|e| {
+        e.borrow()
+            .as_ref()
+            .map_or(0, |(_, code)| c_int::from(*code))
+    })
 }
 
 /// A static description of an `IPCHUB_*` return code.
