@@ -17,6 +17,11 @@
 //! | `c<id>`     | client `<id>`'s connection (`client:<id>`)        |
 //! | `c<id>.0`   | its data path's read end (`client:<id>:data-in`)  |
 //! | `c<id>.1`   | its data path's write end (`client:<id>:data-out`)|
+//! | `c<id>.2`   | an shm client's hub eventfd (`client:<id>:hub-event`)|
+//! | `c<id>.3`   | an shm client's own eventfd (`client:<id>:client-event`)|
+//!
+//! (For an shm client `c<id>.0` and `c<id>.1` are its `up` and `down` ring
+//! memfds.)
 //!
 //! The new hub maps the names back onto the state's index ([`rebind`]),
 //! takes the listening socket from the socket unit (or `listener`), and
@@ -69,9 +74,10 @@ pub fn store_name(entry: &str) -> Option<String> {
     let rest = entry.strip_prefix("client:")?;
     let (id, role) = match rest.split_once(':') {
         None => (rest, None),
-        Some((id, "data-in")) => (id, Some(0)),
-        Some((id, "data-out")) => (id, Some(1)),
-        Some(_) => return None,
+        Some((id, role)) => (
+            id,
+            Some(handover::DATA_ROLES.iter().position(|r| *r == role)?),
+        ),
     };
     let id: u32 = id.parse().ok()?;
     Some(match role {
@@ -90,7 +96,7 @@ pub fn is_store_name(name: &str) -> bool {
     };
     let (id, k) = rest.split_once('.').unwrap_or((rest, "0"));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(id) && (k == "0" || k == "1")
+    digits(id) && matches!(k, "0" | "1" | "2" | "3")
 }
 
 /// Descriptors each kept client costs in the store.
@@ -479,6 +485,8 @@ mod tests {
             ("client:5", "c5"),
             ("client:5:data-in", "c5.0"),
             ("client:5:data-out", "c5.1"),
+            ("client:5:hub-event", "c5.2"),
+            ("client:5:client-event", "c5.3"),
         ] {
             assert_eq!(store_name(entry).as_deref(), Some(name));
             assert!(is_store_name(name), "{name}");
@@ -486,7 +494,7 @@ mod tests {
         }
         assert!(is_store_name(STATE));
         for other in [
-            "ipchub", "fifo", "c", "c5.2", "cx", "c5.", "client:5", "c.0",
+            "ipchub", "fifo", "c", "c5.4", "cx", "c5.", "client:5", "c.0",
         ] {
             assert!(!is_store_name(other), "{other}");
         }
@@ -517,6 +525,48 @@ mod tests {
         for e in &state.fds {
             assert!(fds.iter().any(|f| f.as_raw_fd() == e.fd), "{}", e.name);
         }
+    }
+
+    #[test]
+    fn an_shm_clients_four_data_descriptors_rebind_by_name() {
+        let mut state = old_state(false);
+        for (k, role) in handover::DATA_ROLES.iter().enumerate() {
+            state.fds.push(FdEntry {
+                name: format!("client:9:{role}"),
+                fd: 20 + k as RawFd,
+            });
+        }
+        state.fds.push(FdEntry {
+            name: "client:9".into(),
+            fd: 19,
+        });
+        let mut c9 = state.clients[0].clone();
+        c9.hub.id = 9;
+        c9.hub.transport = "shm".into();
+        c9.fd = 19;
+        c9.data_fds = vec![20, 21, 22, 23];
+        state.clients.push(c9);
+        handover::check_consistent(&state).unwrap();
+        let names: Vec<String> = entries(&state, 99).into_iter().map(|(n, _)| n).collect();
+        for n in ["c9", "c9.0", "c9.1", "c9.2", "c9.3"] {
+            assert!(names.iter().any(|x| x == n), "{n}: {names:?}");
+        }
+        let stored = store(&[
+            "c5", "c7", "c7.0", "c7.1", "c9", "c9.0", "c9.1", "c9.2", "c9.3",
+        ]);
+        let want: Vec<RawFd> = ["c9.0", "c9.1", "c9.2", "c9.3"]
+            .iter()
+            .map(|n| stored[*n].as_raw_fd())
+            .collect();
+        let (state, fds) = rebind(state, stored, Some(fd())).unwrap();
+        assert_eq!(fds.len(), 10);
+        let c9 = state.clients.iter().find(|c| c.hub.id == 9).unwrap();
+        assert_eq!(c9.data_fds, want);
+        handover::check_consistent(&state).unwrap();
+        // Capacity counts all five: with room for eight, c9 is left out.
+        let mut s = old_state(false);
+        s.clients.push(c9.clone());
+        assert_eq!(fit(&mut s, 1 + 1 + 3 + 3), 1);
     }
 
     #[test]

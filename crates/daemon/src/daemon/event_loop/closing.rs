@@ -213,13 +213,16 @@ impl EventLoop {
         let ids: Vec<ClientId> = self.clients.keys().copied().collect();
         for id in ids {
             // Clients whose data path is descriptors alone keep their
-            // connection (socket, pipe, FIFO, mqueue); shm clients (rings,
-            // eventfds) are not handed over yet: they reconnect.
+            // connection (socket, pipe, FIFO, mqueue, and shm: its two ring
+            // memfds and two eventfds). An shm client that holds a slot in
+            // a channel ring is not handed over yet: it reconnects.
+            let in_rings = self.ring_use.holds(id);
             let keep = self.clients.get(&id).is_some_and(|c| {
                 c.greeted
                     && c.ctrl.is_some()
                     && c.closing.is_none()
                     && !c.ctrl_gone
+                    && !in_rings
                     && c.data.as_ref().is_none_or(|l| l.handover_fds().is_some())
             });
             if keep {
@@ -239,16 +242,21 @@ impl EventLoop {
                             .collect(),
                         None => Vec::new(),
                     };
-                    let complete = c.data.is_none() || data_fds.len() == 2;
+                    let want = c
+                        .data
+                        .as_ref()
+                        .and_then(|l| l.handover_fds())
+                        .map_or(0, |v| v.len());
+                    let complete = data_fds.len() == want;
                     if complete && handover::inherit(raw).is_ok() {
                         let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
                         fds.push(handover::FdEntry {
                             name: format!("client:{id}"),
                             fd: raw,
                         });
-                        for (i, &d) in data_fds.iter().enumerate() {
+                        for (&d, role) in data_fds.iter().zip(handover::DATA_ROLES) {
                             fds.push(handover::FdEntry {
-                                name: format!("client:{id}:{}", ["data-in", "data-out"][i]),
+                                name: format!("client:{id}:{role}"),
                                 fd: d,
                             });
                         }
@@ -373,6 +381,20 @@ impl EventLoop {
                 (TransportKind::Pipe | TransportKind::Fifo, 2) => {
                     let [r, w]: [OwnedFd; 2] = data.try_into().expect("two");
                     Some(Box::new(crate::transport::stream::StreamLink::pair(r, w)))
+                }
+                (TransportKind::Shm, 4) => {
+                    let fds: [OwnedFd; 4] = data.try_into().expect("four");
+                    let max = self.hub.config().hub.max_message_size;
+                    match crate::transport::shm::restore(fds, max) {
+                        Ok(l) => Some(Box::new(l)),
+                        Err(e) => {
+                            warn!(
+                                client = id,
+                                "cannot take over its shared memory rings, it reconnects: {e}"
+                            );
+                            continue;
+                        }
+                    }
                 }
                 (TransportKind::Mqueue, 2) => {
                     let [r, w]: [OwnedFd; 2] = data.try_into().expect("two");

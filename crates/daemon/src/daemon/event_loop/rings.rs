@@ -136,6 +136,11 @@ enum Drain {
 }
 
 impl RingUse {
+    /// Whether `client` holds a slot in any channel ring.
+    pub(super) fn holds(&self, client: ClientId) -> bool {
+        self.clients.contains_key(&client)
+    }
+
     /// `client` (of `uid`) left `r` (its slot already cleared).
     fn release(&mut self, client: ClientId, uid: u32, r: &ChannelRing) {
         if let Some(c) = self.clients.get_mut(&client) {
