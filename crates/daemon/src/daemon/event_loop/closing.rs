@@ -180,7 +180,8 @@ fn lingers_until(clients: &HashMap<ClientId, Client>, id: ClientId) -> Option<In
 }
 
 impl EventLoop {
-    /// Planned restart (SIGUSR2): say goodbye to every client ("hub
+    /// Planned restart (SIGUSR2): hand every client that can be kept to
+    /// the successor (`export_state`), say goodbye to the others ("hub
     /// restarting": their libraries reconnect by themselves), stop our
     /// children, and execute ipchubd again with the listening socket handed
     /// over (`daemon/handover.rs`), so the socket never goes away and
@@ -198,9 +199,11 @@ impl EventLoop {
 
     /// The hand-over's first half, shared by SIGUSR2 (re-execution) and a
     /// stop into systemd's fd store (`event_loop/fdstore_stop.rs`): every
-    /// client whose data path is descriptors alone leaves the loop with its
-    /// descriptors open (close-on-exec cleared, numbers in the state's
-    /// index); the others get BYE "hub restarting"; children stop.
+    /// client whose data path is descriptors alone (shm included: ring
+    /// memfds and eventfds) leaves the loop with its descriptors open
+    /// (close-on-exec cleared, numbers in the state's index); the others
+    /// (an shm client in a channel ring, one closing or not greeted) get
+    /// BYE "hub restarting"; children stop.
     pub(super) fn export_state(&mut self) -> crate::daemon::handover::State {
         use crate::daemon::handover;
         use std::os::fd::AsRawFd;
