@@ -8,10 +8,10 @@
 //! order, with the block policy; and repeated restarts leave nothing
 //! behind in the hub (descriptors, shared memory) or in the store.
 //!
-//! Channel rings are not handed over yet: these hubs run with
-//! `shm.channel_rings = false`, so exact channels go over each client's own
-//! rings (an shm client holding a channel ring still reconnects,
-//! `tests/handover.rs`).
+//! Each runs twice: with channel rings (the default: exact channels go
+//! through the channel's broadcast ring, which is handed over too, with its
+//! slots, its endpoint and the per-uid ring charges) and without
+//! (`shm.channel_rings = false`: they go over each client's own rings).
 
 mod common;
 
@@ -31,8 +31,10 @@ use ipchub::client::{Client, Event, Options};
 use ipchub::hub::TransportKind::{self, *};
 
 const WAIT: Duration = Duration::from_secs(20);
-const CONFIG: &str =
+const NO_RINGS: &str =
     "[queue]\noverflow = \"block\"\n[shm]\nchannel_rings = false\n[dbus]\nenabled = false\n";
+const RINGS: &str =
+    "[queue]\noverflow = \"block\"\n[shm]\nchannel_rings = true\n[dbus]\nenabled = false\n";
 
 /// What systemd's store holds: `(FDNAME, descriptor)` in arrival order.
 type Store = Arc<Mutex<Vec<(String, OwnedFd)>>>;
@@ -168,6 +170,10 @@ impl ManagedHub {
     /// (bash places them, then executes the daemon in its own process).
     fn spawn(&mut self, passed: Vec<(String, OwnedFd)>) {
         use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        // The passed descriptors lose close-on-exec until the child has
+        // them: no other test's child may inherit them meanwhile.
+        static SPAWN: Mutex<()> = Mutex::new(());
+        let guard = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
         let mut script = String::new();
         let n = passed.len();
         for (i, (_, fd)) in passed.iter().enumerate() {
@@ -221,6 +227,7 @@ impl ManagedHub {
             .expect("start ipchubd");
         // Our copies: the child has its own now.
         drop(passed);
+        drop(guard);
         self.child = Some(child);
         self.starts += 1;
         self.wait_ready(self.starts);
@@ -376,8 +383,8 @@ fn publisher(
 /// publisher to an shm subscriber, through two restarts by `how`; the
 /// subscribers read only at the end (their messages wait in the hub's
 /// queues and in their shm rings, and cross the restarts there).
-fn shm_streams_through(how: Restart) {
-    let mut hub = ManagedHub::start(CONFIG);
+fn shm_streams_through(how: Restart, config: &str) {
+    let mut hub = ManagedHub::start(config);
     const N: u32 = 10_000;
     let mut subs: Vec<(Client, &str)> = vec![
         (hub.subscriber(Shm, "from-shm"), "shm <- shm"),
@@ -424,16 +431,31 @@ fn shm_streams_through(how: Restart) {
     let log = hub.log();
     assert!(log.contains("clients kept"), "{log}");
     assert!(!log.contains("hub restarting"), "{log}");
+    if config == RINGS {
+        // Both channels' rings went along, twice each, and none retired.
+        assert_eq!(log.matches("channel ring taken over").count(), 4, "{log}");
+        assert!(!log.contains("retired"), "{log}");
+    }
 }
 
 #[test]
 fn shm_clients_stream_through_sigusr2_restarts_once_in_order_without_reconnecting() {
-    shm_streams_through(Restart::Sigusr2);
+    shm_streams_through(Restart::Sigusr2, NO_RINGS);
 }
 
 #[test]
 fn shm_clients_stream_through_fd_store_restarts_once_in_order_without_reconnecting() {
-    shm_streams_through(Restart::FdStore);
+    shm_streams_through(Restart::FdStore, NO_RINGS);
+}
+
+#[test]
+fn channel_rings_stream_through_sigusr2_restarts_once_in_order_without_reconnecting() {
+    shm_streams_through(Restart::Sigusr2, RINGS);
+}
+
+#[test]
+fn channel_rings_stream_through_fd_store_restarts_once_in_order_without_reconnecting() {
+    shm_streams_through(Restart::FdStore, RINGS);
 }
 
 /// Descriptors of `pid` by kind: memfds (shm rings, state), eventfds, and
@@ -476,14 +498,38 @@ fn footprint(pid: i32) -> (usize, usize, usize, u64) {
     (kinds["memfd"], kinds["eventfd"], all, kib)
 }
 
+/// What each of `pid`'s descriptors is, sorted (for a failure message).
+fn fd_listing(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let t = std::fs::read_link(e.path()).unwrap_or_default();
+            let t = t.to_string_lossy();
+            // Numbers of sockets and pipes differ between rounds.
+            t.split(':').next().unwrap_or("").to_string() + t.strip_prefix("/memfd").unwrap_or("")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Restarts in a loop with shm clients connected: the hub holds the same
 /// descriptors and maps the same shared memory after each, the clients
 /// never notice, and a message still goes through after every one.
-fn no_growth(how: Restart) {
-    let mut hub = ManagedHub::start(CONFIG);
+fn no_growth(how: Restart, config: &str) {
+    let mut hub = ManagedHub::start(config);
     let mut sub = hub.subscriber(Shm, "loop");
     let mut p = hub.client_via(Shm);
+    // Both in their rings (when there are rings) before the first restart:
+    // what a restart hands over is then the same every round.
+    assert_eq!(p.publish_confirmed("loop", b"warm-up").unwrap(), 1);
+    let m = sub.recv(Some(WAIT)).unwrap().expect("warm-up");
+    assert_eq!(m.payload, b"warm-up");
+    // Counted from the first restart on: the first hub started
+    // differently (no descriptors passed, nothing inherited).
     let mut seen = Vec::new();
+    let mut listings = Vec::new();
     for round in 0..8u32 {
         hub.restart(how);
         assert_eq!(
@@ -496,10 +542,13 @@ fn no_growth(how: Restart) {
             .expect("message after restart");
         assert_eq!(m.payload, round.to_le_bytes());
         seen.push(footprint(hub.pid()));
+        listings.push(fd_listing(hub.pid()));
     }
     assert!(
         seen.windows(2).all(|w| w[0] == w[1]),
-        "(memfds, eventfds, descriptors, memfd KiB) per round: {seen:?}"
+        "(memfds, eventfds, descriptors, memfd KiB) after each round: {seen:?}\nfirst: {:?}\nlast: {:?}",
+        listings[0],
+        listings[listings.len() - 1]
     );
     // Two shm clients: two rings each, mapped, and two eventfds each.
     assert!(seen[0].0 >= 4 && seen[0].1 >= 4, "{seen:?}");
@@ -511,10 +560,112 @@ fn no_growth(how: Restart) {
 
 #[test]
 fn repeated_sigusr2_restarts_with_shm_clients_grow_nothing() {
-    no_growth(Restart::Sigusr2);
+    no_growth(Restart::Sigusr2, NO_RINGS);
 }
 
 #[test]
 fn repeated_fd_store_restarts_with_shm_clients_grow_nothing() {
-    no_growth(Restart::FdStore);
+    no_growth(Restart::FdStore, NO_RINGS);
+}
+
+#[test]
+fn repeated_sigusr2_restarts_with_channel_rings_grow_nothing() {
+    no_growth(Restart::Sigusr2, RINGS);
+}
+
+#[test]
+fn repeated_fd_store_restarts_with_channel_rings_grow_nothing() {
+    no_growth(Restart::FdStore, RINGS);
+}
+
+/// The per-uid ring charges cross a restart: with room for one ring per
+/// uid, a ring held before the restart still counts after it (a second
+/// channel is relayed, not given a ring), and is released when its last
+/// participant leaves (a third channel then gets one).
+fn ring_charges_cross(how: Restart) {
+    let config = RINGS.replace(
+        "[shm]\n",
+        "[shm]\nmax_rings_per_uid = 1\nmax_rings_per_client = 1\n",
+    );
+    let mut hub = ManagedHub::start(&config);
+    let mut a = hub.subscriber(Shm, "charge/a");
+    let mut pa = hub.client_via(Shm);
+    assert_eq!(pa.publish_confirmed("charge/a", b"1").unwrap(), 1);
+    assert_eq!(a.recv(Some(WAIT)).unwrap().unwrap().payload, b"1");
+    let created = |hub: &ManagedHub| hub.log().matches("channel ring created").count();
+    assert_eq!(created(&hub), 1);
+    hub.restart(how);
+    // The same uid: refused a second ring, relayed instead.
+    let mut b = hub.subscriber(Shm, "charge/b");
+    let mut pb = hub.client_via(Socket);
+    assert_eq!(pb.publish_confirmed("charge/b", b"2").unwrap(), 1);
+    assert_eq!(b.recv(Some(WAIT)).unwrap().unwrap().payload, b"2");
+    assert_eq!(created(&hub), 1, "{}", hub.log());
+    assert!(
+        hub.log()
+            .contains("channel rings already (limit shm.max_rings_per_uid)"),
+        "{}",
+        hub.log()
+    );
+    // The ring still works, and once its participants go, its charge too.
+    assert_eq!(pa.publish_confirmed("charge/a", b"3").unwrap(), 1);
+    assert_eq!(a.recv(Some(WAIT)).unwrap().unwrap().payload, b"3");
+    for c in [&mut a, &mut pa] {
+        assert_eq!(c.poll_events().unwrap(), None, "no reconnection");
+    }
+    drop((a, pa));
+    let log_has_removed = |hub: &ManagedHub| hub.log().contains("channel ring removed");
+    wait_for(
+        || log_has_removed(&hub),
+        "the ring removed with its participants",
+    );
+    let mut c = hub.subscriber(Shm, "charge/c");
+    let mut pc = hub.client_via(Socket);
+    assert_eq!(pc.publish_confirmed("charge/c", b"4").unwrap(), 1);
+    assert_eq!(c.recv(Some(WAIT)).unwrap().unwrap().payload, b"4");
+    assert_eq!(created(&hub), 2, "{}", hub.log());
+}
+
+#[test]
+fn per_uid_ring_charges_cross_a_sigusr2_restart() {
+    ring_charges_cross(Restart::Sigusr2);
+}
+
+#[test]
+fn per_uid_ring_charges_cross_an_fd_store_restart() {
+    ring_charges_cross(Restart::FdStore);
+}
+
+/// A ring the new hub will not serve (here: its configuration turned
+/// channel rings off meanwhile) is retired, not dropped with its clients:
+/// they stay connected, its reader becomes an ordinary subscriber, its
+/// writer publishes through the hub.
+#[test]
+fn a_ring_the_new_hub_refuses_is_retired_and_nobody_reconnects() {
+    let mut hub = ManagedHub::start(RINGS);
+    let mut sub = hub.subscriber(Shm, "refused");
+    let mut p = hub.client_via(Shm);
+    assert_eq!(p.publish_confirmed("refused", b"before").unwrap(), 1);
+    assert_eq!(sub.recv(Some(WAIT)).unwrap().unwrap().payload, b"before");
+    std::fs::write(&hub.config, NO_RINGS).unwrap();
+    hub.restart(Restart::Sigusr2);
+    let log = hub.log();
+    assert!(
+        log.contains("handed over but not taken over, retired"),
+        "{log}"
+    );
+    for i in 0..100u32 {
+        p.publish("refused", &i.to_le_bytes()).unwrap();
+    }
+    p.flush().unwrap();
+    for i in 0..100u32 {
+        let m = sub
+            .recv(Some(WAIT))
+            .unwrap()
+            .expect("relayed after the restart");
+        assert_eq!(m.payload, i.to_le_bytes());
+    }
+    for c in [&mut sub, &mut p] {
+        assert_eq!(c.poll_events().unwrap(), None, "no reconnection");
+    }
 }

@@ -97,6 +97,40 @@ pub struct State {
     /// Clients whose connections are handed over.
     #[serde(default)]
     pub clients: Vec<HandedClient>,
+    /// Channel rings handed over with all their participants.
+    #[serde(default)]
+    pub rings: Vec<HandedRing>,
+}
+
+/// A channel ring kept across the restart: its memfd and the hub's eventfd
+/// (index `ring:<endpoint>` and `ring:<endpoint>:event`), the hub's
+/// endpoint (its id is the ring token of slot 0 and of the hub's writes),
+/// the slots, and the hub's bookkeeping of who may have written what. The
+/// ring's positions, cursors and wake-up flags are in the shared memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandedRing {
+    pub channel: String,
+    pub memfd: RawFd,
+    pub hub_event: RawFd,
+    /// The ring's policy as the hub made it ("block", "drop-oldest"): the
+    /// header's copy is checked against it, never trusted.
+    pub policy: String,
+    /// The endpoint's routing state (its queue: messages to write into the
+    /// ring) and the input it read from the ring but did not handle yet.
+    pub endpoint: crate::hub::snapshot::ClientSnapshot,
+    pub endpoint_input: Vec<u8>,
+    /// `(slot, client, roles, uid)` of every participant.
+    pub slots: Vec<(usize, u32, u8, u32)>,
+    pub next_slot: usize,
+    /// The hub reads the ring for its own subscribers.
+    pub want_reader: bool,
+    /// Records the hub wrote itself (for the direct-publish count).
+    pub written: u64,
+    /// Ids a record may name as its origin: `(id, write_pos when it left)`.
+    pub writers: Vec<(u32, Option<u64>)>,
+    /// `(ring seq, origin)` of records the hub wrote and has yet to read back.
+    pub relayed: Vec<(u64, u32)>,
+    pub hub_cursor: Option<u64>,
 }
 
 /// A client kept across the restart: its connection, its routing state,
@@ -258,6 +292,47 @@ pub fn check_consistent(state: &State) -> Result<(), HandoverError> {
     }
     let mut ids = std::collections::HashSet::new();
     let mut used = std::collections::HashSet::new();
+    for r in &state.rings {
+        let what = |t: &str| HandoverError::Body(format!("ring '{}': {t}", r.channel));
+        if ipchub_wire::channel::validate_name(&r.channel).is_err() {
+            return Err(what("not a channel name"));
+        }
+        for fd in [r.memfd, r.hub_event] {
+            if !numbers.contains(&fd) {
+                return Err(HandoverError::MissingFd {
+                    fd,
+                    name: format!("ring '{}' (not in the index)", r.channel),
+                });
+            }
+            if !used.insert(fd) {
+                return Err(what("a descriptor named twice"));
+            }
+        }
+        if !ids.insert(r.endpoint.id) {
+            return Err(what("its endpoint id is taken"));
+        }
+        if !matches!(r.policy.as_str(), "block" | "drop-oldest") {
+            return Err(what("unknown policy"));
+        }
+        let max = ipchub_os::shm::bring::MAX_SLOTS;
+        let mut slots = std::collections::HashSet::new();
+        if r.slots.is_empty() || r.slots.len() >= max {
+            return Err(what("a participant count no ring has"));
+        }
+        for &(slot, _, roles, _) in &r.slots {
+            if slot == 0 || slot >= max || !slots.insert(slot) || roles == 0 || roles > 3 {
+                return Err(what("a slot no ring has"));
+            }
+        }
+        // Bounded as the old hub bounds them.
+        if r.writers.len() > 4 * max + max || r.relayed.len() > (1 << 25) {
+            return Err(what("more bookkeeping than a ring holds"));
+        }
+    }
+    let mut ring_names = std::collections::HashSet::new();
+    if !state.rings.iter().all(|r| ring_names.insert(&r.channel)) {
+        return Err(HandoverError::Body("a channel's ring appears twice".into()));
+    }
     for c in &state.clients {
         if !ids.insert(c.hub.id) {
             return Err(HandoverError::Body(format!(
@@ -291,6 +366,21 @@ pub fn check_consistent(state: &State) -> Result<(), HandoverError> {
                 c.hub.transport,
                 c.data_fds.len()
             )));
+        }
+    }
+    // Every participant of a ring is an shm client handed over.
+    for r in &state.rings {
+        for &(_, id, _, _) in &r.slots {
+            if !state
+                .clients
+                .iter()
+                .any(|c| c.hub.id == id && c.hub.transport == "shm")
+            {
+                return Err(HandoverError::Body(format!(
+                    "ring '{}': participant {id} is not an shm client handed over",
+                    r.channel
+                )));
+            }
         }
     }
     Ok(())
@@ -442,6 +532,7 @@ mod tests {
             }],
             next_client_id: 1,
             clients: Vec::new(),
+            rings: Vec::new(),
         }
     }
 
@@ -545,6 +636,51 @@ mod tests {
                 "{:?}",
                 bad.clients
             );
+        }
+        // A ring whose participant is not an shm client handed over, or
+        // with a slot no ring has.
+        let ring = |slots: Vec<(usize, u32, u8, u32)>| {
+            let mut s = indexed(vec![
+                client(1, "socket", 10, vec![]),
+                client(3, "shm", 14, vec![15, 16, 17, 18]),
+            ]);
+            s.fds.push(FdEntry {
+                name: "ring:40".into(),
+                fd: 41,
+            });
+            s.fds.push(FdEntry {
+                name: "ring:40:event".into(),
+                fd: 42,
+            });
+            let mut endpoint = s.clients[0].hub.clone();
+            endpoint.id = 40;
+            s.rings.push(HandedRing {
+                channel: "ch".into(),
+                memfd: 41,
+                hub_event: 42,
+                policy: "block".into(),
+                endpoint,
+                endpoint_input: vec![],
+                slots,
+                next_slot: 1,
+                want_reader: false,
+                written: 0,
+                writers: vec![],
+                relayed: vec![],
+                hub_cursor: None,
+            });
+            s
+        };
+        check_consistent(&ring(vec![(1, 3, 1, 0)])).unwrap();
+        for slots in [
+            vec![(1, 1, 1, 0)],
+            vec![(1, 9, 1, 0)],
+            vec![(0, 3, 1, 0)],
+            vec![(64, 3, 1, 0)],
+            vec![(1, 3, 4, 0)],
+            vec![],
+        ] {
+            assert!(check_consistent(&ring(slots.clone())).is_err(), "{slots:?}");
         }
         // A number the index names twice.
         let mut twice = good.clone();

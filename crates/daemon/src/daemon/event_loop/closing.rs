@@ -213,21 +213,66 @@ impl EventLoop {
             fd: listener,
         }];
         let mut handed = Vec::new();
-        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
-        for id in ids {
-            // Clients whose data path is descriptors alone keep their
-            // connection (socket, pipe, FIFO, mqueue, and shm: its two ring
-            // memfds and two eventfds). An shm client that holds a slot in
-            // a channel ring is not handed over yet: it reconnects.
-            let in_rings = self.ring_use.holds(id);
-            let keep = self.clients.get(&id).is_some_and(|c| {
+        // Clients whose data path is descriptors alone keep their
+        // connection (socket, pipe, FIFO, mqueue, and shm: its two ring
+        // memfds and two eventfds), and the channel rings whose every
+        // participant is kept go along with them; the participants of a
+        // ring that cannot go along stay behind (they reconnect).
+        let mut keepable: std::collections::HashSet<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
                 c.greeted
                     && c.ctrl.is_some()
                     && c.closing.is_none()
                     && !c.ctrl_gone
-                    && !in_rings
                     && c.data.as_ref().is_none_or(|l| l.handover_fds().is_some())
-            });
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut rings = Vec::new();
+        for channel in self.rings_to_hand_over(&mut keepable) {
+            match self.export_ring(&channel) {
+                Some(r) => {
+                    fds.push(handover::FdEntry {
+                        name: format!("ring:{}", r.endpoint.id),
+                        fd: r.memfd,
+                    });
+                    fds.push(handover::FdEntry {
+                        name: format!("ring:{}:event", r.endpoint.id),
+                        fd: r.hub_event,
+                    });
+                    rings.push(r);
+                }
+                None => {
+                    warn!(channel = %channel, "cannot hand a channel ring over: its participants reconnect");
+                    for c in self.ring_members(&channel) {
+                        keepable.remove(&c);
+                    }
+                }
+            }
+        }
+        // A ring that could not be exported takes its participants out of
+        // the hand-over; so do, in turn, the rings those were in.
+        let mut rings_left = Vec::new();
+        for r in rings {
+            if r.slots.iter().all(|s| keepable.contains(&s.1)) {
+                rings_left.push(r);
+            } else {
+                // Its participants are not handed over: its descriptors
+                // close with this process.
+                fds.retain(|e| e.fd != r.memfd && e.fd != r.hub_event);
+                let _ = nix::unistd::close(r.memfd);
+                let _ = nix::unistd::close(r.hub_event);
+                for s in &r.slots {
+                    keepable.remove(&s.1);
+                }
+            }
+        }
+        let rings = rings_left;
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in ids {
+            let keep = keepable.contains(&id);
             if keep {
                 if let Some(snap) = self.hub.export_client(id) {
                     let mut c = self.clients.remove(&id).expect("listed");
@@ -304,6 +349,7 @@ impl EventLoop {
             fds,
             next_client_id: self.hub.next_client_id(),
             clients: handed,
+            rings,
         }
     }
 
@@ -330,6 +376,7 @@ impl EventLoop {
             self.hub.remove(c.hub.id);
         }
         self.restore_clients(state.clients, state.next_client_id);
+        self.restore_rings(state.rings);
         self.open_publish_fifos();
         systemd::reloaded(&self.status_line());
     }
