@@ -22,9 +22,12 @@
 //! (two for a pipe, FIFO or mqueue; for shm its two ring memfds and two
 //! eventfds, the rings' positions being in the shared memory itself), its
 //! subscriptions, the frames queued for it and the input not handled yet,
-//! under its id. (Version 1 kept no shm client: it is not read.) An shm
-//! client that holds a slot in a channel ring is not handed over yet: it
-//! is sent BYE "hub restarting", and its library reconnects.
+//! under its id. (Version 1 kept no shm client: it is not read.) With them
+//! go the channel rings whose every participant is kept ([`HandedRing`]:
+//! memfd, the hub's eventfd, its endpoint, slots and bookkeeping), checked
+//! again by the successor as new rings are. Clients not kept (being
+//! disconnected, or sharing a ring with one) are sent BYE "hub
+//! restarting", and their libraries reconnect.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};

@@ -13,6 +13,10 @@
 //! (a lock word, a cursor or a slot anyone could have written) retires the
 //! ring, and its honest participants move on (readers become ordinary
 //! subscribers, writers open a fresh ring).
+//!
+//! A planned restart hands rings over whole (`export_ring`,
+//! `restore_rings`): nothing in the ring moves, and the successor checks
+//! each as it would a new one before serving it, retiring any it will not.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
