@@ -249,12 +249,25 @@ fn repeated_planned_restarts_leak_no_descriptors_or_memory() {
     // Both kept across every restart.
     let mut sub = hub.subscriber(Shm, "loop");
     let mut kept = hub.subscriber(Socket, "loop");
+    // One probe for the whole loop (kept too): a probe connected anew each
+    // round may still be open in the hub when its descriptors are counted.
+    let mut probe = hub.client();
     let mut counts = Vec::new();
     let mut rss = Vec::new();
     for round in 0..8 {
         sigusr2(&hub);
         wait_ready(&hub, round + 2);
-        hub.wait_subscribers("loop", 2);
+        wait_for(
+            || {
+                probe
+                    .stats()
+                    .unwrap()
+                    .channels
+                    .iter()
+                    .any(|c| c.name == "loop" && c.subscribers == 2)
+            },
+            "2 subscribers on 'loop'",
+        );
         counts.push(hub.open_fds());
         rss.push(vm_rss_kib(hub.pid()));
     }

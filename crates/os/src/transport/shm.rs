@@ -259,14 +259,28 @@ pub fn accept(fds: Vec<OwnedFd>) -> Result<ShmLink, SetupError> {
 /// (`Link::handover_fds`: `up, down, hub_event, client_event`). Every
 /// descriptor is checked again exactly as a client's are at WELCOME (the
 /// client could write every byte of the rings, and the descriptors come by
-/// number from the state): each memfd sealed against shrinking, of a
-/// plausible size, with the ring header's magic, version and capacity;
+/// number from the state): each memfd sealed against shrinking (and, as
+/// the hub made it, growing and new seals), of a plausible size, with the ring header's magic, version and capacity;
 /// each eventfd really an eventfd. The rings' positions live in the shared
 /// memory, so the stream carries on where the old hub left it. `max_message`
 /// is the hub's message size now: a ring too small to carry it is refused
 /// (its client then reconnects and gets rings of the right size).
 pub fn restore(fds: [OwnedFd; 4], max_message: u32) -> Result<ShmLink, SetupError> {
     let [up, down, hub_ev, client_ev] = fds;
+    // Sealed as `offer` sealed them (shrink, grow, no new seal), not only
+    // as a client requires (shrink).
+    for fd in [&up, &down] {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        let need = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS)
+            .map(SealFlag::from_bits_truncate)
+            .map_err(|e| SetupError::Handover(format!("shm ring seals: {e}")))?;
+        if !seals.contains(need) {
+            return Err(SetupError::Handover(
+                "shm ring memfd not sealed as the hub seals its rings".into(),
+            ));
+        }
+    }
     let ring =
         |fd: &OwnedFd| Ring::open(fd).map_err(|e| SetupError::Handover(format!("shm ring: {e}")));
     let ev = |fd: OwnedFd| {

@@ -337,6 +337,26 @@ impl EventLoop {
             self.clients.remove(&id);
             self.hub.remove(id);
         }
+        // A participant that could not be handed over after all (its
+        // descriptors could not be duplicated) is gone: its slot is no
+        // longer the state's. Its token stays in the ring, where the new
+        // hub sees a slot nobody was given and retires the ring (its other
+        // participants carry on through the hub, none reconnects).
+        let mut rings = rings;
+        for r in &mut rings {
+            r.slots.retain(|s| {
+                handed
+                    .iter()
+                    .any(|c: &handover::HandedClient| c.hub.id == s.1)
+            });
+        }
+        let (rings, emptied): (Vec<_>, Vec<_>) =
+            rings.into_iter().partition(|r| !r.slots.is_empty());
+        for r in emptied {
+            fds.retain(|e| e.fd != r.memfd && e.fd != r.hub_event);
+            let _ = nix::unistd::close(r.memfd);
+            let _ = nix::unistd::close(r.hub_event);
+        }
         self.spawner.stop_all();
         crate::transport::fifo::remove_publish_dir(
             &self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR),

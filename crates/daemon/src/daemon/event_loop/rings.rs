@@ -1136,6 +1136,21 @@ impl EventLoop {
             event.as_raw_fd(),
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         );
+        // Sealed as the hub seals a ring it makes (shrink, grow, and no new
+        // seal), not only as a participant requires (shrink).
+        {
+            use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+            let need = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+            let seals = fcntl(memfd.as_raw_fd(), FcntlArg::F_GET_SEALS)
+                .map(SealFlag::from_bits_truncate)
+                .map_err(|e| (format!("its memfd's seals: {e}"), None))?;
+            if !seals.contains(need) {
+                return Err((
+                    "its memfd is not sealed as the hub seals rings".into(),
+                    None,
+                ));
+            }
+        }
         let mgmt = BRing::open(&memfd).map_err(|e| (format!("its memfd: {e}"), None))?;
         let fail = |why: String, mgmt: BRing| Err((why, Some(mgmt)));
         let policy = match h.policy.as_str() {
