@@ -669,3 +669,64 @@ fn a_ring_the_new_hub_refuses_is_retired_and_nobody_reconnects() {
         assert_eq!(c.poll_events().unwrap(), None, "no reconnection");
     }
 }
+
+/// Small rings, read while they are written: writers wait for space and
+/// readers for data (wait marks armed in the rings, wake-ups owed) at the
+/// moment of each restart. The stream still arrives whole, in order,
+/// once, and nobody sees anything else.
+fn full_rings_keep_flowing(how: Restart) {
+    let config = RINGS.replace(
+        "[shm]\n",
+        "[hub]\nmax_message_size = 1024\n[shm]\nchannel_ring_size = 8192\nring_size = 8192\n",
+    );
+    let mut hub = ManagedHub::start(&config);
+    const N: u32 = 20_000;
+    let readers: Vec<std::thread::JoinHandle<()>> = [
+        (hub.subscriber(Shm, "full"), "shm reader"),
+        (hub.subscriber(Socket, "full"), "socket reader"),
+    ]
+    .into_iter()
+    .map(|(mut c, who)| {
+        std::thread::spawn(move || {
+            expect_stream(&mut c, N, who);
+        })
+    })
+    .collect();
+    let gate = Arc::new(AtomicU32::new(5000));
+    let progress = Arc::new(AtomicU32::new(0));
+    let p = publisher(
+        hub.client_via(Shm),
+        "full",
+        N,
+        progress.clone(),
+        gate.clone(),
+    );
+    for (at, next) in [(5000, 12_000), (12_000, N)] {
+        wait_for(
+            || progress.load(Ordering::Relaxed) >= at,
+            "publisher's progress",
+        );
+        // Let it hit the gate with the rings full behind it.
+        std::thread::sleep(Duration::from_millis(20));
+        gate.store(next, Ordering::Release);
+        hub.restart(how);
+    }
+    let other = p.join().unwrap();
+    assert!(other.is_empty(), "publisher saw {other:?}");
+    for r in readers {
+        r.join().unwrap();
+    }
+    let log = hub.log();
+    assert_eq!(log.matches("channel ring taken over").count(), 2, "{log}");
+    assert!(!log.contains("retired"), "{log}");
+}
+
+#[test]
+fn full_channel_rings_keep_flowing_through_sigusr2_restarts() {
+    full_rings_keep_flowing(Restart::Sigusr2);
+}
+
+#[test]
+fn full_channel_rings_keep_flowing_through_fd_store_restarts() {
+    full_rings_keep_flowing(Restart::FdStore);
+}
