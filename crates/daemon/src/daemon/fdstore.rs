@@ -17,6 +17,14 @@
 //! | `c<id>`     | client `<id>`'s connection (`client:<id>`)        |
 //! | `c<id>.0`   | its data path's read end (`client:<id>:data-in`)  |
 //! | `c<id>.1`   | its data path's write end (`client:<id>:data-out`)|
+//! | `c<id>.2`   | an shm client's hub eventfd (`client:<id>:hub-event`)|
+//! | `c<id>.3`   | an shm client's own eventfd (`client:<id>:client-event`)|
+//!
+//! | `r<id>`     | a channel ring's memfd (`ring:<id>`, `<id>` its endpoint's)|
+//! | `r<id>.e`   | the hub's eventfd of that ring (`ring:<id>:event`)|
+//!
+//! (For an shm client `c<id>.0` and `c<id>.1` are its `up` and `down` ring
+//! memfds.)
 //!
 //! The new hub maps the names back onto the state's index ([`rebind`]),
 //! takes the listening socket from the socket unit (or `listener`), and
@@ -66,12 +74,26 @@ pub fn store_name(entry: &str) -> Option<String> {
     if entry == "listener" {
         return Some(LISTENER.into());
     }
+    if let Some(ring) = entry.strip_prefix("ring:") {
+        let (id, event) = match ring.split_once(':') {
+            None => (ring, false),
+            Some((id, "event")) => (id, true),
+            Some(_) => return None,
+        };
+        let id: u32 = id.parse().ok()?;
+        return Some(if event {
+            format!("r{id}.e")
+        } else {
+            format!("r{id}")
+        });
+    }
     let rest = entry.strip_prefix("client:")?;
     let (id, role) = match rest.split_once(':') {
         None => (rest, None),
-        Some((id, "data-in")) => (id, Some(0)),
-        Some((id, "data-out")) => (id, Some(1)),
-        Some(_) => return None,
+        Some((id, role)) => (
+            id,
+            Some(handover::DATA_ROLES.iter().position(|r| *r == role)?),
+        ),
     };
     let id: u32 = id.parse().ok()?;
     Some(match role {
@@ -85,12 +107,16 @@ pub fn is_store_name(name: &str) -> bool {
     if name == STATE || name == LISTENER {
         return true;
     }
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = name.strip_prefix('r') {
+        let (id, k) = rest.split_once('.').unwrap_or((rest, "e"));
+        return digits(id) && k == "e";
+    }
     let Some(rest) = name.strip_prefix('c') else {
         return false;
     };
     let (id, k) = rest.split_once('.').unwrap_or((rest, "0"));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(id) && (k == "0" || k == "1")
+    digits(id) && matches!(k, "0" | "1" | "2" | "3")
 }
 
 /// Descriptors each kept client costs in the store.
@@ -99,14 +125,25 @@ fn cost(c: &handover::HandedClient) -> usize {
 }
 
 /// Trim `state` to what `capacity` entries hold: the state memfd, the
-/// listener when the hub bound it itself, then clients in id order. A
-/// client left out is dropped from the state and its descriptors closed at
-/// exit: its library reconnects. Returns how many were left out.
+/// listener when the hub bound it itself, the channel rings (two each),
+/// then clients in id order. A client left out is dropped from the state
+/// and its descriptors closed at exit: its library reconnects. A ring
+/// whose participants are not all kept is left out with all of them (its
+/// memfd is the one they read and write; none may stay without it). When
+/// the rings alone do not fit, they are all left out, with their
+/// participants. Returns how many clients were left out.
 pub fn fit(state: &mut State, capacity: usize) -> usize {
     let listener = usize::from(state.unlink_on_exit.is_some());
     let mut budget = capacity.saturating_sub(1 + listener);
-    state.clients.sort_by_key(|c| c.hub.id);
     let before = state.clients.len();
+    let ring_cost = 2 * state.rings.len();
+    if ring_cost > budget {
+        let gone: Vec<handover::HandedRing> = std::mem::take(&mut state.rings);
+        drop_participants(state, &gone);
+    } else {
+        budget -= ring_cost;
+    }
+    state.clients.sort_by_key(|c| c.hub.id);
     state.clients.retain(|c| {
         let n = cost(c);
         let keep = n <= budget;
@@ -115,15 +152,38 @@ pub fn fit(state: &mut State, capacity: usize) -> usize {
         }
         keep
     });
+    // Rings that lost a participant go, with the rest of theirs; repeat
+    // until nothing changes (a client may be in several rings).
+    loop {
+        let ids: std::collections::HashSet<u32> = state.clients.iter().map(|c| c.hub.id).collect();
+        let (whole, broken): (Vec<_>, Vec<_>) = std::mem::take(&mut state.rings)
+            .into_iter()
+            .partition(|r| r.slots.iter().all(|s| ids.contains(&s.1)));
+        state.rings = whole;
+        if broken.is_empty() {
+            break;
+        }
+        drop_participants(state, &broken);
+    }
     let kept: std::collections::HashSet<RawFd> = state
         .clients
         .iter()
         .flat_map(|c| std::iter::once(c.fd).chain(c.data_fds.iter().copied()))
+        .chain(state.rings.iter().flat_map(|r| [r.memfd, r.hub_event]))
         .collect();
     state
         .fds
         .retain(|e| e.name == "listener" || kept.contains(&e.fd));
     before - state.clients.len()
+}
+
+/// Leave out every participant of `rings`.
+fn drop_participants(state: &mut State, rings: &[handover::HandedRing]) {
+    let ids: std::collections::HashSet<u32> = rings
+        .iter()
+        .flat_map(|r| r.slots.iter().map(|s| s.1))
+        .collect();
+    state.clients.retain(|c| !ids.contains(&c.hub.id));
 }
 
 /// What a stop leaves in the store: `(name, descriptor number)`, the state
@@ -298,13 +358,46 @@ pub fn rebind(
         fd: listener.as_raw_fd(),
     }];
     fds.push(listener);
+    // Which clients and rings came back whole: a client with all its
+    // descriptors; a ring with its memfd, its eventfd and every
+    // participant. A ring that did not is left out with its participants
+    // (none may stay without the memfd it reads and writes), which may
+    // break another ring: repeated until nothing changes.
+    let all_back = |olds: &[RawFd]| olds.iter().all(|o| by_old.contains_key(o));
+    let mut gone: std::collections::HashSet<u32> = state
+        .clients
+        .iter()
+        .filter(|c| !all_back(&[&[c.fd][..], &c.data_fds[..]].concat()))
+        .map(|c| c.hub.id)
+        .collect();
+    let mut broken: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    loop {
+        let mut changed = false;
+        for (i, r) in state.rings.iter().enumerate() {
+            if broken.contains(&i) {
+                continue;
+            }
+            if !all_back(&[r.memfd, r.hub_event]) || r.slots.iter().any(|s| gone.contains(&s.1)) {
+                tracing::warn!(
+                    channel = %r.channel,
+                    "a channel ring did not come back whole from the fd store: left out, with its participants"
+                );
+                broken.insert(i);
+                gone.extend(r.slots.iter().map(|s| s.1));
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
     let clients = std::mem::take(&mut state.clients);
     for mut c in clients {
         let olds: Vec<RawFd> = std::iter::once(c.fd).chain(c.data_fds.clone()).collect();
-        if !olds.iter().all(|o| by_old.contains_key(o)) {
+        if gone.contains(&c.hub.id) {
             tracing::warn!(
                 client = c.hub.id,
-                "its descriptors did not come back from the fd store: left out"
+                "its descriptors (or a channel ring of its) did not come back from the fd store: left out"
             );
             for o in olds {
                 by_old.remove(&o);
@@ -324,6 +417,26 @@ pub fn rebind(
         c.fd = new[0];
         c.data_fds = new[1..].to_vec();
         state.clients.push(c);
+    }
+    let rings = std::mem::take(&mut state.rings);
+    for (i, mut r) in rings.into_iter().enumerate() {
+        if broken.contains(&i) {
+            by_old.remove(&r.memfd);
+            by_old.remove(&r.hub_event);
+            continue;
+        }
+        let mut new = [0; 2];
+        for (k, o) in [r.memfd, r.hub_event].into_iter().enumerate() {
+            let (name, fd) = by_old.remove(&o).expect("checked");
+            new[k] = fd.as_raw_fd();
+            index.push(FdEntry {
+                name,
+                fd: fd.as_raw_fd(),
+            });
+            fds.push(fd);
+        }
+        [r.memfd, r.hub_event] = new;
+        state.rings.push(r);
     }
     state.fds = index;
     Ok((state, fds))
@@ -461,6 +574,7 @@ mod tests {
             fds,
             next_client_id: 8,
             clients: vec![client(5, 10, vec![]), client(7, 11, vec![12, 13])],
+            rings: vec![],
         }
     }
 
@@ -479,6 +593,8 @@ mod tests {
             ("client:5", "c5"),
             ("client:5:data-in", "c5.0"),
             ("client:5:data-out", "c5.1"),
+            ("client:5:hub-event", "c5.2"),
+            ("client:5:client-event", "c5.3"),
         ] {
             assert_eq!(store_name(entry).as_deref(), Some(name));
             assert!(is_store_name(name), "{name}");
@@ -486,7 +602,7 @@ mod tests {
         }
         assert!(is_store_name(STATE));
         for other in [
-            "ipchub", "fifo", "c", "c5.2", "cx", "c5.", "client:5", "c.0",
+            "ipchub", "fifo", "c", "c5.4", "cx", "c5.", "client:5", "c.0",
         ] {
             assert!(!is_store_name(other), "{other}");
         }
@@ -517,6 +633,139 @@ mod tests {
         for e in &state.fds {
             assert!(fds.iter().any(|f| f.as_raw_fd() == e.fd), "{}", e.name);
         }
+    }
+
+    #[test]
+    fn an_shm_clients_four_data_descriptors_rebind_by_name() {
+        let mut state = old_state(false);
+        for (k, role) in handover::DATA_ROLES.iter().enumerate() {
+            state.fds.push(FdEntry {
+                name: format!("client:9:{role}"),
+                fd: 20 + k as RawFd,
+            });
+        }
+        state.fds.push(FdEntry {
+            name: "client:9".into(),
+            fd: 19,
+        });
+        let mut c9 = state.clients[0].clone();
+        c9.hub.id = 9;
+        c9.hub.transport = "shm".into();
+        c9.fd = 19;
+        c9.data_fds = vec![20, 21, 22, 23];
+        state.clients.push(c9);
+        handover::check_consistent(&state).unwrap();
+        let names: Vec<String> = entries(&state, 99).into_iter().map(|(n, _)| n).collect();
+        for n in ["c9", "c9.0", "c9.1", "c9.2", "c9.3"] {
+            assert!(names.iter().any(|x| x == n), "{n}: {names:?}");
+        }
+        let stored = store(&[
+            "c5", "c7", "c7.0", "c7.1", "c9", "c9.0", "c9.1", "c9.2", "c9.3",
+        ]);
+        let want: Vec<RawFd> = ["c9.0", "c9.1", "c9.2", "c9.3"]
+            .iter()
+            .map(|n| stored[*n].as_raw_fd())
+            .collect();
+        let (state, fds) = rebind(state, stored, Some(fd())).unwrap();
+        assert_eq!(fds.len(), 10);
+        let c9 = state.clients.iter().find(|c| c.hub.id == 9).unwrap();
+        assert_eq!(c9.data_fds, want);
+        handover::check_consistent(&state).unwrap();
+        // Capacity counts all five: with room for eight, c9 is left out.
+        let mut s = old_state(false);
+        s.clients.push(c9.clone());
+        assert_eq!(fit(&mut s, 1 + 1 + 3 + 3), 1);
+    }
+
+    /// `old_state` plus an shm client 9 (descriptors 19..=23) in a ring
+    /// whose endpoint is 30 (memfd 31, eventfd 32).
+    fn state_with_ring() -> State {
+        let mut state = old_state(false);
+        state.fds.push(FdEntry {
+            name: "client:9".into(),
+            fd: 19,
+        });
+        for (k, role) in handover::DATA_ROLES.iter().enumerate() {
+            state.fds.push(FdEntry {
+                name: format!("client:9:{role}"),
+                fd: 20 + k as RawFd,
+            });
+        }
+        let mut c9 = state.clients[0].clone();
+        c9.hub.id = 9;
+        c9.hub.transport = "shm".into();
+        c9.fd = 19;
+        c9.data_fds = vec![20, 21, 22, 23];
+        state.clients.push(c9);
+        state.fds.push(FdEntry {
+            name: "ring:30".into(),
+            fd: 31,
+        });
+        state.fds.push(FdEntry {
+            name: "ring:30:event".into(),
+            fd: 32,
+        });
+        let mut endpoint = snap(30);
+        endpoint.patterns.clear();
+        state.rings.push(handover::HandedRing {
+            channel: "a/b".into(),
+            memfd: 31,
+            hub_event: 32,
+            policy: "block".into(),
+            endpoint,
+            endpoint_input: vec![],
+            slots: vec![(1, 9, 1, 0)],
+            next_slot: 2,
+            want_reader: false,
+            written: 0,
+            writers: vec![],
+            relayed: vec![],
+            hub_cursor: None,
+        });
+        state
+    }
+
+    #[test]
+    fn rings_have_store_names_and_come_back_whole_or_not_at_all() {
+        assert_eq!(store_name("ring:30").as_deref(), Some("r30"));
+        assert_eq!(store_name("ring:30:event").as_deref(), Some("r30.e"));
+        assert_eq!(store_name("ring:30:other"), None);
+        for n in ["r30", "r30.e"] {
+            assert!(is_store_name(n), "{n}");
+        }
+        for n in ["r", "r.e", "r30.x", "rx"] {
+            assert!(!is_store_name(n), "{n}");
+        }
+        let state = state_with_ring();
+        handover::check_consistent(&state).unwrap();
+        let all = [
+            "c5", "c7", "c7.0", "c7.1", "c9", "c9.0", "c9.1", "c9.2", "c9.3", "r30", "r30.e",
+        ];
+        let (back, fds) = rebind(state.clone(), store(&all), Some(fd())).unwrap();
+        assert_eq!(fds.len(), 12);
+        assert_eq!(back.rings.len(), 1);
+        handover::check_consistent(&back).unwrap();
+        // The ring's eventfd did not come back: the ring and its participant
+        // are left out; the others stay.
+        let (back, fds) = rebind(state.clone(), store(&all[..10]), Some(fd())).unwrap();
+        assert!(back.rings.is_empty());
+        let ids: Vec<u32> = back.clients.iter().map(|c| c.hub.id).collect();
+        assert_eq!(ids, vec![5, 7]);
+        assert_eq!(fds.len(), 5);
+        // A participant's descriptor did not come back: the ring goes too.
+        let mut some: Vec<&str> = all.to_vec();
+        some.retain(|n| *n != "c9.2");
+        let (back, _) = rebind(state.clone(), store(&some), Some(fd())).unwrap();
+        assert!(back.rings.is_empty() && back.clients.len() == 2);
+        // fit: a ring costs two; without room for it, its participant goes.
+        let mut s = state.clone();
+        assert_eq!(fit(&mut s, 1 + 2 + 1 + 3 + 5), 0);
+        assert_eq!(s.rings.len(), 1);
+        let mut s = state;
+        assert_eq!(fit(&mut s, 1 + 2 + 1 + 3 + 4), 1);
+        assert!(s.rings.is_empty());
+        assert!(s.fds.iter().all(|e| !e.name.starts_with("ring:")));
+        handover::check_consistent(&s).unwrap();
     }
 
     #[test]

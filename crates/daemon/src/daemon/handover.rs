@@ -15,13 +15,19 @@
 //! body (JSON), and an FNV-1a 64 checksum of the body (u64 LE). A
 //! successor reads only the format version it was built for.
 //!
-//! Version 1 hands over the listening socket (by descriptor, so the socket
+//! Version 2 hands over the listening socket (by descriptor, so the socket
 //! file never disappears and clients connecting meanwhile wait in its
 //! backlog) and every client whose data path is descriptors alone
-//! (socket, pipe, FIFO, mqueue): its connection and data descriptors, its
+//! (socket, pipe, FIFO, mqueue, shm): its connection and data descriptors
+//! (two for a pipe, FIFO or mqueue; for shm its two ring memfds and two
+//! eventfds, the rings' positions being in the shared memory itself), its
 //! subscriptions, the frames queued for it and the input not handled yet,
-//! under its id. Shm clients are sent BYE "hub restarting", and their
-//! libraries reconnect.
+//! under its id. (Version 1 kept no shm client: it is not read.) With them
+//! go the channel rings whose every participant is kept ([`HandedRing`]:
+//! memfd, the hub's eventfd, its endpoint, slots and bookkeeping), checked
+//! again by the successor as new rings are. Clients not kept (being
+//! disconnected, or sharing a ring with one) are sent BYE "hub
+//! restarting", and their libraries reconnect.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -32,10 +38,15 @@ use serde::{Deserialize, Serialize};
 /// The environment variable naming the state memfd in the successor.
 pub const ENV: &str = "IPCHUB_HANDOVER_FD";
 /// What this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"IPCHUBST";
 /// A state larger than this is not ours.
 const MAX_BODY: u64 = 64 << 20;
+/// What a client's data descriptors are, in `HandedClient::data_fds`
+/// order: the index names them `client:<id>:<role>` (the first two for a
+/// pipe, FIFO or mqueue client, all four for shm: `up` ring memfd, `down`
+/// ring memfd, the hub's eventfd, the client's eventfd).
+pub const DATA_ROLES: [&str; 4] = ["data-in", "data-out", "hub-event", "client-event"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
@@ -89,6 +100,40 @@ pub struct State {
     /// Clients whose connections are handed over.
     #[serde(default)]
     pub clients: Vec<HandedClient>,
+    /// Channel rings handed over with all their participants.
+    #[serde(default)]
+    pub rings: Vec<HandedRing>,
+}
+
+/// A channel ring kept across the restart: its memfd and the hub's eventfd
+/// (index `ring:<endpoint>` and `ring:<endpoint>:event`), the hub's
+/// endpoint (its id is the ring token of slot 0 and of the hub's writes),
+/// the slots, and the hub's bookkeeping of who may have written what. The
+/// ring's positions, cursors and wake-up flags are in the shared memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandedRing {
+    pub channel: String,
+    pub memfd: RawFd,
+    pub hub_event: RawFd,
+    /// The ring's policy as the hub made it ("block", "drop-oldest"): the
+    /// header's copy is checked against it, never trusted.
+    pub policy: String,
+    /// The endpoint's routing state (its queue: messages to write into the
+    /// ring) and the input it read from the ring but did not handle yet.
+    pub endpoint: crate::hub::snapshot::ClientSnapshot,
+    pub endpoint_input: Vec<u8>,
+    /// `(slot, client, roles, uid)` of every participant.
+    pub slots: Vec<(usize, u32, u8, u32)>,
+    pub next_slot: usize,
+    /// The hub reads the ring for its own subscribers.
+    pub want_reader: bool,
+    /// Records the hub wrote itself (for the direct-publish count).
+    pub written: u64,
+    /// Ids a record may name as its origin: `(id, write_pos when it left)`.
+    pub writers: Vec<(u32, Option<u64>)>,
+    /// `(ring seq, origin)` of records the hub wrote and has yet to read back.
+    pub relayed: Vec<(u64, u32)>,
+    pub hub_cursor: Option<u64>,
 }
 
 /// A client kept across the restart: its connection, its routing state,
@@ -98,8 +143,9 @@ pub struct HandedClient {
     pub fd: RawFd,
     pub hub: crate::hub::snapshot::ClientSnapshot,
     pub input: Vec<u8>,
-    /// The data path's read and write descriptors (pipe, FIFO, mqueue);
-    /// empty on the socket transport, where `fd` carries the data.
+    /// The data path's descriptors: read and write ends (pipe, FIFO,
+    /// mqueue), or `up, down, hub_event, client_event` (shm); empty on the
+    /// socket transport, where `fd` carries the data.
     #[serde(default)]
     pub data_fds: Vec<RawFd>,
     /// Input read from the data path but not handled yet.
@@ -229,24 +275,118 @@ pub fn read_sealed(fd: &OwnedFd) -> Result<State, HandoverError> {
         off += n;
     }
     let state = decode(&bytes)?;
+    check_consistent(&state)?;
+    Ok(state)
+}
+
+/// The state's own consistency, whatever wrote it: every descriptor a
+/// client names is in the index, the index names each number once (two
+/// owners of one descriptor would close it twice), each client has a data
+/// path its transport can have, and no client id appears twice.
+pub fn check_consistent(state: &State) -> Result<(), HandoverError> {
+    let mut numbers = std::collections::HashSet::new();
+    for e in &state.fds {
+        if !numbers.insert(e.fd) {
+            return Err(HandoverError::Body(format!(
+                "descriptor {} is named twice in the index",
+                e.fd
+            )));
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut used = std::collections::HashSet::new();
+    for r in &state.rings {
+        let what = |t: &str| HandoverError::Body(format!("ring '{}': {t}", r.channel));
+        if ipchub_wire::channel::validate_name(&r.channel).is_err() {
+            return Err(what("not a channel name"));
+        }
+        for fd in [r.memfd, r.hub_event] {
+            if !numbers.contains(&fd) {
+                return Err(HandoverError::MissingFd {
+                    fd,
+                    name: format!("ring '{}' (not in the index)", r.channel),
+                });
+            }
+            if !used.insert(fd) {
+                return Err(what("a descriptor named twice"));
+            }
+        }
+        if !ids.insert(r.endpoint.id) {
+            return Err(what("its endpoint id is taken"));
+        }
+        if !matches!(r.policy.as_str(), "block" | "drop-oldest") {
+            return Err(what("unknown policy"));
+        }
+        let max = ipchub_os::shm::bring::MAX_SLOTS;
+        let mut slots = std::collections::HashSet::new();
+        if r.slots.is_empty() || r.slots.len() >= max {
+            return Err(what("a participant count no ring has"));
+        }
+        for &(slot, _, roles, _) in &r.slots {
+            if slot == 0 || slot >= max || !slots.insert(slot) || roles == 0 || roles > 3 {
+                return Err(what("a slot no ring has"));
+            }
+        }
+        // Bounded as the old hub bounds them.
+        if r.writers.len() > 4 * max + max || r.relayed.len() > (1 << 25) {
+            return Err(what("more bookkeeping than a ring holds"));
+        }
+    }
+    let mut ring_names = std::collections::HashSet::new();
+    if !state.rings.iter().all(|r| ring_names.insert(&r.channel)) {
+        return Err(HandoverError::Body("a channel's ring appears twice".into()));
+    }
     for c in &state.clients {
+        if !ids.insert(c.hub.id) {
+            return Err(HandoverError::Body(format!(
+                "client {} appears twice",
+                c.hub.id
+            )));
+        }
         for &fd in std::iter::once(&c.fd).chain(&c.data_fds) {
-            if !state.fds.iter().any(|e| e.fd == fd) {
+            if !numbers.contains(&fd) {
                 return Err(HandoverError::MissingFd {
                     fd,
                     name: format!("client:{} (not in the index)", c.hub.id),
                 });
             }
+            if !used.insert(fd) {
+                return Err(HandoverError::Body(format!(
+                    "descriptor {fd} is claimed by two clients (client {})",
+                    c.hub.id
+                )));
+            }
         }
-        if !matches!(c.data_fds.len(), 0 | 2) {
+        let fits = match c.data_fds.len() {
+            0 | 2 => c.hub.transport != "shm",
+            4 => c.hub.transport == "shm",
+            _ => false,
+        };
+        if !fits {
             return Err(HandoverError::Body(format!(
-                "client {} has {} data descriptors",
+                "client {} ({}) has {} data descriptors",
                 c.hub.id,
+                c.hub.transport,
                 c.data_fds.len()
             )));
         }
     }
-    Ok(state)
+    // Every participant of a ring is an shm client handed over.
+    for r in &state.rings {
+        for &(_, id, _, _) in &r.slots {
+            if !state
+                .clients
+                .iter()
+                .any(|c| c.hub.id == id && c.hub.transport == "shm")
+            {
+                return Err(HandoverError::Body(format!(
+                    "ring '{}': participant {id} is not an shm client handed over",
+                    r.channel
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Descriptors this process received already owned (from systemd's fd
@@ -395,6 +535,7 @@ mod tests {
             }],
             next_client_id: 1,
             clients: Vec::new(),
+            rings: Vec::new(),
         }
     }
 
@@ -402,12 +543,15 @@ mod tests {
     fn a_state_round_trips_and_every_damage_is_refused() {
         let bytes = encode(&sample());
         assert_eq!(decode(&bytes).unwrap(), sample());
-        let mut v = bytes.clone();
-        v[8] = 2;
-        assert!(matches!(
-            decode(&v),
-            Err(HandoverError::Version { found: 2 })
-        ));
+        // Another version (the previous one too) is refused.
+        for other in [1u8, 3] {
+            let mut v = bytes.clone();
+            v[8] = other;
+            assert!(matches!(
+                decode(&v),
+                Err(HandoverError::Version { found }) if found == u32::from(other)
+            ));
+        }
         let mut v = bytes.clone();
         let last = v.len() - 9;
         v[last] ^= 1;
@@ -419,6 +563,144 @@ mod tests {
         assert!(matches!(
             decode(b"garbage garbage garbage"),
             Err(HandoverError::Magic)
+        ));
+    }
+
+    fn client(id: u32, transport: &str, fd: RawFd, data_fds: Vec<RawFd>) -> HandedClient {
+        HandedClient {
+            fd,
+            hub: crate::hub::snapshot::ClientSnapshot {
+                id,
+                pid: 1,
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                name: format!("c{id}"),
+                transport: transport.into(),
+                patterns: vec![],
+                queued: vec![],
+                head_written: 0,
+                messages_in: 0,
+                messages_out: 0,
+                dropped: 0,
+                wants_seq: false,
+                wants_retain_flag: false,
+            },
+            input: vec![],
+            data_fds,
+            data_input: vec![],
+        }
+    }
+
+    fn indexed(clients: Vec<HandedClient>) -> State {
+        let mut s = sample();
+        for c in &clients {
+            for (i, &fd) in std::iter::once(&c.fd).chain(&c.data_fds).enumerate() {
+                let name = match i {
+                    0 => format!("client:{}", c.hub.id),
+                    k => format!("client:{}:{}", c.hub.id, DATA_ROLES[k - 1]),
+                };
+                if !s.fds.iter().any(|e| e.fd == fd) {
+                    s.fds.push(FdEntry { name, fd });
+                }
+            }
+        }
+        s.clients = clients;
+        s
+    }
+
+    #[test]
+    fn an_inconsistent_state_is_refused_whatever_wrote_it() {
+        // Fine: a socket, a pipe and an shm client.
+        let good = indexed(vec![
+            client(1, "socket", 10, vec![]),
+            client(2, "pipe", 11, vec![12, 13]),
+            client(3, "shm", 14, vec![15, 16, 17, 18]),
+        ]);
+        check_consistent(&good).unwrap();
+        for bad in [
+            // An shm client with a pipe's data path, and the reverse.
+            indexed(vec![client(3, "shm", 14, vec![15, 16])]),
+            indexed(vec![client(2, "pipe", 11, vec![12, 13, 14, 15])]),
+            indexed(vec![client(2, "socket", 11, vec![12])]),
+            // One descriptor, two owners.
+            indexed(vec![
+                client(1, "socket", 10, vec![]),
+                client(2, "pipe", 11, vec![10, 13]),
+            ]),
+            // One id twice.
+            indexed(vec![
+                client(1, "socket", 10, vec![]),
+                client(1, "socket", 11, vec![]),
+            ]),
+        ] {
+            assert!(
+                matches!(check_consistent(&bad), Err(HandoverError::Body(_))),
+                "{:?}",
+                bad.clients
+            );
+        }
+        // A ring whose participant is not an shm client handed over, or
+        // with a slot no ring has.
+        let ring = |slots: Vec<(usize, u32, u8, u32)>| {
+            let mut s = indexed(vec![
+                client(1, "socket", 10, vec![]),
+                client(3, "shm", 14, vec![15, 16, 17, 18]),
+            ]);
+            s.fds.push(FdEntry {
+                name: "ring:40".into(),
+                fd: 41,
+            });
+            s.fds.push(FdEntry {
+                name: "ring:40:event".into(),
+                fd: 42,
+            });
+            let mut endpoint = s.clients[0].hub.clone();
+            endpoint.id = 40;
+            s.rings.push(HandedRing {
+                channel: "ch".into(),
+                memfd: 41,
+                hub_event: 42,
+                policy: "block".into(),
+                endpoint,
+                endpoint_input: vec![],
+                slots,
+                next_slot: 1,
+                want_reader: false,
+                written: 0,
+                writers: vec![],
+                relayed: vec![],
+                hub_cursor: None,
+            });
+            s
+        };
+        check_consistent(&ring(vec![(1, 3, 1, 0)])).unwrap();
+        for slots in [
+            vec![(1, 1, 1, 0)],
+            vec![(1, 9, 1, 0)],
+            vec![(0, 3, 1, 0)],
+            vec![(64, 3, 1, 0)],
+            vec![(1, 3, 4, 0)],
+            vec![],
+        ] {
+            assert!(check_consistent(&ring(slots.clone())).is_err(), "{slots:?}");
+        }
+        // A number the index names twice.
+        let mut twice = good.clone();
+        twice.fds.push(FdEntry {
+            name: "client:9".into(),
+            fd: 10,
+        });
+        assert!(matches!(
+            check_consistent(&twice),
+            Err(HandoverError::Body(_))
+        ));
+        // A client's descriptor missing from the index.
+        let mut missing = good;
+        missing.fds.retain(|e| e.fd != 17);
+        assert!(matches!(
+            check_consistent(&missing),
+            Err(HandoverError::MissingFd { fd: 17, .. })
         ));
     }
 

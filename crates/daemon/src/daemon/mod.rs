@@ -116,6 +116,10 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
     let kept = handed
         .as_mut()
         .map(|s| (std::mem::take(&mut s.clients), s.next_client_id));
+    let kept_rings = handed
+        .as_mut()
+        .map(|s| std::mem::take(&mut s.rings))
+        .unwrap_or_default();
 
     let (listener, unlink, socket_path) =
         match (handed, passed.into_iter().find(|p| p.name != "fifo")) {
@@ -166,6 +170,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
             unlink_on_exit: unlink,
             generation,
             kept,
+            kept_rings,
             signals: true,
         },
     )
@@ -185,6 +190,8 @@ pub struct Setup {
     pub generation: u64,
     /// Clients a predecessor handed over, and its next client id.
     pub kept: Option<(Vec<handover::HandedClient>, ClientId)>,
+    /// Channel rings a predecessor handed over (with those clients).
+    pub kept_rings: Vec<handover::HandedRing>,
     /// Handle SIGINT, SIGTERM, SIGHUP and SIGUSR2 (the daemon does; a hub
     /// run inside another program leaves its signals alone).
     pub signals: bool,
@@ -248,6 +255,7 @@ pub fn run_with(
     if let Some((clients, next_id)) = setup.kept {
         tracing::info!(clients = clients.len(), "planned restart: clients kept");
         ev.restore_clients(clients, next_id);
+        ev.restore_rings(setup.kept_rings);
     }
     start_components(&mut ev, &socket_path, setup.config_path.as_deref());
     systemd::ready(&format!("listening on {}", socket_path.display()));

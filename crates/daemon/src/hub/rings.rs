@@ -126,6 +126,48 @@ impl Hub {
         Ok(())
     }
 
+    /// After a planned restart: may `channel` still have a ring under this
+    /// hub's configuration (rings on, nothing retained, no `disconnect`
+    /// policy)? The channel is made if need be, as OPEN_RING would.
+    pub fn ring_still_allowed(&mut self, channel: &str, uid: u32) -> Result<(), String> {
+        if !self.cfg.shm.channel_rings {
+            return Err("channel rings are off (shm.channel_rings = false)".into());
+        }
+        channel::validate_name(channel).map_err(|e| e.to_string())?;
+        self.ensure_channel(channel, uid).map_err(|(_, t)| t)?;
+        let ch = &self.channels[channel];
+        if ch.retain || ch.history.is_some() || self.retained.has(channel) {
+            return Err("the channel has retained messages".into());
+        }
+        if ch.overflow == Overflow::Disconnect {
+            return Err("the channel has overflow = \"disconnect\"".into());
+        }
+        if ch.ring.is_some() {
+            return Err("the channel has a ring already".into());
+        }
+        Ok(())
+    }
+
+    /// After a planned restart: take over a ring's endpoint under its id
+    /// (the ring token the predecessor wrote with), with the messages
+    /// queued for the ring, and make it `channel`'s ring peer.
+    pub fn import_ring_endpoint(
+        &mut self,
+        s: &super::snapshot::ClientSnapshot,
+        channel: &str,
+    ) -> Result<(), String> {
+        if !s.patterns.is_empty() {
+            return Err("a ring endpoint with subscriptions".into());
+        }
+        self.import_client(s).map_err(|e| e.to_string())?;
+        if let Some(p) = self.peers.get_mut(&s.id) {
+            // Not a client: never announced, never listed as one.
+            p.greeted = false;
+        }
+        self.attach_ring(channel, s.id);
+        Ok(())
+    }
+
     /// May `client` still hold a slot in `channel`'s ring (after a reload)?
     pub fn may_use_ring(&self, client: ClientId, channel: &str) -> bool {
         let (Some(p), Some(ch)) = (self.peers.get(&client), self.channels.get(channel)) else {

@@ -68,7 +68,7 @@ impl Link for FifoLink {
     }
     /// The open FIFOs carry on without their names (which a new hub's start
     /// removes anyway): a pipe-like stream pair.
-    fn handover_fds(&self) -> Option<[std::os::fd::RawFd; 2]> {
+    fn handover_fds(&self) -> Option<Vec<std::os::fd::RawFd>> {
         self.inner.handover_fds()
     }
 }

@@ -53,10 +53,13 @@ pub trait Link: Send {
     fn read_fd(&self) -> RawFd;
     /// The descriptor that becomes writable when output may proceed (may equal `read_fd`).
     fn write_fd(&self) -> RawFd;
-    /// The read and write descriptors a successor hub rebuilds this link
-    /// from (planned restart, `daemon/handover.rs`), when they are all it
-    /// needs; `None`: the link cannot be handed over (its client reconnects).
-    fn handover_fds(&self) -> Option<[RawFd; 2]> {
+    /// The descriptors a successor hub rebuilds this link from (planned
+    /// restart, `daemon/handover.rs`), when they are all it needs: the read
+    /// and write ends (pipe, FIFO, mqueue), or a shm link's two ring memfds
+    /// and two eventfds (`up, down, hub_event, client_event`, the WELCOME
+    /// order); `None`: the link cannot be handed over (its client
+    /// reconnects).
+    fn handover_fds(&self) -> Option<Vec<RawFd>> {
         None
     }
     /// True when room to write is signalled by `read_fd` becoming readable

@@ -190,8 +190,8 @@ impl Link for MqueueLink {
         self.rx.raw()
     }
 
-    fn handover_fds(&self) -> Option<[RawFd; 2]> {
-        Some([self.rx.raw(), self.tx.raw()])
+    fn handover_fds(&self) -> Option<Vec<RawFd>> {
+        Some(vec![self.rx.raw(), self.tx.raw()])
     }
 
     fn write_fd(&self) -> RawFd {

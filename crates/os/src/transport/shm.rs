@@ -36,6 +36,10 @@ pub struct ShmLink {
     /// Client side: an empty, still-armed ring is polled without a syscall;
     /// `prepare_sleep` drains the eventfd before the client sleeps.
     lazy: bool,
+    /// Hub side: copies of the two ring memfds (`up`, `down`), kept so a
+    /// planned restart can hand the link to the next hub
+    /// (`Link::handover_fds`); the mappings alone cannot be passed on.
+    memfds: Option<[OwnedFd; 2]>,
 }
 
 fn ring_error(e: RingError) -> io::Error {
@@ -173,6 +177,16 @@ impl Link for ShmLink {
         Some(self.peer.as_fd())
     }
 
+    fn handover_fds(&self) -> Option<Vec<RawFd>> {
+        let [up, down] = self.memfds.as_ref()?;
+        Some(vec![
+            up.as_raw_fd(),
+            down.as_raw_fd(),
+            self.own.as_fd().as_raw_fd(),
+            self.peer.as_fd().as_raw_fd(),
+        ])
+    }
+
     fn prepare_sleep(&mut self) -> io::Result<bool> {
         if !self.lazy {
             return Ok(true); // read_into already drained and armed
@@ -198,6 +212,8 @@ pub fn offer(peer: &Peer<'_>, ring_size: usize) -> Result<Offer, SetupError> {
     let hub_ev = Notifier::new().map_err(|e| setup("eventfd", e))?;
     let client_ev = Notifier::new().map_err(|e| setup("eventfd", e))?;
     let dup = |n: &Notifier| n.as_fd().try_clone_to_owned().map_err(|e| setup("dup", e));
+    let keep = |fd: &OwnedFd| fd.try_clone().map_err(|e| setup("dup", e));
+    let memfds = [keep(&up_fd)?, keep(&down_fd)?];
     let fds: Vec<OwnedFd> = vec![up_fd, down_fd, dup(&hub_ev)?, dup(&client_ev)?];
     Ok(Offer {
         link: Some(Box::new(ShmLink {
@@ -207,6 +223,7 @@ pub fn offer(peer: &Peer<'_>, ring_size: usize) -> Result<Offer, SetupError> {
             peer: client_ev,
             buf: Vec::new(),
             lazy: false,
+            memfds: Some(memfds),
         })),
         welcome: vec![
             ("fds".into(), "up,down,hub_event,client_event".into()),
@@ -234,5 +251,58 @@ pub fn accept(fds: Vec<OwnedFd>) -> Result<ShmLink, SetupError> {
         peer: ev(hub_ev)?,
         buf: Vec::new(),
         lazy: true,
+        memfds: None,
+    })
+}
+
+/// Hub side, after a planned restart: the link a predecessor handed over
+/// (`Link::handover_fds`: `up, down, hub_event, client_event`). Every
+/// descriptor is checked again exactly as a client's are at WELCOME (the
+/// client could write every byte of the rings, and the descriptors come by
+/// number from the state): each memfd sealed against shrinking (and, as
+/// the hub made it, growing and new seals), of a plausible size, with the ring header's magic, version and capacity;
+/// each eventfd really an eventfd. The rings' positions live in the shared
+/// memory, so the stream carries on where the old hub left it. `max_message`
+/// is the hub's message size now: a ring too small to carry it is refused
+/// (its client then reconnects and gets rings of the right size).
+pub fn restore(fds: [OwnedFd; 4], max_message: u32) -> Result<ShmLink, SetupError> {
+    let [up, down, hub_ev, client_ev] = fds;
+    // Sealed as `offer` sealed them (shrink, grow, no new seal), not only
+    // as a client requires (shrink).
+    for fd in [&up, &down] {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        let need = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS)
+            .map(SealFlag::from_bits_truncate)
+            .map_err(|e| SetupError::Handover(format!("shm ring seals: {e}")))?;
+        if !seals.contains(need) {
+            return Err(SetupError::Handover(
+                "shm ring memfd not sealed as the hub seals its rings".into(),
+            ));
+        }
+    }
+    let ring =
+        |fd: &OwnedFd| Ring::open(fd).map_err(|e| SetupError::Handover(format!("shm ring: {e}")));
+    let ev = |fd: OwnedFd| {
+        Notifier::from_fd(fd).map_err(|e| SetupError::Handover(format!("eventfd: {e}")))
+    };
+    let (rx, tx) = (ring(&up)?, ring(&down)?);
+    let need = max_message as usize + wire::HEADER_LEN + 255;
+    for (what, r) in [("up", &rx), ("down", &tx)] {
+        if r.max_record() < need {
+            return Err(SetupError::Handover(format!(
+                "shm ring {what} carries records of {} bytes, the hub's messages need {need}",
+                r.max_record()
+            )));
+        }
+    }
+    Ok(ShmLink {
+        rx,
+        tx,
+        own: ev(hub_ev)?,
+        peer: ev(client_ev)?,
+        buf: Vec::new(),
+        lazy: false,
+        memfds: Some([up, down]),
     })
 }

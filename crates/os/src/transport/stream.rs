@@ -111,7 +111,7 @@ impl Link for StreamLink {
         self.wfd().as_raw_fd()
     }
 
-    fn handover_fds(&self) -> Option<[RawFd; 2]> {
-        Some([self.read_fd(), self.write_fd()])
+    fn handover_fds(&self) -> Option<Vec<RawFd>> {
+        Some(vec![self.read_fd(), self.write_fd()])
     }
 }

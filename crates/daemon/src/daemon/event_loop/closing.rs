@@ -180,7 +180,8 @@ fn lingers_until(clients: &HashMap<ClientId, Client>, id: ClientId) -> Option<In
 }
 
 impl EventLoop {
-    /// Planned restart (SIGUSR2): say goodbye to every client ("hub
+    /// Planned restart (SIGUSR2): hand every client that can be kept to
+    /// the successor (`export_state`), say goodbye to the others ("hub
     /// restarting": their libraries reconnect by themselves), stop our
     /// children, and execute ipchubd again with the listening socket handed
     /// over (`daemon/handover.rs`), so the socket never goes away and
@@ -198,9 +199,11 @@ impl EventLoop {
 
     /// The hand-over's first half, shared by SIGUSR2 (re-execution) and a
     /// stop into systemd's fd store (`event_loop/fdstore_stop.rs`): every
-    /// client whose data path is descriptors alone leaves the loop with its
-    /// descriptors open (close-on-exec cleared, numbers in the state's
-    /// index); the others get BYE "hub restarting"; children stop.
+    /// client whose data path is descriptors alone (shm included: ring
+    /// memfds and eventfds) leaves the loop with its descriptors open
+    /// (close-on-exec cleared, numbers in the state's index); the others
+    /// (an shm client in a channel ring, one closing or not greeted) get
+    /// BYE "hub restarting"; children stop.
     pub(super) fn export_state(&mut self) -> crate::daemon::handover::State {
         use crate::daemon::handover;
         use std::os::fd::AsRawFd;
@@ -210,18 +213,66 @@ impl EventLoop {
             fd: listener,
         }];
         let mut handed = Vec::new();
-        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
-        for id in ids {
-            // Clients whose data path is descriptors alone keep their
-            // connection (socket, pipe, FIFO, mqueue); shm clients (rings,
-            // eventfds) are not handed over yet: they reconnect.
-            let keep = self.clients.get(&id).is_some_and(|c| {
+        // Clients whose data path is descriptors alone keep their
+        // connection (socket, pipe, FIFO, mqueue, and shm: its two ring
+        // memfds and two eventfds), and the channel rings whose every
+        // participant is kept go along with them; the participants of a
+        // ring that cannot go along stay behind (they reconnect).
+        let mut keepable: std::collections::HashSet<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
                 c.greeted
                     && c.ctrl.is_some()
                     && c.closing.is_none()
                     && !c.ctrl_gone
                     && c.data.as_ref().is_none_or(|l| l.handover_fds().is_some())
-            });
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut rings = Vec::new();
+        for channel in self.rings_to_hand_over(&mut keepable) {
+            match self.export_ring(&channel) {
+                Some(r) => {
+                    fds.push(handover::FdEntry {
+                        name: format!("ring:{}", r.endpoint.id),
+                        fd: r.memfd,
+                    });
+                    fds.push(handover::FdEntry {
+                        name: format!("ring:{}:event", r.endpoint.id),
+                        fd: r.hub_event,
+                    });
+                    rings.push(r);
+                }
+                None => {
+                    warn!(channel = %channel, "cannot hand a channel ring over: its participants reconnect");
+                    for c in self.ring_members(&channel) {
+                        keepable.remove(&c);
+                    }
+                }
+            }
+        }
+        // A ring that could not be exported takes its participants out of
+        // the hand-over; so do, in turn, the rings those were in.
+        let mut rings_left = Vec::new();
+        for r in rings {
+            if r.slots.iter().all(|s| keepable.contains(&s.1)) {
+                rings_left.push(r);
+            } else {
+                // Its participants are not handed over: its descriptors
+                // close with this process.
+                fds.retain(|e| e.fd != r.memfd && e.fd != r.hub_event);
+                let _ = nix::unistd::close(r.memfd);
+                let _ = nix::unistd::close(r.hub_event);
+                for s in &r.slots {
+                    keepable.remove(&s.1);
+                }
+            }
+        }
+        let rings = rings_left;
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in ids {
+            let keep = keepable.contains(&id);
             if keep {
                 if let Some(snap) = self.hub.export_client(id) {
                     let mut c = self.clients.remove(&id).expect("listed");
@@ -239,16 +290,21 @@ impl EventLoop {
                             .collect(),
                         None => Vec::new(),
                     };
-                    let complete = c.data.is_none() || data_fds.len() == 2;
+                    let want = c
+                        .data
+                        .as_ref()
+                        .and_then(|l| l.handover_fds())
+                        .map_or(0, |v| v.len());
+                    let complete = data_fds.len() == want;
                     if complete && handover::inherit(raw).is_ok() {
                         let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
                         fds.push(handover::FdEntry {
                             name: format!("client:{id}"),
                             fd: raw,
                         });
-                        for (i, &d) in data_fds.iter().enumerate() {
+                        for (&d, role) in data_fds.iter().zip(handover::DATA_ROLES) {
                             fds.push(handover::FdEntry {
-                                name: format!("client:{id}:{}", ["data-in", "data-out"][i]),
+                                name: format!("client:{id}:{role}"),
                                 fd: d,
                             });
                         }
@@ -281,6 +337,26 @@ impl EventLoop {
             self.clients.remove(&id);
             self.hub.remove(id);
         }
+        // A participant that could not be handed over after all (its
+        // descriptors could not be duplicated) is gone: its slot is no
+        // longer the state's. Its token stays in the ring, where the new
+        // hub sees a slot nobody was given and retires the ring (its other
+        // participants carry on through the hub, none reconnects).
+        let mut rings = rings;
+        for r in &mut rings {
+            r.slots.retain(|s| {
+                handed
+                    .iter()
+                    .any(|c: &handover::HandedClient| c.hub.id == s.1)
+            });
+        }
+        let (rings, emptied): (Vec<_>, Vec<_>) =
+            rings.into_iter().partition(|r| !r.slots.is_empty());
+        for r in emptied {
+            fds.retain(|e| e.fd != r.memfd && e.fd != r.hub_event);
+            let _ = nix::unistd::close(r.memfd);
+            let _ = nix::unistd::close(r.hub_event);
+        }
         self.spawner.stop_all();
         crate::transport::fifo::remove_publish_dir(
             &self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR),
@@ -293,6 +369,7 @@ impl EventLoop {
             fds,
             next_client_id: self.hub.next_client_id(),
             clients: handed,
+            rings,
         }
     }
 
@@ -319,6 +396,7 @@ impl EventLoop {
             self.hub.remove(c.hub.id);
         }
         self.restore_clients(state.clients, state.next_client_id);
+        self.restore_rings(state.rings);
         self.open_publish_fifos();
         systemd::reloaded(&self.status_line());
     }
@@ -373,6 +451,20 @@ impl EventLoop {
                 (TransportKind::Pipe | TransportKind::Fifo, 2) => {
                     let [r, w]: [OwnedFd; 2] = data.try_into().expect("two");
                     Some(Box::new(crate::transport::stream::StreamLink::pair(r, w)))
+                }
+                (TransportKind::Shm, 4) => {
+                    let fds: [OwnedFd; 4] = data.try_into().expect("four");
+                    let max = self.hub.config().hub.max_message_size;
+                    match crate::transport::shm::restore(fds, max) {
+                        Ok(l) => Some(Box::new(l)),
+                        Err(e) => {
+                            warn!(
+                                client = id,
+                                "cannot take over its shared memory rings, it reconnects: {e}"
+                            );
+                            continue;
+                        }
+                    }
                 }
                 (TransportKind::Mqueue, 2) => {
                     let [r, w]: [OwnedFd; 2] = data.try_into().expect("two");

@@ -13,6 +13,10 @@
 //! (a lock word, a cursor or a slot anyone could have written) retires the
 //! ring, and its honest participants move on (readers become ordinary
 //! subscribers, writers open a fresh ring).
+//!
+//! A planned restart hands rings over whole (`export_ring`,
+//! `restore_rings`): nothing in the ring moves, and the successor checks
+//! each as it would a new one before serving it, retiring any it will not.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -975,3 +979,372 @@ impl EventLoop {
 }
 
 use crate::wire::ErrorCode;
+
+/// Planned restart: channel rings handed to the next hub
+/// (`daemon/handover.rs`, `HandedRing`).
+impl EventLoop {
+    /// Of the clients in `keep` (those the hand-over could keep), leave out
+    /// every participant of a ring that cannot go along whole, until only
+    /// whole rings remain (a client may be in several). Returns the
+    /// channels whose rings go along. A ring goes along when every one of
+    /// its participants is kept, its endpoint is serving, and the ring is
+    /// not being retired; one with no participant left (draining) stays.
+    pub(super) fn rings_to_hand_over(
+        &self,
+        keep: &mut std::collections::HashSet<ClientId>,
+    ) -> Vec<String> {
+        loop {
+            let mut changed = false;
+            for r in self.rings.values() {
+                let members: Vec<ClientId> = r.slots.iter().flatten().map(|(c, _)| *c).collect();
+                let endpoint_ok = self
+                    .clients
+                    .get(&r.peer)
+                    .is_some_and(|c| c.closing.is_none() && c.data.is_some());
+                if members.iter().all(|c| keep.contains(c)) && endpoint_ok {
+                    continue;
+                }
+                for c in members {
+                    changed |= keep.remove(&c);
+                }
+            }
+            // Whoever holds a slot in a ring that does not go along stays
+            // behind: so do the other members of its rings.
+            for (id, _) in self.ring_use.clients.iter() {
+                if !keep.contains(id) {
+                    continue;
+                }
+                let in_broken = self.rings.values().any(|r| {
+                    r.has(*id) && r.slots.iter().flatten().any(|(c, _)| !keep.contains(c))
+                });
+                if in_broken {
+                    keep.remove(id);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        self.rings
+            .iter()
+            .filter(|(_, r)| {
+                r.participants() > 0 && r.slots.iter().flatten().all(|(c, _)| keep.contains(c))
+            })
+            .map(|(ch, _)| ch.clone())
+            .collect()
+    }
+
+    /// The clients holding a slot in `channel`'s ring.
+    pub(super) fn ring_members(&self, channel: &str) -> Vec<ClientId> {
+        self.rings.get(channel).map_or_else(Vec::new, |r| {
+            r.slots.iter().flatten().map(|(c, _)| *c).collect()
+        })
+    }
+
+    /// Take `channel`'s ring out of the loop for the successor: its memfd
+    /// and eventfd duplicated (close-on-exec cleared), its endpoint's queue
+    /// and unhandled input, its slots and the hub's bookkeeping. The ring
+    /// itself is left exactly as it is (no slot detached, no cursor moved):
+    /// its participants carry on in it.
+    pub(super) fn export_ring(
+        &mut self,
+        channel: &str,
+    ) -> Option<crate::daemon::handover::HandedRing> {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let r = self.rings.get(channel)?;
+        let endpoint = self.hub.export_client(r.peer)?;
+        let memfd = nix::unistd::dup(r.memfd.as_raw_fd()).ok()?;
+        let hub_event = match nix::unistd::dup(r.hub_event.as_raw_fd()) {
+            Ok(fd) => fd,
+            Err(_) => {
+                let _ = nix::unistd::close(memfd);
+                return None;
+            }
+        };
+        let mut r = self.rings.remove(channel).expect("just seen");
+        let (want_reader, written, writers, relayed, hub_cursor) = match r.shared.lock() {
+            Ok(s) => (
+                s.want_reader,
+                s.written,
+                s.writers.clone(),
+                s.relayed.iter().copied().collect(),
+                s.hub_cursor,
+            ),
+            Err(_) => (false, 0, Vec::new(), Vec::new(), None),
+        };
+        let slots: Vec<(usize, u32, u8, u32)> = (0..MAX_SLOTS)
+            .filter_map(|s| r.slots[s].map(|(c, roles)| (s, c, roles, r.slot_uid[s])))
+            .collect();
+        let policy = match r.mgmt.policy() {
+            bring::Policy::Block => "block",
+            bring::Policy::DropOldest => "drop-oldest",
+        };
+        let next_slot = r.next_slot;
+        // Its endpoint leaves the loop (its mapping goes with it).
+        let peer = r.peer;
+        let endpoint_input = self
+            .clients
+            .get_mut(&peer)
+            .map(|c| std::mem::take(&mut c.data_in))
+            .unwrap_or_default();
+        self.ring_use.release_all(&mut r);
+        self.hub.detach_ring(channel);
+        self.hub.remove(peer);
+        self.finalize(peer);
+        drop(r);
+        Some(crate::daemon::handover::HandedRing {
+            channel: channel.to_string(),
+            memfd: memfd.into_raw_fd(),
+            hub_event: hub_event.into_raw_fd(),
+            policy: policy.into(),
+            endpoint,
+            endpoint_input,
+            slots,
+            next_slot,
+            want_reader,
+            written,
+            writers,
+            relayed,
+            hub_cursor,
+        })
+    }
+
+    /// After a planned restart, once the clients are back
+    /// (`restore_clients`): serve the channel rings the predecessor handed
+    /// over. Each is checked again as a new one would be: the memfd sealed
+    /// against resizing, of a plausible size, its header's magic, version
+    /// and capacity, and its policy the one the predecessor recorded (a
+    /// participant could have rewritten the header's); the eventfd an
+    /// eventfd; the channel still allowed a ring, every participant an shm
+    /// client taken over and still allowed to read and write it. A ring
+    /// that fails is retired as any other (its readers become ordinary
+    /// subscribers, its writers go through the hub): no one reconnects.
+    pub fn restore_rings(&mut self, rings: Vec<crate::daemon::handover::HandedRing>) {
+        for h in rings {
+            // Claimed first, whatever happens next: nothing inherited stays
+            // open unowned.
+            let memfd = crate::daemon::handover::claim(h.memfd);
+            let event = crate::daemon::handover::claim(h.hub_event);
+            let (memfd, event) = match (memfd, event) {
+                (Ok(m), Ok(e)) => (m, e),
+                (m, e) => {
+                    let err = m.err().or(e.err()).expect("one failed");
+                    self.refuse_handed_ring(&h, None, &format!("its descriptors: {err}"));
+                    continue;
+                }
+            };
+            if let Err((why, mgmt)) = self.adopt_ring(&h, memfd, event) {
+                self.refuse_handed_ring(&h, mgmt.as_ref(), &why);
+            }
+        }
+    }
+
+    fn adopt_ring(
+        &mut self,
+        h: &crate::daemon::handover::HandedRing,
+        memfd: OwnedFd,
+        event: OwnedFd,
+    ) -> Result<(), (String, Option<BRing>)> {
+        use std::os::fd::AsRawFd;
+        let _ = nix::fcntl::fcntl(
+            memfd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        let _ = nix::fcntl::fcntl(
+            event.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        // Sealed as the hub seals a ring it makes (shrink, grow, and no new
+        // seal), not only as a participant requires (shrink).
+        {
+            use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+            let need = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+            let seals = fcntl(memfd.as_raw_fd(), FcntlArg::F_GET_SEALS)
+                .map(SealFlag::from_bits_truncate)
+                .map_err(|e| (format!("its memfd's seals: {e}"), None))?;
+            if !seals.contains(need) {
+                return Err((
+                    "its memfd is not sealed as the hub seals rings".into(),
+                    None,
+                ));
+            }
+        }
+        let mgmt = BRing::open(&memfd).map_err(|e| (format!("its memfd: {e}"), None))?;
+        let fail = |why: String, mgmt: BRing| Err((why, Some(mgmt)));
+        let policy = match h.policy.as_str() {
+            "block" => bring::Policy::Block,
+            "drop-oldest" => bring::Policy::DropOldest,
+            _ => return fail("an unknown policy".into(), mgmt),
+        };
+        if mgmt.policy() != policy || !mgmt.header_intact() || !mgmt.positions_sane() {
+            return fail(
+                "its header or positions were overwritten while no hub ran".into(),
+                mgmt,
+            );
+        }
+        let cfg = self.hub.config();
+        let need = cfg.hub.max_message_size as usize + wire::HEADER_LEN + 255 + 64;
+        if mgmt.max_record() < need {
+            return fail(
+                "it is too small for today's hub.max_message_size".into(),
+                mgmt,
+            );
+        }
+        let channel = h.channel.as_str();
+        // The channel may still have a ring (made if need be, charged to
+        // the first participant's uid, as OPEN_RING would).
+        let first_uid = h.slots.first().map_or(0, |s| s.3);
+        if let Err(why) = self.hub.ring_still_allowed(channel, first_uid) {
+            return fail(why, mgmt);
+        }
+        // Every participant: an shm client taken over, allowed in the ring.
+        let mut wakers: Vec<(usize, ClientId, u8, u32, Arc<Notifier>)> = Vec::new();
+        for &(slot, client, roles, _) in &h.slots {
+            let Some(c) = self.clients.get(&client) else {
+                return fail(format!("participant {client} was not taken over"), mgmt);
+            };
+            if c.transport != TransportKind::Shm || !self.hub.may_use_ring(client, channel) {
+                return fail(format!("participant {client} may not use it"), mgmt);
+            }
+            let uid = c.ident.uid;
+            let shared = self.ring_use.clients.get(&client).map(|(_, w)| w.clone());
+            let waker = match shared {
+                Some(w) => w,
+                None => {
+                    let fd = c
+                        .data
+                        .as_ref()
+                        .and_then(|l| l.wake_fd())
+                        .and_then(|fd| fd.try_clone_to_owned().ok())
+                        .and_then(|fd| Notifier::from_fd(fd).ok());
+                    match fd {
+                        Some(n) => Arc::new(n),
+                        None => return fail(format!("participant {client} has no eventfd"), mgmt),
+                    }
+                }
+            };
+            wakers.push((slot, client, roles, uid, waker));
+        }
+        let endpoint_map = match BRing::open(&memfd) {
+            Ok(m) => m,
+            Err(e) => return fail(format!("its memfd: {e}"), mgmt),
+        };
+        let own = match Notifier::from_fd(event) {
+            Ok(n) => n,
+            Err(e) => return fail(format!("its eventfd: {e}"), mgmt),
+        };
+        let hub_event = match own.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => return fail(format!("its eventfd: {e}"), mgmt),
+        };
+        let peer = h.endpoint.id;
+        let token = u64::from(peer);
+        let shared = Arc::new(Mutex::new(RingShared {
+            wakers: (0..MAX_SLOTS).map(|_| None).collect(),
+            want_reader: h.want_reader,
+            reader_gen: 0,
+            token,
+            missed: 0,
+            written: h.written,
+            writers: h.writers.clone(),
+            relayed: h.relayed.iter().copied().collect(),
+            unsettled: 0,
+            hub_cursor: h.hub_cursor,
+        }));
+        let link = BringLink::new(endpoint_map, channel, own, shared.clone());
+        if let Err(why) = self.hub.import_ring_endpoint(&h.endpoint, channel) {
+            return fail(format!("its endpoint: {why}"), mgmt);
+        }
+        if let Err(e) = self.register_link(peer, &link) {
+            self.hub.detach_ring(channel);
+            self.hub.remove(peer);
+            return fail(format!("its endpoint: {e}"), mgmt);
+        }
+        self.hub.set_max_frame(peer, link.max_frame());
+        self.clients.insert(
+            peer,
+            Client {
+                ident: self.hub.identity(peer).expect("just imported"),
+                ctrl: None,
+                ctrl_in: Vec::new(),
+                data: Some(Box::new(link)),
+                data_in: h.endpoint_input.clone(),
+                greeted: true,
+                hello_fds: Vec::new(),
+                input_accounted: 0,
+                paused: false,
+                transport: TransportKind::Shm,
+                closing: None,
+                ctrl_gone: false,
+            },
+        );
+        self.sync_input(peer);
+        let bytes = mgmt.capacity() + bring::HEADER_BYTES;
+        let mut r = ChannelRing {
+            mgmt,
+            memfd,
+            hub_event,
+            peer,
+            shared,
+            slots: (0..MAX_SLOTS).map(|_| None).collect(),
+            slot_uid: vec![0; MAX_SLOTS],
+            next_slot: h.next_slot.clamp(HUB_SLOT + 1, MAX_SLOTS - 1),
+            bytes,
+            watch: Watch::new(
+                Instant::now(),
+                check_interval(Duration::from_millis(
+                    self.hub.config().hub.block_timeout_ms,
+                )),
+            ),
+        };
+        for (slot, client, roles, uid, waker) in wakers {
+            if !r.has_uid(uid) {
+                let u = self.ring_use.uids.entry(uid).or_default();
+                u.0 += 1;
+                u.1 += r.bytes;
+            }
+            self.ring_use
+                .clients
+                .entry(client)
+                .or_insert_with(|| (0, waker.clone()))
+                .0 += 1;
+            r.slot_uid[slot] = uid;
+            r.slots[slot] = Some((client, roles));
+            if let Ok(mut s) = r.shared.lock() {
+                s.wakers[slot] = Some(waker);
+            }
+            self.hub
+                .set_direct_reader(channel, client, roles & RING_READ != 0);
+        }
+        self.rings.insert(channel.to_string(), r);
+        // Whatever happened while no hub ran (records written, waits
+        // armed): looked at now, not at the next wake-up.
+        self.pending.push(peer);
+        info!(channel, "channel ring taken over");
+        Ok(())
+    }
+
+    /// A handed-over ring that cannot be served: retired as any other
+    /// (`retire_ring`), for participants that were taken over.
+    fn refuse_handed_ring(
+        &mut self,
+        h: &crate::daemon::handover::HandedRing,
+        mgmt: Option<&BRing>,
+        why: &str,
+    ) {
+        warn!(message_id = crate::daemon::logging::msgid::RING_RETIRED, channel = %h.channel, "channel ring handed over but not taken over, retired: {why}");
+        if let Some(m) = mgmt {
+            m.mark_retired();
+        }
+        for &(_, client, roles, _) in &h.slots {
+            if !self.clients.contains_key(&client) {
+                continue;
+            }
+            if roles & RING_READ != 0 {
+                self.hub.ring_reader_relayed(client, &h.channel);
+            }
+            self.hub.send_ring_retired(client, &h.channel);
+        }
+    }
+}
