@@ -1208,6 +1208,13 @@ impl EventLoop {
                 return fail(format!("participant {client} may not use it"), mgmt);
             }
             let uid = c.ident.uid;
+            // A ring is one uid's (see `ChannelRing::owner`).
+            if uid != first_uid {
+                return fail(
+                    format!("participant {client} is of uid {uid}, the ring of uid {first_uid}"),
+                    mgmt,
+                );
+            }
             let shared = self.ring_use.clients.get(&client).map(|(_, w)| w.clone());
             let waker = match shared {
                 Some(w) => w,
@@ -1289,6 +1296,7 @@ impl EventLoop {
             shared,
             slots: (0..MAX_SLOTS).map(|_| None).collect(),
             slot_uid: vec![0; MAX_SLOTS],
+            owner: first_uid,
             next_slot: h.next_slot.clamp(HUB_SLOT + 1, MAX_SLOTS - 1),
             bytes,
             watch: Watch::new(
