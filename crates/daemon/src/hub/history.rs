@@ -382,6 +382,25 @@ impl HistoryStore {
         }
     }
 
+    /// Take back `channel`'s entries numbered `from` and up (their disk
+    /// write failed: they were never stored). Their numbers stay skipped.
+    pub(super) fn unstore_from(&mut self, channel: &str, from: u64) {
+        let Some(h) = self.channels.get_mut(channel) else {
+            return;
+        };
+        while h.entries.back().is_some_and(|e| e.chan_seq >= from) {
+            let e = h.entries.pop_back().expect("checked");
+            h.payload_bytes -= e.payload.len();
+            self.bytes -= e.cost;
+            if let Some(c) = self.by_uid.get_mut(&e.uid) {
+                *c -= e.cost;
+                if *c == 0 {
+                    self.by_uid.remove(&e.uid);
+                }
+            }
+        }
+    }
+
     /// Keep sequence reservations in `path` (the daemon, once it has a
     /// state directory): numbering continues from what it says.
     pub(super) fn keep_sequences_in(&mut self, path: std::path::PathBuf) {
