@@ -58,6 +58,9 @@ pub(super) struct DiskState {
     stage: Vec<u8>,
     /// Channels with staged records, in the order they got their first.
     staged_logs: Vec<Box<str>>,
+    /// The wall clock (ms) read at an instant, to stamp records from the
+    /// monotonic `now` the hub has anyway (see [`DiskState::wall_ms`]).
+    clock: Option<(Instant, u64)>,
     /// Started with the first log, so a hub storing nothing runs no thread.
     syncer: Option<Syncer>,
     wake: Option<(Box<dyn Fn() + Send>, crate::supervise::OnPanic)>,
@@ -70,6 +73,27 @@ pub(super) struct DiskState {
     syncs: u64,
     /// ACKs those rounds made good.
     synced_acks: u64,
+}
+
+/// How long a wall-clock reading serves (it follows clock changes after).
+const CLOCK_READ_EVERY: Duration = Duration::from_secs(1);
+
+impl DiskState {
+    /// A record's time stamp (ms since the epoch) at `now`: the wall clock
+    /// read once a second, plus the monotonic time since. A clock read per
+    /// message showed in the profile (about 3 % of a stored publish).
+    fn wall_ms(&mut self, now: Instant) -> u64 {
+        match self.clock {
+            Some((at, ms)) if now >= at && now - at < CLOCK_READ_EVERY => {
+                ms + (now - at).as_millis() as u64
+            }
+            _ => {
+                let ms = store::now_ms();
+                self.clock = Some((now, ms));
+                ms
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -88,6 +112,7 @@ impl Hub {
             logs: HashMap::default(),
             stage: Vec::new(),
             staged_logs: Vec::new(),
+            clock: None,
             syncer: None,
             wake: Some((wake, on_panic)),
             pending: Default::default(),
@@ -183,6 +208,7 @@ impl Hub {
         retained: bool,
         delivered: u32,
         ack: bool,
+        now: Instant,
     ) -> Result<(), String> {
         if self
             .disk
@@ -204,6 +230,7 @@ impl Hub {
         let Some(disk) = self.disk.as_mut() else {
             return Err("the hub has no state directory (storage off in this process)".into());
         };
+        let time_ms = disk.wall_ms(now);
         let Some(slot) = disk.logs.get_mut(frame.channel) else {
             disk.failures += 1;
             return Err(format!(
@@ -216,7 +243,7 @@ impl Hub {
         store::encode_parts(
             RecordHead {
                 chan_seq,
-                time_ms: store::now_ms(),
+                time_ms,
                 origin,
                 pub_seq: frame.header.seq,
                 uid,

@@ -460,7 +460,9 @@ impl Hub {
     }
 
     /// Store a delivered message as `channel`'s next, numbered `chan_seq`
-    /// (what [`HistoryStore::next_seq`] said before delivery).
+    /// (what [`HistoryStore::next_seq`] said before delivery). Some(first
+    /// number kept) when older entries went to make room (a disk log may
+    /// then drop segments).
     pub(super) fn store_history(
         &mut self,
         id: ClientId,
@@ -468,7 +470,7 @@ impl Hub {
         frame: &Frame<'_>,
         bounds: HistoryBounds,
         now: Instant,
-    ) {
+    ) -> Option<u64> {
         let uid = self.peers.get(&id).map_or(0, |p| p.ident.uid);
         let name = frame.channel;
         let store = &mut self.history;
@@ -504,6 +506,7 @@ impl Hub {
             uid,
             cost,
         });
+        (n > 0).then(|| h.entries.front().map_or(chan_seq, |e| e.chan_seq))
     }
 
     /// After client `id` subscribed to `pat` asking for `replay`: queue the
@@ -604,6 +607,9 @@ impl Hub {
         for name in self.history.names() {
             let b = self.cfg.history_for(&name);
             self.history.rebound(&name, b, now);
+            if let Some(f) = self.history.figures(&name) {
+                self.trim_log(&name, f.first_seq);
+            }
         }
     }
 }

@@ -1060,7 +1060,7 @@ impl Hub {
             let mut stored = true;
             if b.disk.is_some() {
                 let ack = frame.header.flags & ACK_REQUESTED != 0;
-                match self.stage_log(id, origin, frame, b, chan_seq, retain, delivered, ack) {
+                match self.stage_log(id, origin, frame, b, chan_seq, retain, delivered, ack, now) {
                     // Written with the rest of the turn's records, before
                     // any answer leaves; the publisher is answered then.
                     Ok(()) => answered = true,
@@ -1083,12 +1083,9 @@ impl Hub {
                 }
             }
             if stored {
-                self.store_history(id, origin, frame, b, now);
-                if b.disk.is_some() {
-                    let first = self
-                        .history
-                        .figures(frame.channel)
-                        .map_or(0, |f| f.first_seq);
+                // Old segments can only go when old entries did.
+                let evicted = self.store_history(id, origin, frame, b, now);
+                if let (Some(first), Some(_)) = (evicted, b.disk) {
                     self.trim_log(frame.channel, first);
                 }
             } else {
