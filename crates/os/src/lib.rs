@@ -7,7 +7,8 @@
 //! - [`paths`], the runtime directory, opened without following links;
 //! - [`sys`], safe wrappers over the descriptor operations the daemon and the
 //!   tools need (descriptors received over SCM_RIGHTS or inherited across
-//!   exec, per-process limits).
+//!   exec, per-process limits);
+//! - [`crc`], CRC-32C by the CPU's instruction (the disk log's checksums).
 //!
 //! This crate is where the project's `unsafe` code lives (every other crate
 //! is `#![forbid(unsafe_code)]`): each block carries a `// SAFETY:` comment,
@@ -15,6 +16,7 @@
 
 pub use ipchub_wire as wire;
 
+pub mod crc;
 pub mod paths;
 pub mod queue;
 pub mod shm;

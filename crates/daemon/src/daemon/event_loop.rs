@@ -388,6 +388,9 @@ impl EventLoop {
     /// close the condemned; repeat until nothing changes.
     fn settle(&mut self) {
         loop {
+            // The disk records this turn stored, written before the queues
+            // their ACKs (queued now) and DATA are in go out (hub/disk.rs).
+            self.hub.flush_store();
             self.serve_ring_requests();
             self.tend_rings();
             let mut ids = std::mem::take(&mut self.scratch_ids);

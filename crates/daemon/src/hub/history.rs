@@ -442,6 +442,25 @@ impl HistoryStore {
         }
     }
 
+    /// Take back `channel`'s entries numbered `from` and up (their disk
+    /// write failed: they were never stored). Their numbers stay skipped.
+    pub(super) fn unstore_from(&mut self, channel: &str, from: u64) {
+        let Some(h) = self.channels.get_mut(channel) else {
+            return;
+        };
+        while h.entries.back().is_some_and(|e| e.chan_seq >= from) {
+            let e = h.entries.pop_back().expect("checked");
+            h.payload_bytes -= e.payload.len();
+            self.bytes -= e.cost;
+            if let Some(c) = self.by_uid.get_mut(&e.uid) {
+                *c -= e.cost;
+                if *c == 0 {
+                    self.by_uid.remove(&e.uid);
+                }
+            }
+        }
+    }
+
     /// Keep sequence reservations in `path` (the daemon, once it has a
     /// state directory): numbering continues from what it says.
     pub(super) fn keep_sequences_in(&mut self, path: std::path::PathBuf) {
@@ -501,7 +520,9 @@ impl Hub {
     }
 
     /// Store a delivered message as `channel`'s next, numbered `chan_seq`
-    /// (what [`HistoryStore::next_seq`] said before delivery).
+    /// (what [`HistoryStore::next_seq`] said before delivery). Some(first
+    /// number kept) when older entries went to make room (a disk log may
+    /// then drop segments).
     pub(super) fn store_history(
         &mut self,
         id: ClientId,
@@ -509,7 +530,7 @@ impl Hub {
         frame: &Frame<'_>,
         bounds: HistoryBounds,
         now: Instant,
-    ) {
+    ) -> Option<u64> {
         let uid = self.peers.get(&id).map_or(0, |p| p.ident.uid);
         let name = frame.channel;
         let store = &mut self.history;
@@ -545,6 +566,7 @@ impl Hub {
             uid,
             cost,
         });
+        (n > 0).then(|| h.entries.front().map_or(chan_seq, |e| e.chan_seq))
     }
 
     /// After client `id` subscribed to `pat` asking for `replay`: queue the
@@ -645,6 +667,9 @@ impl Hub {
         for name in self.history.names() {
             let b = self.cfg.history_for(&name);
             self.history.rebound(&name, b, now);
+            if let Some(f) = self.history.figures(&name) {
+                self.trim_log(&name, f.first_seq);
+            }
         }
     }
 }

@@ -40,6 +40,8 @@ impl Hub {
         // policies, counters and statistics are exactly those of any client.
         let id = self.admit_internal();
         let step = self.publish(id, &frame, Instant::now());
+        // A disk channel answers once its record is written.
+        self.flush_store();
         let peer = self.peers.remove(&id).expect("just admitted");
         for h in &peer.holding {
             self.resume(*h);

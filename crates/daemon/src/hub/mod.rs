@@ -547,14 +547,20 @@ impl Hub {
         into.append(&mut self.doomed);
     }
 
-    /// The outbound queue a transport flushes.
+    /// The outbound queue a transport flushes. Records staged for disk
+    /// logs are written first (and their publishers answered): nothing
+    /// leaves the hub ahead of the stored messages it acknowledges or
+    /// reveals (disk.rs).
     pub fn queue(&mut self, id: ClientId) -> Option<&mut OutQueue> {
+        self.flush_store();
         self.peers.get_mut(&id).map(|p| &mut p.out)
     }
 
     /// Take a client's queue out of the hub (before [`remove`](Self::remove)),
-    /// so its last frames can still be written after the hub forgot it.
+    /// so its last frames can still be written after the hub forgot it
+    /// (staged disk records are written first, as for [`queue`](Self::queue)).
     pub fn take_queue(&mut self, id: ClientId) -> Option<OutQueue> {
+        self.flush_store();
         let p = self.peers.get_mut(&id)?;
         let q = std::mem::replace(&mut p.out, OutQueue::new(0, 0));
         sync_uid(&mut self.uid_bytes, p);
@@ -1057,13 +1063,11 @@ impl Hub {
             let chan_seq = self.history.next_seq(frame.channel);
             let mut stored = true;
             if b.disk.is_some() {
-                match self.write_log(id, origin, frame, b, chan_seq, retain) {
-                    Ok(Some(ticket)) if frame.header.flags & ACK_REQUESTED != 0 => {
-                        // sync = "always": the ACK waits for the fsync.
-                        self.hold_ack(ticket, id, seq, delivered);
-                        answered = true;
-                    }
-                    Ok(_) => {}
+                let ack = frame.header.flags & ACK_REQUESTED != 0;
+                match self.stage_log(id, origin, frame, b, chan_seq, retain, delivered, ack, now) {
+                    // Written with the rest of the turn's records, before
+                    // any answer leaves; the publisher is answered then.
+                    Ok(()) => answered = true,
                     Err(e) => {
                         let uid = self.peers.get(&id).map_or(0, |p| p.ident.uid);
                         if self.log_limit.allow(uid, LogKind::Refused, now) {
@@ -1083,12 +1087,9 @@ impl Hub {
                 }
             }
             if stored {
-                self.store_history(id, origin, frame, b, now);
-                if b.disk.is_some() {
-                    let first = self
-                        .history
-                        .figures(frame.channel)
-                        .map_or(0, |f| f.first_seq);
+                // Old segments can only go when old entries did.
+                let evicted = self.store_history(id, origin, frame, b, now);
+                if let (Some(first), Some(_)) = (evicted, b.disk) {
                     self.trim_log(frame.channel, first);
                 }
             } else {

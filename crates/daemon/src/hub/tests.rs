@@ -758,3 +758,106 @@ fn a_reload_names_what_changed_but_not_the_bridges_strings() {
     );
     assert!(config_changes(&old, &old).is_empty());
 }
+
+/// Disk storage writes a turn's records together, then answers: several
+/// publishers' records staged in one turn are each ACKed once written.
+/// When the batched write fails, every publisher whose record was in it
+/// gets its own ERROR (no ACK), their history entries are taken back (the
+/// numbers stay skipped) and each failure is counted.
+#[test]
+fn a_failed_batched_write_answers_every_publisher_in_it() {
+    if !std::path::Path::new("/dev/full").exists() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(
+        &format!(
+            "[hub]\nstate_dir = \"{}\"\n[[channel]]\npattern = \"d/#\"\nstorage = \"disk\"\n\
+             sync = \"interval\"\nhistory_messages = 1000\nhistory_bytes = 100000\n",
+            state.path().display()
+        ),
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap();
+    let mut hub = hub_with(cfg);
+    hub.attach_storage(Box::new(|| {}), crate::supervise::unsupervised());
+    let pubs: Vec<ClientId> = (0..3).map(|_| hub.admit(ident()).unwrap()).collect();
+    let payload = vec![b'x'; 1000];
+    // One turn, three publishers: nothing is answered before the write.
+    for n in 0..63u64 {
+        let p = pubs[(n % 3) as usize];
+        assert_eq!(publish(&mut hub, p, "d/x", &payload, n + 1), Step::Continue);
+    }
+    for &p in &pubs {
+        let got = drain(&mut hub, p);
+        let acks = got.iter().filter(|f| f.0 == FrameType::Ack).count();
+        assert_eq!(acks, 21, "{got:?}");
+    }
+    let f = hub.history.figures("d/x").unwrap();
+    assert_eq!((f.messages, f.last_seq), (63, 63));
+    // 63 records of 1048 bytes fill the first 64 KiB segment: the next
+    // record starts segment 64, which here is /dev/full (ENOSPC).
+    let dir = state.path().join("channels/d_2fx");
+    std::os::unix::fs::symlink("/dev/full", dir.join(format!("{:020}.seg", 64))).unwrap();
+    let mut seqs = Vec::new();
+    for (i, &p) in pubs.iter().enumerate() {
+        let seq = 1000 + i as u64;
+        publish(&mut hub, p, "d/x", &payload, seq);
+        seqs.push(seq);
+    }
+    for (i, &p) in pubs.iter().enumerate() {
+        let got = drain(&mut hub, p);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].0, got[0].1), (FrameType::Error, seqs[i]));
+        let text = String::from_utf8_lossy(&got[0].3).into_owned();
+        assert!(
+            text.contains("not stored")
+                && text.contains("No space left on device")
+                && text.contains(&format!("sequence number {} skipped", 64 + i)),
+            "{text}"
+        );
+    }
+    let f = hub.history.figures("d/x").unwrap();
+    assert_eq!((f.messages, f.first_seq, f.last_seq), (63, 1, 66));
+    assert_eq!(hub.storage_failures(), 3);
+    std::fs::remove_file(dir.join(format!("{:020}.seg", 64))).unwrap();
+}
+
+/// Retention by bounds still frees whole segments of a disk channel's log
+/// (trimmed when publishing evicts old entries), and what is left reads
+/// back as the history after a restart.
+#[test]
+fn a_disk_channel_drops_old_segments_as_its_history_evicts() {
+    let state = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(
+        &format!(
+            "[hub]\nstate_dir = \"{}\"\n[[channel]]\npattern = \"d/#\"\nstorage = \"disk\"\n\
+             sync = \"never\"\nhistory_messages = 10\nhistory_bytes = 100000\n",
+            state.path().display()
+        ),
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap();
+    let mut hub = hub_with(cfg.clone());
+    hub.attach_storage(Box::new(|| {}), crate::supervise::unsupervised());
+    let p = hub.admit(ident()).unwrap();
+    let payload = vec![b'r'; 1000];
+    for n in 1..=400u64 {
+        publish(&mut hub, p, "d/r", &payload, n);
+        if n % 50 == 0 {
+            drain(&mut hub, p); // a turn ends: the batch is written
+        }
+    }
+    drain(&mut hub, p);
+    let segs = std::fs::read_dir(state.path().join("channels/d_2fr"))
+        .unwrap()
+        .count();
+    // 400 KiB written in segments of 64 KiB; only the last one or two hold
+    // the 10 messages kept.
+    assert!(segs <= 2, "{segs} segments left");
+    drop(hub);
+    let mut hub = hub_with(cfg);
+    hub.attach_storage(Box::new(|| {}), crate::supervise::unsupervised());
+    let f = hub.history.figures("d/r").unwrap();
+    assert_eq!((f.messages, f.first_seq, f.last_seq), (10, 391, 400));
+}

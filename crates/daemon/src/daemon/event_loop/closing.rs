@@ -145,6 +145,8 @@ impl EventLoop {
     /// Say goodbye to everyone and release what we created.
     pub(super) fn shutdown(&mut self) {
         systemd::stopping();
+        // Staged disk records are written and answered ahead of the BYEs.
+        self.hub.flush_store();
         let ids: Vec<ClientId> = self.clients.keys().copied().collect();
         for id in &ids {
             self.hub
@@ -207,6 +209,9 @@ impl EventLoop {
     pub(super) fn export_state(&mut self) -> crate::daemon::handover::State {
         use crate::daemon::handover;
         use std::os::fd::AsRawFd;
+        // Staged disk records are written, and their ACKs queued, before
+        // the queues are exported.
+        self.hub.flush_store();
         let listener = self.listener.as_raw_fd();
         let mut fds = vec![handover::FdEntry {
             name: "listener".into(),
