@@ -346,6 +346,7 @@ fn an_unreadable_state_falls_back_to_a_fresh_start() {
         next_client_id: 1,
         clients: Vec::new(),
         rings: Vec::new(),
+        hub_state: Default::default(),
     };
     // A newer format, and the previous one (version 1, which kept no shm
     // client): both refused by number.
