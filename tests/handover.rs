@@ -508,3 +508,54 @@ fn retained_values_history_and_counters_survive_a_planned_restart() {
         "no loss, no reconnection"
     );
 }
+
+/// A disk channel's history is read back from its log by the new hub, and
+/// only from there: after a planned restart its replay holds each message
+/// once, and its retained value is one value.
+#[test]
+fn a_disk_channels_history_is_not_doubled_by_a_planned_restart() {
+    use ipchub::client::{PublishOptions, Replay, SubscribeOptions};
+    let hub = Hub::start_with(
+        "[[channel]]\npattern = \"disk/#\"\nhistory_messages = 100\nstorage = \"disk\"\n",
+    );
+    let mut p = hub.client();
+    for i in 1..=10u32 {
+        p.publish("disk/a", i.to_string().as_bytes()).unwrap();
+    }
+    p.publish_retained(
+        "disk/a",
+        b"11",
+        PublishOptions {
+            ack: true,
+            priority: 0,
+        },
+    )
+    .unwrap();
+    p.publish_confirmed("disk/a", b"12").unwrap();
+    let before = p.stats().unwrap().totals;
+    sigusr2(&hub);
+    wait_ready(&hub, 2);
+    let after = p.stats().unwrap().totals;
+    assert_eq!(
+        (after.history_messages, after.retained_messages),
+        (before.history_messages, before.retained_messages)
+    );
+    assert_eq!((after.history_messages, after.retained_messages), (12, 1));
+    let mut r = hub.client_via(Socket);
+    r.subscribe_with(
+        "disk/a",
+        SubscribeOptions {
+            replay: Some(Replay::FromSeq(0)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for want in 1..=12u64 {
+        let m = r.recv(Some(WAIT)).unwrap().expect("replayed");
+        assert_eq!(
+            (m.payload, m.channel_seq),
+            (want.to_string().into_bytes(), Some(want))
+        );
+    }
+    assert!(r.recv(Some(Duration::from_millis(300))).unwrap().is_none());
+}
