@@ -346,6 +346,7 @@ fn an_unreadable_state_falls_back_to_a_fresh_start() {
         next_client_id: 1,
         clients: Vec::new(),
         rings: Vec::new(),
+        hub_state: Default::default(),
     };
     // A newer format, and the previous one (version 1, which kept no shm
     // client): both refused by number.
@@ -380,4 +381,181 @@ fn an_unreadable_state_falls_back_to_a_fresh_start() {
         child.kill().unwrap();
         child.wait_within(LIMIT).unwrap();
     }
+}
+
+/// What a client can see of the hub's own state survives a planned
+/// restart (issue #16): retained values (on a `retain = true` channel and
+/// from a RETAIN publish), the memory history of a channel with history
+/// bounds (replayed with the same channel sequence numbers, numbering on
+/// without a gap), and the statistics counters (totals, per channel, per
+/// transport, those of clients gone included), which continue, never reset.
+#[test]
+fn retained_values_history_and_counters_survive_a_planned_restart() {
+    use ipchub::client::{PublishOptions, Replay, SubscribeOptions};
+    let hub = Hub::start_with(
+        "[[channel]]\npattern = \"keep/state\"\nretain = true\n\n\
+         [[channel]]\npattern = \"keep/log/#\"\nhistory_messages = 100\n",
+    );
+    let mut p = hub.client();
+    let mut live = hub.subscriber(Pipe, "keep/log/a");
+    let seq = p
+        .publish_retained(
+            "plain/door",
+            b"closed",
+            PublishOptions {
+                ack: true,
+                priority: 0,
+            },
+        )
+        .unwrap();
+    assert!(seq > 0);
+    p.publish("keep/state", b"v1").unwrap();
+    p.publish("keep/state", b"v2").unwrap();
+    for i in 1..=20u32 {
+        p.publish("keep/log/a", i.to_string().as_bytes()).unwrap();
+    }
+    p.publish_confirmed("keep/log/a", b"21").unwrap();
+    for _ in 1..=21 {
+        live.recv(Some(WAIT)).unwrap().expect("live message");
+    }
+    // A client that leaves: its bytes stay in its transport's counters.
+    {
+        let mut gone = hub.client_via(Fifo);
+        gone.publish_confirmed("keep/gone", &[9u8; 1000]).unwrap();
+    }
+    let before = p.stats().unwrap();
+    let chan = |s: &ipchub::wire::stats::HubStats, n: &str| {
+        s.channels
+            .iter()
+            .find(|c| c.name == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("channel {n} in {:?}", s.channels))
+    };
+    let fifo = |s: &ipchub::wire::stats::HubStats| {
+        s.per_transport
+            .iter()
+            .find(|t| t.name == "fifo")
+            .map(|t| t.bytes_in)
+            .unwrap()
+    };
+    assert!(fifo(&before) >= 1000);
+    sigusr2(&hub);
+    wait_ready(&hub, 2);
+    let after = p.stats().unwrap();
+    for (what, b, a) in [
+        (
+            "messages_in",
+            before.totals.messages_in,
+            after.totals.messages_in,
+        ),
+        (
+            "messages_out",
+            before.totals.messages_out,
+            after.totals.messages_out,
+        ),
+        ("bytes_in", before.totals.bytes_in, after.totals.bytes_in),
+        ("bytes_out", before.totals.bytes_out, after.totals.bytes_out),
+        ("fifo bytes_in", fifo(&before), fifo(&after)),
+    ] {
+        assert!(b > 0 && a >= b, "{what}: {b} before, {a} after");
+    }
+    for n in ["keep/log/a", "keep/state", "keep/gone"] {
+        let (b, a) = (chan(&before, n), chan(&after, n));
+        assert_eq!(
+            (a.published, a.delivered, a.bytes),
+            (b.published, b.delivered, b.bytes),
+            "{n}"
+        );
+    }
+    assert_eq!(
+        after.totals.retained_messages, before.totals.retained_messages,
+        "retained values"
+    );
+    assert_eq!(after.totals.history_messages, 21, "history");
+    // A new subscriber gets both retained values …
+    for (ch, want) in [("plain/door", &b"closed"[..]), ("keep/state", b"v2")] {
+        let mut s = hub.subscriber(Socket, ch);
+        let m = s.recv(Some(WAIT)).unwrap().expect("retained value");
+        assert_eq!((&m.payload[..], m.retained), (want, true), "{ch}");
+    }
+    // … and the replay, numbered as before, then live numbers on.
+    let mut r = hub.client_via(Mqueue);
+    r.subscribe_with(
+        "keep/log/a",
+        SubscribeOptions {
+            replay: Some(Replay::Last(5)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for want in 17..=21u64 {
+        let m = r.recv(Some(WAIT)).unwrap().expect("replayed");
+        assert_eq!(
+            (m.payload, m.channel_seq),
+            (want.to_string().into_bytes(), Some(want))
+        );
+    }
+    p.publish_confirmed("keep/log/a", b"22").unwrap();
+    let m = r.recv(Some(WAIT)).unwrap().expect("live after replay");
+    assert_eq!((&m.payload[..], m.channel_seq), (&b"22"[..], Some(22)));
+    assert_eq!(
+        live.recv(Some(WAIT)).unwrap().unwrap().channel_seq,
+        Some(22)
+    );
+    assert_eq!(
+        live.poll_events().unwrap(),
+        None,
+        "no loss, no reconnection"
+    );
+}
+
+/// A disk channel's history is read back from its log by the new hub, and
+/// only from there: after a planned restart its replay holds each message
+/// once, and its retained value is one value.
+#[test]
+fn a_disk_channels_history_is_not_doubled_by_a_planned_restart() {
+    use ipchub::client::{PublishOptions, Replay, SubscribeOptions};
+    let hub = Hub::start_with(
+        "[[channel]]\npattern = \"disk/#\"\nhistory_messages = 100\nstorage = \"disk\"\n",
+    );
+    let mut p = hub.client();
+    for i in 1..=10u32 {
+        p.publish("disk/a", i.to_string().as_bytes()).unwrap();
+    }
+    p.publish_retained(
+        "disk/a",
+        b"11",
+        PublishOptions {
+            ack: true,
+            priority: 0,
+        },
+    )
+    .unwrap();
+    p.publish_confirmed("disk/a", b"12").unwrap();
+    let before = p.stats().unwrap().totals;
+    sigusr2(&hub);
+    wait_ready(&hub, 2);
+    let after = p.stats().unwrap().totals;
+    assert_eq!(
+        (after.history_messages, after.retained_messages),
+        (before.history_messages, before.retained_messages)
+    );
+    assert_eq!((after.history_messages, after.retained_messages), (12, 1));
+    let mut r = hub.client_via(Socket);
+    r.subscribe_with(
+        "disk/a",
+        SubscribeOptions {
+            replay: Some(Replay::FromSeq(0)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for want in 1..=12u64 {
+        let m = r.recv(Some(WAIT)).unwrap().expect("replayed");
+        assert_eq!(
+            (m.payload, m.channel_seq),
+            (want.to_string().into_bytes(), Some(want))
+        );
+    }
+    assert!(r.recv(Some(Duration::from_millis(300))).unwrap().is_none());
 }

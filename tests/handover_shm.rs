@@ -730,3 +730,108 @@ fn full_channel_rings_keep_flowing_through_sigusr2_restarts() {
 fn full_channel_rings_keep_flowing_through_fd_store_restarts() {
     full_rings_keep_flowing(Restart::FdStore);
 }
+
+/// The hub's own state crosses both restart paths (issue #16): counters
+/// continue (a channel ring's direct publishes, which the ring itself
+/// counts on in shared memory, are counted once, not again by the new
+/// hub), a retained value and a memory history too, numbers unchanged.
+fn hub_state_crosses(how: Restart) {
+    use ipchub::client::{PublishOptions, Replay, SubscribeOptions};
+    let config = format!("{RINGS}\n[[channel]]\npattern = \"log/#\"\nhistory_messages = 50\n");
+    let mut hub = ManagedHub::start(&config);
+    let mut shm_sub = hub.subscriber(Shm, "from-shm");
+    let mut sock_sub = hub.subscriber(Socket, "from-shm");
+    let mut p = hub.client_via(Shm);
+    const N: u32 = 200;
+    for i in 0..N {
+        p.publish("from-shm", &i.to_le_bytes()).unwrap();
+    }
+    p.flush().unwrap();
+    for s in [&mut shm_sub, &mut sock_sub] {
+        expect_stream(s, N, "before");
+    }
+    let mut q = hub.client_via(Socket);
+    q.publish_retained(
+        "door",
+        b"closed",
+        PublishOptions {
+            ack: true,
+            priority: 0,
+        },
+    )
+    .unwrap();
+    for i in 1..=30u32 {
+        q.publish("log/a", i.to_string().as_bytes()).unwrap();
+    }
+    q.publish_confirmed("log/a", b"31").unwrap();
+    let published = |c: &mut Client| {
+        let s = c.stats().unwrap();
+        let ch = s.channels.iter().find(|c| c.name == "from-shm").cloned();
+        (s.totals, ch.map(|c| (c.published, c.delivered)))
+    };
+    // Everything counted before the restart (the hub counts a ring's
+    // direct publishes when it reads the ring).
+    wait_for(
+        || published(&mut q).1.is_some_and(|(p, _)| p == u64::from(N)),
+        "direct publishes counted",
+    );
+    let before = published(&mut q);
+    hub.restart(how);
+    assert!(
+        hub.log().contains("channel ring taken over"),
+        "{}",
+        hub.log()
+    );
+    let mut q = hub.client_via(Socket);
+    let after = published(&mut q);
+    assert_eq!(after.1, before.1, "{how:?}: channel counters");
+    assert_eq!(
+        (after.0.messages_in, after.0.messages_out, after.0.bytes_in),
+        (
+            before.0.messages_in,
+            before.0.messages_out,
+            before.0.bytes_in
+        ),
+        "{how:?}: totals"
+    );
+    let mut r = hub.client_via(Pipe);
+    r.subscribe("door").unwrap();
+    let m = r.recv(Some(WAIT)).unwrap().expect("retained value");
+    assert_eq!((&m.payload[..], m.retained), (&b"closed"[..], true));
+    r.subscribe_with(
+        "log/a",
+        SubscribeOptions {
+            replay: Some(Replay::FromSeq(29)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for want in 29..=31u64 {
+        let m = r.recv(Some(WAIT)).unwrap().expect("replayed");
+        assert_eq!(m.channel_seq, Some(want), "{how:?}");
+    }
+    // The ring goes on: counted once more per message, not twice.
+    p.publish_confirmed("from-shm", &N.to_le_bytes()).unwrap();
+    for s in [&mut shm_sub, &mut sock_sub] {
+        let m = s.recv(Some(WAIT)).unwrap().expect("after the restart");
+        assert_eq!(m.payload, N.to_le_bytes());
+    }
+    wait_for(
+        || {
+            published(&mut q)
+                .1
+                .is_some_and(|(p, _)| p == u64::from(N) + 1)
+        },
+        "the next direct publish counted once",
+    );
+}
+
+#[test]
+fn hub_state_crosses_a_sigusr2_restart() {
+    hub_state_crosses(Restart::Sigusr2);
+}
+
+#[test]
+fn hub_state_crosses_a_fd_store_restart() {
+    hub_state_crosses(Restart::FdStore);
+}

@@ -534,6 +534,8 @@ mod tests {
             dropped: 0,
             wants_seq: false,
             wants_retain_flag: false,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
@@ -575,6 +577,7 @@ mod tests {
             next_client_id: 8,
             clients: vec![client(5, 10, vec![]), client(7, 11, vec![12, 13])],
             rings: vec![],
+            hub_state: Default::default(),
         }
     }
 

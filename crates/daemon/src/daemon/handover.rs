@@ -103,6 +103,9 @@ pub struct State {
     /// Channel rings handed over with all their participants.
     #[serde(default)]
     pub rings: Vec<HandedRing>,
+    /// The hub's own state: counters, retained values, memory history.
+    #[serde(default)]
+    pub hub_state: crate::hub::snapshot::HubSnapshot,
 }
 
 /// A channel ring kept across the restart: its memfd and the hub's eventfd
@@ -121,6 +124,7 @@ pub struct HandedRing {
     /// The endpoint's routing state (its queue: messages to write into the
     /// ring) and the input it read from the ring but did not handle yet.
     pub endpoint: crate::hub::snapshot::ClientSnapshot,
+    #[serde(with = "crate::hub::snapshot::b64")]
     pub endpoint_input: Vec<u8>,
     /// `(slot, client, roles, uid)` of every participant.
     pub slots: Vec<(usize, u32, u8, u32)>,
@@ -142,6 +146,7 @@ pub struct HandedRing {
 pub struct HandedClient {
     pub fd: RawFd,
     pub hub: crate::hub::snapshot::ClientSnapshot,
+    #[serde(with = "crate::hub::snapshot::b64")]
     pub input: Vec<u8>,
     /// The data path's descriptors: read and write ends (pipe, FIFO,
     /// mqueue), or `up, down, hub_event, client_event` (shm); empty on the
@@ -149,7 +154,7 @@ pub struct HandedClient {
     #[serde(default)]
     pub data_fds: Vec<RawFd>,
     /// Input read from the data path but not handled yet.
-    #[serde(default)]
+    #[serde(default, with = "crate::hub::snapshot::b64")]
     pub data_input: Vec<u8>,
 }
 
@@ -371,6 +376,7 @@ pub fn check_consistent(state: &State) -> Result<(), HandoverError> {
             )));
         }
     }
+    check_hub_state(&state.hub_state)?;
     // Every participant of a ring is an shm client handed over.
     for r in &state.rings {
         for &(_, id, _, _) in &r.slots {
@@ -387,6 +393,136 @@ pub fn check_consistent(state: &State) -> Result<(), HandoverError> {
         }
     }
     Ok(())
+}
+
+/// At most this many channels, retained values and stored messages in a
+/// state: far above what a hub holds under its bounds (`hub.max_channels`,
+/// the retained and history byte bounds with their per-entry overhead).
+const MAX_ITEMS: usize = 1 << 24;
+
+/// The hub state's own consistency: bounded counts and channel names.
+/// (Bounds of today's configuration, payload sizes among them, are
+/// applied item by item when it is taken over: `Hub::import_hub_state`.)
+fn check_hub_state(h: &crate::hub::snapshot::HubSnapshot) -> Result<(), HandoverError> {
+    let stored: usize = h.history.iter().map(|c| c.entries.len()).sum();
+    if h.channels.len() > MAX_ITEMS
+        || h.retained.len() > MAX_ITEMS
+        || h.history.len() > MAX_ITEMS
+        || stored > MAX_ITEMS
+        || h.gone_bytes.len() > 16
+    {
+        return Err(HandoverError::Body(
+            "hub state: more items than a hub holds".into(),
+        ));
+    }
+    let names = h
+        .channels
+        .iter()
+        .map(|c| &c.name)
+        .chain(h.retained.iter().map(|r| &r.channel))
+        .chain(h.history.iter().map(|c| &c.channel));
+    for name in names {
+        if ipchub_wire::channel::validate_name(name).is_err() {
+            return Err(HandoverError::Body(format!(
+                "hub state: '{}' is not a channel name",
+                name.escape_debug()
+            )));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !h.channels.iter().all(|c| seen.insert(&c.name)) {
+        return Err(HandoverError::Body("hub state: a channel twice".into()));
+    }
+    seen.clear();
+    if !h.retained.iter().all(|c| seen.insert(&c.channel)) {
+        return Err(HandoverError::Body(
+            "hub state: a retained value twice".into(),
+        ));
+    }
+    seen.clear();
+    if !h.history.iter().all(|c| seen.insert(&c.channel)) {
+        return Err(HandoverError::Body("hub state: a history twice".into()));
+    }
+    Ok(())
+}
+
+/// Keep the state's body within [`MAX_BODY`]: what the clients need goes
+/// first (their connections, subscriptions and queues, the rings); of the
+/// hub's own state, stored history messages are left out first (the
+/// oldest of all channels first; each channel keeps its numbering), then
+/// retained values (the largest first). Never fails: what is left out is
+/// logged. Returns (history messages, retained values) left out.
+pub fn fit(state: &mut State) -> (usize, usize) {
+    fit_within(state, MAX_BODY)
+}
+
+fn fit_within(state: &mut State, max: u64) -> (usize, usize) {
+    let size = |s: &State| serde_json::to_vec(s).map_or(u64::MAX, |b| b.len() as u64);
+    let mut over = size(state).saturating_sub(max);
+    let (mut history, mut retained) = (0, 0);
+    if over == 0 {
+        return (0, 0);
+    }
+    let h = &mut state.hub_state;
+    // Stored messages, oldest first, until their encoded size covers the
+    // excess (estimated, then measured again; at worst all of them go).
+    let mut all: Vec<(u64, usize, usize)> = h
+        .history
+        .iter()
+        .enumerate()
+        .flat_map(|(c, ch)| {
+            ch.entries
+                .iter()
+                .enumerate()
+                .map(move |(i, e)| (e.age_ms, c, i))
+        })
+        .collect();
+    all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut drop_n = vec![0usize; h.history.len()];
+    let mut freed = 0u64;
+    for &(_, c, i) in &all {
+        if freed >= over {
+            break;
+        }
+        let e = &h.history[c].entries[i];
+        freed += serde_json::to_vec(e).map_or(0, |b| b.len() as u64 + 1);
+        drop_n[c] += 1;
+    }
+    for (ch, n) in h.history.iter_mut().zip(drop_n) {
+        // Oldest first within a channel too: a run from its front.
+        let n = n.min(ch.entries.len());
+        ch.entries.drain(..n);
+        history += n;
+    }
+    over = size(state).saturating_sub(max);
+    if over > 0 {
+        for ch in &mut state.hub_state.history {
+            history += ch.entries.len();
+            ch.entries.clear();
+        }
+        over = size(state).saturating_sub(max);
+    }
+    state
+        .hub_state
+        .retained
+        .sort_by_key(|v| std::cmp::Reverse(v.payload.len()));
+    while over > 0 && !state.hub_state.retained.is_empty() {
+        let v = state.hub_state.retained.remove(0);
+        retained += 1;
+        over = over.saturating_sub(v.payload.len() as u64 * 4 / 3 + v.channel.len() as u64);
+        if over == 0 {
+            over = size(state).saturating_sub(max);
+        }
+    }
+    tracing::warn!(
+        history_messages = history,
+        retained_values = retained,
+        "hand-over state over {max} bytes: stored messages and retained values left out"
+    );
+    if size(state) > max {
+        tracing::warn!("hand-over state still over {max} bytes (the clients' queues): the successor will not read it, clients reconnect");
+    }
+    (history, retained)
 }
 
 /// Descriptors this process received already owned (from systemd's fd
@@ -536,6 +672,7 @@ mod tests {
             next_client_id: 1,
             clients: Vec::new(),
             rings: Vec::new(),
+            hub_state: Default::default(),
         }
     }
 
@@ -585,6 +722,8 @@ mod tests {
                 dropped: 0,
                 wants_seq: false,
                 wants_retain_flag: false,
+                bytes_in: 0,
+                bytes_out: 0,
             },
             input: vec![],
             data_fds,
@@ -702,6 +841,90 @@ mod tests {
             check_consistent(&missing),
             Err(HandoverError::MissingFd { fd: 17, .. })
         ));
+    }
+
+    fn with_hub_state() -> State {
+        use crate::hub::snapshot::{HistoryEntry, HistorySnapshot, RetainedValue};
+        let mut s = sample();
+        let entry = |i: u64| HistoryEntry {
+            chan_seq: i,
+            age_ms: 1000 - i,
+            origin: 1,
+            seq: i,
+            priority: 0,
+            uid: 1000,
+            payload: vec![i as u8; 1000],
+        };
+        for c in ["a", "b"] {
+            s.hub_state.history.push(HistorySnapshot {
+                channel: c.into(),
+                next_seq: 101,
+                entries: (1..=100).map(entry).collect(),
+            });
+        }
+        for (c, n) in [("r1", 5000), ("r2", 100)] {
+            s.hub_state.retained.push(RetainedValue {
+                channel: c.into(),
+                payload: vec![7; n],
+                origin: 1,
+                seq: 1,
+                priority: 0,
+                uid: 1000,
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn the_hub_state_round_trips_compactly_and_bad_names_are_refused() {
+        let s = with_hub_state();
+        let bytes = encode(&s);
+        assert_eq!(decode(&bytes).unwrap(), s);
+        // 200 kB of payload: base64, not arrays of numbers (~3.5 bytes each).
+        assert!(bytes.len() < 300_000, "{}", bytes.len());
+        check_consistent(&s).unwrap();
+        let mut bad = s.clone();
+        bad.hub_state.retained[0].channel = "a/+".into();
+        assert!(matches!(
+            check_consistent(&bad),
+            Err(HandoverError::Body(_))
+        ));
+        let mut twice = s.clone();
+        twice.hub_state.history[1].channel = "a".into();
+        assert!(matches!(
+            check_consistent(&twice),
+            Err(HandoverError::Body(_))
+        ));
+    }
+
+    #[test]
+    fn an_oversized_state_leaves_history_out_first_then_retained_values() {
+        let full = serde_json::to_vec(&with_hub_state()).unwrap().len() as u64;
+        // A little too big: some of the oldest stored messages go, from the
+        // front of each channel, and every retained value stays.
+        let mut s = with_hub_state();
+        let (h, r) = fit_within(&mut s, full - 5000);
+        assert!(h > 0 && r == 0, "{h} {r}");
+        assert!(serde_json::to_vec(&s).unwrap().len() as u64 <= full - 5000);
+        for c in &s.hub_state.history {
+            assert_eq!(c.next_seq, 101, "numbering kept");
+            assert_eq!(c.entries.last().unwrap().chan_seq, 100, "newest kept");
+            assert!(c
+                .entries
+                .windows(2)
+                .all(|w| w[1].chan_seq == w[0].chan_seq + 1));
+        }
+        // Far too big for any history: it all goes, then the largest
+        // retained value.
+        let mut s = with_hub_state();
+        let (h, r) = fit_within(&mut s, 3000);
+        assert_eq!((h, r), (200, 1));
+        assert_eq!(s.hub_state.retained.len(), 1);
+        assert_eq!(s.hub_state.retained[0].channel, "r2");
+        // Fitting already: nothing changes.
+        let mut s = with_hub_state();
+        assert_eq!(fit_within(&mut s, full), (0, 0));
+        assert_eq!(s, with_hub_state());
     }
 
     #[test]

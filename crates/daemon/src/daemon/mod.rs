@@ -120,6 +120,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         .as_mut()
         .map(|s| std::mem::take(&mut s.rings))
         .unwrap_or_default();
+    let kept_hub = handed.as_mut().map(|s| std::mem::take(&mut s.hub_state));
 
     let (listener, unlink, socket_path) =
         match (handed, passed.into_iter().find(|p| p.name != "fifo")) {
@@ -171,6 +172,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
             generation,
             kept,
             kept_rings,
+            kept_hub,
             signals: true,
         },
     )
@@ -192,6 +194,9 @@ pub struct Setup {
     pub kept: Option<(Vec<handover::HandedClient>, ClientId)>,
     /// Channel rings a predecessor handed over (with those clients).
     pub kept_rings: Vec<handover::HandedRing>,
+    /// The predecessor hub's own state (counters, retained values, memory
+    /// history), taken over before its clients.
+    pub kept_hub: Option<crate::hub::snapshot::HubSnapshot>,
     /// Handle SIGINT, SIGTERM, SIGHUP and SIGUSR2 (the daemon does; a hub
     /// run inside another program leaves its signals alone).
     pub signals: bool,
@@ -252,6 +257,15 @@ pub fn run_with(
     .context("starting the event loop")?;
     // Stats and the ready line name the transports this host can serve.
     ev.hub_mut().set_transports(served_transports());
+    if let Some(h) = setup.kept_hub {
+        let done = ev.hub_mut().import_hub_state(&h);
+        tracing::info!(
+            channels = done.channels,
+            retained = done.retained,
+            history_messages = done.history_messages,
+            "planned restart: counters, retained values and history taken over"
+        );
+    }
     if let Some((clients, next_id)) = setup.kept {
         tracing::info!(clients = clients.len(), "planned restart: clients kept");
         ev.restore_clients(clients, next_id);

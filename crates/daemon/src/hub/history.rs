@@ -674,6 +674,110 @@ impl Hub {
     }
 }
 
+/// Planned restart (hub/snapshot.rs): the memory channels' histories as
+/// data, and back. Disk channels are left out: their logs are read back.
+impl HistoryStore {
+    pub(super) fn export(&self, now: Instant) -> Vec<super::snapshot::HistorySnapshot> {
+        let mut v: Vec<_> = self
+            .channels
+            .iter()
+            .filter(|(_, h)| h.bounds.disk.is_none())
+            .map(|(name, h)| super::snapshot::HistorySnapshot {
+                channel: name.to_string(),
+                next_seq: h.next_seq,
+                entries: h
+                    .entries
+                    .iter()
+                    .map(|e| super::snapshot::HistoryEntry {
+                        chan_seq: e.chan_seq,
+                        age_ms: now.saturating_duration_since(e.at).as_millis() as u64,
+                        origin: e.origin,
+                        seq: e.seq,
+                        priority: e.priority,
+                        uid: e.uid,
+                        payload: e.payload.to_vec(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.channel.cmp(&b.channel));
+        v
+    }
+
+    /// Take over a memory channel's history with its numbering unchanged:
+    /// the newest messages that fit `limits` (per uid, total) and are no
+    /// larger than `max_payload`, then trimmed to `bounds` as after a
+    /// reload. Ok((kept, left out)); Err if the channel has a history
+    /// already or the numbers are not in order.
+    pub(super) fn import(
+        &mut self,
+        s: &super::snapshot::HistorySnapshot,
+        bounds: HistoryBounds,
+        limits: (usize, usize),
+        max_payload: usize,
+        now: Instant,
+    ) -> Result<(usize, usize), String> {
+        let name = s.channel.as_str();
+        if self.channels.contains_key(name) {
+            return Err("the channel has a history already".into());
+        }
+        let ordered = s.entries.windows(2).all(|w| w[0].chan_seq < w[1].chan_seq);
+        if s.next_seq == 0 || !ordered || s.entries.last().is_some_and(|e| e.chan_seq >= s.next_seq)
+        {
+            return Err("its sequence numbers are not in order".into());
+        }
+        // Newest first, as long as they fit: what is kept stays a run of
+        // consecutive stored messages.
+        let (mut by_uid, mut total) = (HashMap::<u32, usize>::default(), self.bytes);
+        let mut keep = 0;
+        for e in s.entries.iter().rev() {
+            let cost = e.payload.len() + name.len() + ENTRY_OVERHEAD;
+            let mine = self.by_uid.get(&e.uid).copied().unwrap_or(0)
+                + by_uid.get(&e.uid).copied().unwrap_or(0)
+                + cost;
+            if e.payload.len() > max_payload || mine > limits.0 || total + cost > limits.1 {
+                break;
+            }
+            *by_uid.entry(e.uid).or_insert(0) += cost;
+            total += cost;
+            keep += 1;
+        }
+        let left = s.entries.len() - keep;
+        let mut h = ChannelHistory {
+            entries: VecDeque::with_capacity(keep),
+            payload_bytes: 0,
+            next_seq: s.next_seq,
+            bounds,
+        };
+        for e in &s.entries[left..] {
+            let cost = e.payload.len() + name.len() + ENTRY_OVERHEAD;
+            h.payload_bytes += e.payload.len();
+            h.entries.push_back(Entry {
+                chan_seq: e.chan_seq,
+                at: now
+                    .checked_sub(Duration::from_millis(e.age_ms))
+                    .unwrap_or(now),
+                origin: e.origin,
+                seq: e.seq,
+                priority: e.priority.min(crate::wire::frame::MAX_PRIORITY),
+                payload: e.payload.clone().into(),
+                uid: e.uid,
+                cost,
+            });
+        }
+        for (uid, n) in by_uid {
+            *self.by_uid.entry(uid).or_insert(0) += n;
+        }
+        self.bytes = total;
+        self.channels.insert(name.into(), h);
+        // Today's per-channel bounds; a channel left empty folds its
+        // numbering into the hub-wide floor (numbers never repeat).
+        self.rebound(name, Some(bounds), now);
+        let kept = self.channels.get(name).map_or(0, |h| h.entries.len());
+        Ok((kept, s.entries.len() - kept))
+    }
+}
+
 #[cfg(test)]
 mod seq_floor_tests {
     use super::*;

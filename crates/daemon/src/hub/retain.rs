@@ -257,6 +257,74 @@ impl Hub {
     }
 }
 
+/// Planned restart (hub/snapshot.rs): every value as data, and back.
+impl RetainStore {
+    pub(super) fn export(&self) -> Vec<super::snapshot::RetainedValue> {
+        let mut v: Vec<_> = self
+            .values
+            .iter()
+            .map(|(name, r)| super::snapshot::RetainedValue {
+                channel: name.to_string(),
+                payload: r.payload.to_vec(),
+                origin: r.origin,
+                seq: r.seq,
+                priority: r.priority,
+                uid: r.uid,
+            })
+            .collect();
+        v.sort_by(|a, b| a.channel.cmp(&b.channel));
+        v
+    }
+
+    /// Take over a value handed over (it replaces one read back from a
+    /// channel log: it is the newer), charged to its uid, unless today's
+    /// bounds refuse it. An empty payload holds nothing.
+    pub(super) fn import(
+        &mut self,
+        v: &super::snapshot::RetainedValue,
+        max_uid: usize,
+        max_total: usize,
+    ) -> Result<(), RetainError> {
+        if v.payload.is_empty() {
+            return Ok(());
+        }
+        let cost = cost_of(&v.channel, v.payload.len());
+        let old = self.values.get(v.channel.as_str());
+        let freed_total = old.map_or(0, |o| o.cost);
+        let freed_uid = old.filter(|o| o.uid == v.uid).map_or(0, |o| o.cost);
+        let mine = self.by_uid.get(&v.uid).copied().unwrap_or(0) - freed_uid + cost;
+        if mine > max_uid {
+            return Err(RetainError::OverUid {
+                uid: v.uid,
+                would: mine,
+                limit: max_uid,
+            });
+        }
+        let total = self.bytes - freed_total + cost;
+        if total > max_total {
+            return Err(RetainError::OverTotal {
+                would: total,
+                limit: max_total,
+            });
+        }
+        self.remove(&v.channel);
+        self.bytes += cost;
+        *self.by_uid.entry(v.uid).or_insert(0) += cost;
+        self.values.insert(
+            v.channel.as_str().into(),
+            Retained {
+                payload: v.payload.clone().into(),
+                origin: v.origin,
+                seq: v.seq,
+                priority: v.priority.min(crate::wire::frame::MAX_PRIORITY),
+                uid: v.uid,
+                cost,
+            },
+        );
+        Ok(())
+    }
+}
+
 fn cost_of(channel: &str, payload: usize) -> usize {
     payload + channel.len() + ENTRY_OVERHEAD
 }

@@ -212,6 +212,9 @@ impl EventLoop {
         // Staged disk records are written, and their ACKs queued, before
         // the queues are exported.
         self.hub.flush_store();
+        // The hub's own state, before the rings leave (a ring leaving
+        // resets its channel's count of direct publishes).
+        let mut hub_state = self.hub.export_hub_state();
         let listener = self.listener.as_raw_fd();
         let mut fds = vec![handover::FdEntry {
             name: "listener".into(),
@@ -366,7 +369,9 @@ impl EventLoop {
         crate::transport::fifo::remove_publish_dir(
             &self.opts.runtime_dir.join(crate::transport::fifo::PUB_DIR),
         );
-        handover::State {
+        // The clients not kept are gone now: their bytes are the gone ones'.
+        hub_state.gone_bytes = self.hub.export_gone_bytes();
+        let mut state = handover::State {
             hub_version: env!("CARGO_PKG_VERSION").into(),
             generation: self.opts.generation + 1,
             socket_path: self.opts.socket_path.clone(),
@@ -375,7 +380,10 @@ impl EventLoop {
             next_client_id: self.hub.next_client_id(),
             clients: handed,
             rings,
-        }
+            hub_state,
+        };
+        handover::fit(&mut state);
+        state
     }
 
     /// The hand-over's second half on SIGUSR2: execute ipchubd again with
@@ -396,10 +404,14 @@ impl EventLoop {
             listener,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         );
-        // Serve the kept clients again, as the successor would have.
+        // Serve the kept clients again, as the successor would have. The
+        // hub's own state never left; its rings count on from where they
+        // were, and the kept clients' bytes stay theirs (not the gone ones').
         for c in &state.clients {
             self.hub.remove(c.hub.id);
         }
+        self.hub.replace_gone_bytes(&state.hub_state.gone_bytes);
+        self.hub.restore_direct_seen(&state.hub_state);
         self.restore_clients(state.clients, state.next_client_id);
         self.restore_rings(state.rings);
         self.open_publish_fifos();
