@@ -446,7 +446,7 @@ fn check_hub_state(h: &crate::hub::snapshot::HubSnapshot) -> Result<(), Handover
     Ok(())
 }
 
-/// Keep the state's body within [`MAX_BODY`]: what the clients need goes
+/// Keep the state's body within `MAX_BODY`: what the clients need goes
 /// first (their connections, subscriptions and queues, the rings); of the
 /// hub's own state, stored history messages are left out first (the
 /// oldest of all channels first; each channel keeps its numbering), then
