@@ -504,7 +504,7 @@ fn one_uid_at_every_channel_pattern_and_ring_limit_stays_under_the_memory_bound(
         + CHANNELS_PER_UID * (B_CH + 255)
         + (PATTERNS_PER_UID * (32 * B_LEVEL + 255))
             .min(LEVELS_PER_UID * B_LEVEL + PATTERNS_PER_UID * 255)
-        + RING_BYTES_PER_UID
+        + 2 * RING_BYTES_PER_UID
         + n_shm * RING_SIZE;
     eprintln!("the hub grew by {grown} bytes; bound {bound} (M(uid) {m_uid})");
     assert!(

@@ -135,9 +135,17 @@ pub struct HandedRing {
     pub written: u64,
     /// Ids a record may name as its origin: `(id, write_pos when it left)`.
     pub writers: Vec<(u32, Option<u64>)>,
-    /// `(ring seq, origin)` of records the hub wrote and has yet to read back.
-    pub relayed: Vec<(u64, u32)>,
+    /// Records the hub wrote and has yet to read back, byte for byte.
+    pub relayed: Vec<RelayedRecord>,
     pub hub_cursor: Option<u64>,
+}
+
+/// A record the hub wrote into a channel ring: what it must read back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayedRecord {
+    pub seq: u64,
+    #[serde(with = "crate::hub::snapshot::b64")]
+    pub record: Vec<u8>,
 }
 
 /// A client kept across the restart: its connection, its routing state,
@@ -333,7 +341,9 @@ pub fn check_consistent(state: &State) -> Result<(), HandoverError> {
             }
         }
         // Bounded as the old hub bounds them.
-        if r.writers.len() > 4 * max + max || r.relayed.len() > (1 << 25) {
+        let relayed_bytes: usize = r.relayed.iter().map(|x| x.record.len()).sum();
+        if r.writers.len() > 4 * max + max || r.relayed.len() > (1 << 25) || relayed_bytes > 1 << 30
+        {
             return Err(what("more bookkeeping than a ring holds"));
         }
     }

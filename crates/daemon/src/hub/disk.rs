@@ -64,8 +64,11 @@ pub(super) struct DiskState {
     /// Started with the first log, so a hub storing nothing runs no thread.
     syncer: Option<Syncer>,
     wake: Option<(Box<dyn Fn() + Send>, crate::supervise::OnPanic)>,
-    /// ACKs waiting for a sync ticket: (ticket, client, request seq, delivered).
-    pending: std::collections::VecDeque<(u64, ClientId, u64, u32)>,
+    /// ACKs waiting for a sync ticket: (last ticket of its batch, client,
+    /// request seq, delivered, first ticket of its batch). A batch that
+    /// crossed into a new segment has one ticket per segment; a failure of
+    /// any of them fails its ACKs.
+    pending: std::collections::VecDeque<(u64, ClientId, u64, u32, u64)>,
     /// Writes that failed (disk full, I/O error), for statistics and logs.
     pub(super) failures: u64,
     /// fsync rounds of `sync = "always"` (each serving every publisher
@@ -295,12 +298,18 @@ impl Hub {
             };
             let batch = slot.log.write_batch(&d.stage, &slot.staged);
             let mut ticket = None;
+            let mut first_ticket = None;
             if let Some(s) = d.syncer.as_mut() {
                 for (file, flag) in batch.segments {
                     match slot.log.sync {
-                        // One ticket per segment; the last covers the
-                        // others (the thread reports tickets in order).
-                        SyncMode::Always => ticket = Some(s.always(file)),
+                        // One ticket per segment (consecutive); the last
+                        // covers the others (the thread reports tickets in
+                        // order), and a failure of any fails the batch.
+                        SyncMode::Always => {
+                            let t = s.always(file);
+                            first_ticket.get_or_insert(t);
+                            ticket = Some(t);
+                        }
                         SyncMode::Interval => s.interval(file, &flag),
                         SyncMode::Never => {}
                     }
@@ -323,7 +332,13 @@ impl Hub {
                 } else if w.ack {
                     match ticket {
                         // sync = "always": the ACK waits for the fsync.
-                        Some(t) => d.pending.push_back((t, w.id, w.seq, w.delivered)),
+                        Some(t) => d.pending.push_back((
+                            t,
+                            w.id,
+                            w.seq,
+                            w.delivered,
+                            first_ticket.unwrap_or(t),
+                        )),
                         None => answers.push((w, None)),
                     }
                 }
@@ -383,8 +398,16 @@ impl Hub {
                 Err((t, e)) => (t, Some(e)),
             };
             d.syncs += 1;
-            while d.pending.front().is_some_and(|p| p.0 <= top) {
-                let (_, id, seq, delivered) = d.pending.pop_front().expect("checked");
+            // Done: the batches whose last ticket is covered. Failed: also
+            // those with any ticket covered (a segment of theirs was not
+            // made durable), however their later tickets turn out.
+            let failing = failed.is_some();
+            while d
+                .pending
+                .front()
+                .is_some_and(|p| p.0 <= top || (failing && p.4 <= top))
+            {
+                let (_, id, seq, delivered, _) = d.pending.pop_front().expect("checked");
                 answers.push((id, seq, delivered, failed.clone()));
                 d.synced_acks += 1;
             }

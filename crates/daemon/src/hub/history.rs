@@ -370,13 +370,12 @@ impl HistoryStore {
         }
     }
 
-    /// Drop `channel`'s record; a memory channel's numbering folds into
-    /// the hub-wide floor, so its numbers never repeat.
+    /// Drop `channel`'s record; its numbering folds into the hub-wide
+    /// floor, so its numbers never repeat, even if it comes back as a
+    /// memory channel (a disk channel's numbers are in no reservation).
     fn forget(&mut self, channel: &str) {
         if let Some(h) = self.channels.remove(channel) {
-            if h.bounds.disk.is_none() {
-                self.floors.forget(channel, h.next_seq);
-            }
+            self.floors.forget(channel, h.next_seq);
         }
     }
 

@@ -46,9 +46,16 @@ pub struct RingShared {
     /// ring's writers, and for a while after they leave (until the hub's
     /// cursor passes the `write_pos` at their departure) those that left.
     pub writers: Vec<(u32, Option<u64>)>,
-    /// While the hub reads: (ring seq, origin) of each record it wrote,
-    /// oldest first, so that what it reads back must say the same.
-    pub relayed: VecDeque<(u64, u32)>,
+    /// While the hub reads: (ring seq, the record's bytes) of each record
+    /// it wrote, oldest first. What it reads back must be those bytes
+    /// exactly: the record travelled through memory every participant can
+    /// write, and the hub delivers it to its own subscribers (other users'
+    /// clients among them) under its original publisher's name.
+    pub relayed: VecDeque<(u64, Box<[u8]>)>,
+    /// Bytes held in `relayed`: at most the ring's capacity (a record the
+    /// hub has yet to read back is among the last that many bytes it
+    /// wrote).
+    pub relayed_bytes: usize,
     /// Wake-up scans in a row that found the ring moving under them: past
     /// a few, the hub stops rescheduling itself at once (a participant
     /// rewriting positions must not make it spin) and the event loop's
@@ -156,30 +163,19 @@ fn check_read(rec: &[u8], seq: u64, channel: &str, s: &mut RingShared) -> Option
     }
     let origin = record_origin(rec);
     while s.relayed.front().is_some_and(|(q, _)| *q < seq) {
-        s.relayed.pop_front(); // overwritten before we read it
+        // Overwritten before we read it.
+        let (_, b) = s.relayed.pop_front().expect("just seen");
+        s.relayed_bytes -= b.len();
     }
     if s.relayed.front().is_some_and(|(q, _)| *q == seq) {
-        let (_, o) = s.relayed.pop_front().expect("just seen");
-        return (o != origin).then_some("a record the hub wrote, overwritten");
+        let (_, b) = s.relayed.pop_front().expect("just seen");
+        s.relayed_bytes -= b.len();
+        return (*b != *rec).then_some("a record the hub wrote, overwritten");
     }
     if !s.writers.iter().any(|(id, _)| *id == origin) {
         return Some("a record whose origin is not one of the ring's writers");
     }
     None
-}
-
-/// The `origin` of a frame queued in two parts.
-fn frame_origin(a: &[u8], b: &[u8]) -> u32 {
-    let mut o = [0u8; 4];
-    for (i, byte) in o.iter_mut().enumerate() {
-        let at = 12 + i;
-        *byte = if at < a.len() {
-            a[at]
-        } else {
-            b.get(at - a.len()).copied().unwrap_or(0)
-        };
-    }
-    u32::from_le_bytes(o)
 }
 
 impl Link for BringLink {
@@ -205,7 +201,18 @@ impl Link for BringLink {
             return Ok(ReadOutcome::default());
         }
         if self.cursor.as_ref().is_none_or(|(_, g)| *g != gen) {
-            self.cursor = Some((self.ring.join(HUB_SLOT)?, gen));
+            let cur = self.ring.join(HUB_SLOT)?;
+            // After a planned restart the shared slot-0 position must be
+            // where the old hub left it: participants could move it while
+            // no hub ran, and skip what other users published.
+            let left = self.shared.lock().ok().and_then(|s| s.hub_cursor);
+            if left.is_some_and(|p| p != cur.pos()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the hub's read position in the ring was moved while no hub ran",
+                ));
+            }
+            self.cursor = Some((cur, gen));
         }
         let (cur, _) = self.cursor.as_mut().expect("just set");
         let mut out = ReadOutcome::default();
@@ -292,21 +299,25 @@ impl Link for BringLink {
                 q.pop_front();
                 continue;
             }
-            let origin = frame_origin(a, b);
             match self.ring.try_push(token, &[a, b]) {
                 Ok(Push::Written { wake_hub, seq }) => {
-                    q.pop_front();
                     written += 1;
                     if let Ok(mut s) = self.shared.lock() {
                         if s.want_reader {
-                            // What the hub reads back must name this origin.
-                            let max = self.ring.capacity() / 32;
-                            while s.relayed.len() >= max {
-                                s.relayed.pop_front();
+                            // What the hub reads back must be these bytes.
+                            let rec: Box<[u8]> = [a, b].concat().into();
+                            let max = self.ring.capacity();
+                            while s.relayed_bytes + rec.len() > max {
+                                let Some((_, old)) = s.relayed.pop_front() else {
+                                    break;
+                                };
+                                s.relayed_bytes -= old.len();
                             }
-                            s.relayed.push_back((seq, origin));
+                            s.relayed_bytes += rec.len();
+                            s.relayed.push_back((seq, rec));
                         }
                     }
+                    q.pop_front();
                     if wake_hub {
                         self.wake_clients();
                     }
@@ -366,5 +377,93 @@ impl Link for BringLink {
         // Draining is safe: resuming re-reads the ring whatever the eventfd says.
         let _ = self.own.drain();
         self.wake_clients();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::bring::Policy;
+    use std::os::fd::AsFd;
+
+    /// The hub's endpoint on a fresh ring, reading for its own subscribers.
+    fn endpoint() -> (BringLink, std::os::fd::OwnedFd) {
+        let (mgmt, memfd) = BRing::create(1 << 16, Policy::Block).unwrap();
+        let shared = Arc::new(Mutex::new(RingShared {
+            wakers: (0..crate::shm::bring::MAX_SLOTS).map(|_| None).collect(),
+            want_reader: true,
+            reader_gen: 0,
+            token: 7,
+            missed: 0,
+            written: 0,
+            writers: Vec::new(),
+            relayed: VecDeque::new(),
+            relayed_bytes: 0,
+            unsettled: 0,
+            hub_cursor: None,
+        }));
+        mgmt.attach(HUB_SLOT, 7, true);
+        let link = BringLink::new(
+            BRing::open(&memfd).unwrap(),
+            "c",
+            Notifier::new().unwrap(),
+            shared,
+        );
+        (link, memfd)
+    }
+
+    fn data(payload: &[u8], origin: u32) -> Vec<u8> {
+        let mut f = Vec::new();
+        wire::encode(&mut f, FrameType::Data, 0, 0, "c", payload, origin, 1);
+        f
+    }
+
+    /// After a planned restart the hub reads on from where the old hub
+    /// left off (the state says where), not from wherever a participant
+    /// moved slot 0's shared position while no hub ran.
+    #[test]
+    fn a_moved_hub_position_after_a_restart_is_refused() {
+        for (left, ok) in [(None, true), (Some(0), true), (Some(4096), false)] {
+            let (mut link, _memfd) = endpoint();
+            link.shared.lock().unwrap().hub_cursor = left;
+            let got = link.read_into(&mut Vec::new(), 1 << 16);
+            assert_eq!(got.is_ok(), ok, "{left:?}: {got:?}");
+        }
+    }
+
+    /// A record the hub wrote for another client comes back byte for byte
+    /// or not at all: a participant that rewrites its payload in the
+    /// shared memory (keeping length, seq and origin) gets the ring
+    /// retired, and the forged payload reaches no subscriber of the hub.
+    #[test]
+    fn a_relayed_record_rewritten_in_the_ring_is_refused() {
+        for forge in [false, true] {
+            let (mut link, memfd) = endpoint();
+            let mut q = OutQueue::new(16, 1 << 16);
+            let frame = data(b"honest!", 42);
+            q.push(crate::queue::Kind::Data, &[&frame]);
+            link.flush(&mut q).unwrap();
+            if forge {
+                // Find the payload in the memfd and rewrite it in place.
+                let mut all = vec![0u8; 1 << 17];
+                let n = nix::sys::uio::pread(memfd.as_fd(), &mut all, 0).unwrap();
+                let at = all[..n]
+                    .windows(7)
+                    .position(|w| w == b"honest!")
+                    .expect("the record is in the ring");
+                nix::sys::uio::pwrite(memfd.as_fd(), b"FORGED!", at as i64).unwrap();
+            }
+            let mut inbuf = Vec::new();
+            let got = link.read_into(&mut inbuf, 1 << 16);
+            if forge {
+                let e = got.expect_err("a rewritten record retires the ring");
+                assert!(e.to_string().contains("overwritten"), "{e}");
+                assert!(!inbuf.windows(7).any(|w| w == b"FORGED!"));
+            } else {
+                got.unwrap();
+                assert!(inbuf.windows(7).any(|w| w == b"honest!"));
+                assert_eq!(link.shared.lock().unwrap().relayed_bytes, 0);
+            }
+        }
     }
 }

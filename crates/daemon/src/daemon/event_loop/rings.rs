@@ -410,6 +410,7 @@ impl EventLoop {
                         r.mgmt.attach(HUB_SLOT, s.token, want);
                         s.reader_gen += 1;
                         s.relayed.clear();
+                        s.relayed_bytes = 0;
                         s.hub_cursor = None;
                     }
                     s.want_reader = want;
@@ -732,6 +733,7 @@ impl EventLoop {
             written: 0,
             writers: Vec::new(),
             relayed: std::collections::VecDeque::new(),
+            relayed_bytes: 0,
             unsettled: 0,
             hub_cursor: None,
         }));
@@ -1068,7 +1070,13 @@ impl EventLoop {
                 s.want_reader,
                 s.written,
                 s.writers.clone(),
-                s.relayed.iter().copied().collect(),
+                s.relayed
+                    .iter()
+                    .map(|(seq, rec)| crate::daemon::handover::RelayedRecord {
+                        seq: *seq,
+                        record: rec.to_vec(),
+                    })
+                    .collect(),
                 s.hub_cursor,
             ),
             Err(_) => (false, 0, Vec::new(), Vec::new(), None),
@@ -1255,7 +1263,12 @@ impl EventLoop {
             missed: 0,
             written: h.written,
             writers: h.writers.clone(),
-            relayed: h.relayed.iter().copied().collect(),
+            relayed: h
+                .relayed
+                .iter()
+                .map(|r| (r.seq, r.record.clone().into_boxed_slice()))
+                .collect(),
+            relayed_bytes: h.relayed.iter().map(|r| r.record.len()).sum(),
             unsettled: 0,
             hub_cursor: h.hub_cursor,
         }));
