@@ -305,6 +305,12 @@ pub struct ChannelLog {
     pub sync: SyncMode,
     /// `write(2)`/`writev(2)` calls made (what batching saves; tests).
     write_calls: u64,
+    /// A record written in part could not be cut off again: the segment
+    /// ends in torn bytes, and anything written after them would be lost
+    /// at read-back (which stops at the first bad record). The log takes
+    /// no more records until it is opened again (a reload or a restart,
+    /// whose read-back cuts the torn tail).
+    broken: Option<(PathBuf, String)>,
 }
 
 /// One encoded record waiting in a staging buffer for
@@ -435,6 +441,7 @@ impl ChannelLog {
                 segment_bytes,
                 sync,
                 write_calls: 0,
+                broken: None,
             },
             records,
             truncated,
@@ -474,6 +481,18 @@ impl ChannelLog {
             segments: Vec::new(),
             error: None,
         };
+        if let Some((path, why)) = &self.broken {
+            if !staged.is_empty() {
+                out.error = Some(StoreError::Write {
+                    channel: self.channel.clone(),
+                    path: path.clone(),
+                    source: io::Error::other(format!(
+                        "the log ends in a torn record that could not be cut off ({why}); it takes no more records until a reload or restart"
+                    )),
+                });
+            }
+            return out;
+        }
         let mut i = 0;
         while i < staged.len() {
             let (f, path) = match self.segment_for(staged[i].chan_seq) {
@@ -512,7 +531,8 @@ impl ChannelLog {
                     .set_len(before + kept)
                     .and_then(|()| (&*f).seek(SeekFrom::End(0)).map(|_| ()));
                 if let Err(c) = cut {
-                    tracing::error!(path = %path.display(), "cannot cut a partly written record off a channel log: {c}");
+                    tracing::error!(path = %path.display(), "cannot cut a partly written record off a channel log: {c}; the log takes no more records until a reload or restart");
+                    self.broken = Some((path.clone(), c.to_string()));
                 }
             }
             self.written = before + kept;
@@ -970,6 +990,31 @@ mod tests {
         drop(log);
         let r = ChannelLog::open(dir.path(), "f", SyncMode::Always, seg, 1 << 20).unwrap();
         assert_eq!(r.records, first);
+    }
+
+    /// A log whose torn tail could not be cut off takes no more records
+    /// (each batch is refused with the reason), so no acknowledged record
+    /// lands behind torn bytes where read-back would drop it; opened
+    /// again, it reads back what it held.
+    #[test]
+    fn a_log_left_with_a_torn_tail_refuses_more_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ChannelLog::open(dir.path(), "t", SyncMode::Never, 1 << 20, 1 << 20)
+            .unwrap()
+            .log;
+        let first: Vec<Record> = (1..=2).map(|n| record(n, 64)).collect();
+        let (buf, staged) = stage(&first);
+        assert_eq!(log.write_batch(&buf, &staged).written, 2);
+        log.broken = Some((dir.path().join("t.seg"), "EIO".into()));
+        let (buf, staged) = stage(&[record(3, 64)]);
+        let b = log.write_batch(&buf, &staged);
+        assert_eq!(b.written, 0);
+        let e = b.error.expect("refused").to_string();
+        assert!(e.contains("torn record that could not be cut off"), "{e}");
+        drop(log);
+        let r = ChannelLog::open(dir.path(), "t", SyncMode::Never, 1 << 20, 1 << 20).unwrap();
+        assert_eq!(r.records, first);
+        assert!(r.log.broken.is_none());
     }
 
     #[test]
