@@ -46,16 +46,8 @@ pub struct RingShared {
     /// ring's writers, and for a while after they leave (until the hub's
     /// cursor passes the `write_pos` at their departure) those that left.
     pub writers: Vec<(u32, Option<u64>)>,
-    /// While the hub reads: (ring seq, the record's bytes) of each record
-    /// it wrote, oldest first. What it reads back must be those bytes
-    /// exactly: the record travelled through memory every participant can
-    /// write, and the hub delivers it to its own subscribers (other users'
-    /// clients among them) under its original publisher's name.
-    pub relayed: VecDeque<(u64, Box<[u8]>)>,
-    /// Bytes held in `relayed`: at most the ring's capacity (a record the
-    /// hub has yet to read back is among the last that many bytes it
-    /// wrote).
-    pub relayed_bytes: usize,
+    /// While the hub reads: the records it wrote and has yet to read back.
+    pub relayed: Relayed,
     /// Wake-up scans in a row that found the ring moving under them: past
     /// a few, the hub stops rescheduling itself at once (a participant
     /// rewriting positions must not make it spin) and the event loop's
@@ -156,21 +148,98 @@ fn wake_clients(ring: &BRing, shared: &Mutex<RingShared>, own: &Notifier) {
     }
 }
 
+/// The records the hub wrote into a ring, oldest first, kept until it reads
+/// them back. What it reads back must be those bytes exactly: the record
+/// travelled through memory every participant can write, and the hub
+/// delivers it to its own subscribers (other users' clients among them)
+/// under its original publisher's name. One byte buffer for all of them
+/// (no allocation per message), at most the ring's capacity: a record the
+/// hub has yet to read back is among the last that many bytes it wrote.
+#[derive(Debug, Default)]
+pub struct Relayed {
+    /// (ring seq, length) of each record in `bytes`.
+    records: VecDeque<(u64, usize)>,
+    bytes: VecDeque<u8>,
+}
+
+impl Relayed {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.bytes.clear();
+    }
+
+    fn pop_front(&mut self) -> Option<(u64, usize)> {
+        let (seq, len) = self.records.pop_front()?;
+        self.bytes.drain(..len);
+        Some((seq, len))
+    }
+
+    /// Keep record `seq` (written in `parts`), within `max` bytes in all.
+    pub fn push(&mut self, seq: u64, parts: &[&[u8]], max: usize) {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+        while self.bytes.len() + len > max && self.pop_front().is_some() {}
+        for p in parts {
+            self.bytes.extend(p.iter());
+        }
+        self.records.push_back((seq, len));
+    }
+
+    /// The hub read `rec` as record `seq`: None if it wrote no such record,
+    /// else whether `rec` is what it wrote. Older records it kept were
+    /// overwritten before it read them, and are forgotten.
+    fn check(&mut self, seq: u64, rec: &[u8]) -> Option<bool> {
+        while self.records.front().is_some_and(|(q, _)| *q < seq) {
+            self.pop_front();
+        }
+        let &(q, len) = self.records.front()?;
+        if q != seq {
+            return None;
+        }
+        let (a, b) = self.bytes.as_slices();
+        let same = len == rec.len() && {
+            let n = a.len().min(len);
+            a[..n] == rec[..n] && b[..len - n] == rec[n..]
+        };
+        self.pop_front();
+        Some(same)
+    }
+
+    /// Each kept record, for a planned restart.
+    pub fn export(&self) -> Vec<(u64, Vec<u8>)> {
+        let mut at = 0;
+        self.records
+            .iter()
+            .map(|&(seq, len)| {
+                let rec = self.bytes.range(at..at + len).copied().collect();
+                at += len;
+                (seq, rec)
+            })
+            .collect()
+    }
+
+    /// What [`export`](Self::export) gave, taken back.
+    pub fn import<'a>(records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Relayed {
+        let mut r = Relayed::default();
+        for (seq, rec) in records {
+            r.push(seq, &[rec], usize::MAX);
+        }
+        r
+    }
+}
+
 /// Why a record the hub read is not one a correct writer writes (None: it is).
 fn check_read(rec: &[u8], seq: u64, channel: &str, s: &mut RingShared) -> Option<&'static str> {
     if !record_ok(rec, channel) {
         return Some("a record that is not a DATA frame on the ring's channel");
     }
     let origin = record_origin(rec);
-    while s.relayed.front().is_some_and(|(q, _)| *q < seq) {
-        // Overwritten before we read it.
-        let (_, b) = s.relayed.pop_front().expect("just seen");
-        s.relayed_bytes -= b.len();
-    }
-    if s.relayed.front().is_some_and(|(q, _)| *q == seq) {
-        let (_, b) = s.relayed.pop_front().expect("just seen");
-        s.relayed_bytes -= b.len();
-        return (*b != *rec).then_some("a record the hub wrote, overwritten");
+    if let Some(same) = s.relayed.check(seq, rec) {
+        return (!same).then_some("a record the hub wrote, overwritten");
     }
     if !s.writers.iter().any(|(id, _)| *id == origin) {
         return Some("a record whose origin is not one of the ring's writers");
@@ -305,16 +374,7 @@ impl Link for BringLink {
                     if let Ok(mut s) = self.shared.lock() {
                         if s.want_reader {
                             // What the hub reads back must be these bytes.
-                            let rec: Box<[u8]> = [a, b].concat().into();
-                            let max = self.ring.capacity();
-                            while s.relayed_bytes + rec.len() > max {
-                                let Some((_, old)) = s.relayed.pop_front() else {
-                                    break;
-                                };
-                                s.relayed_bytes -= old.len();
-                            }
-                            s.relayed_bytes += rec.len();
-                            s.relayed.push_back((seq, rec));
+                            s.relayed.push(seq, &[a, b], self.ring.capacity());
                         }
                     }
                     q.pop_front();
@@ -397,8 +457,7 @@ mod tests {
             missed: 0,
             written: 0,
             writers: Vec::new(),
-            relayed: VecDeque::new(),
-            relayed_bytes: 0,
+            relayed: Relayed::default(),
             unsettled: 0,
             hub_cursor: None,
         }));
@@ -416,6 +475,31 @@ mod tests {
         let mut f = Vec::new();
         wire::encode(&mut f, FrameType::Data, 0, 0, "c", payload, origin, 1);
         f
+    }
+
+    /// The kept records, however the buffer wraps: each is checked byte
+    /// for byte once, older ones are forgotten, the bound holds, and an
+    /// export taken back checks the same.
+    #[test]
+    fn relayed_records_are_checked_byte_for_byte_across_the_buffer_wrap() {
+        let mut r = Relayed::default();
+        for seq in 0..200u64 {
+            let rec: Vec<u8> = (0..(seq % 37 + 1)).map(|i| (seq + i) as u8).collect();
+            let (a, b) = rec.split_at(rec.len() / 2);
+            r.push(seq, &[a, b], 256);
+            assert!(r.bytes() <= 256);
+            if seq % 3 == 0 {
+                let mut bad = rec.clone();
+                *bad.last_mut().unwrap() ^= 1;
+                assert_eq!(r.check(seq, &bad), Some(false));
+            } else if seq % 3 == 1 {
+                let again = Relayed::import(r.export().iter().map(|(q, v)| (*q, v.as_slice())));
+                r = again;
+                assert_eq!(r.check(seq, &rec), Some(true));
+            }
+        }
+        assert_eq!(r.check(1000, b"x"), None);
+        assert_eq!(r.bytes(), 0);
     }
 
     /// After a planned restart the hub reads on from where the old hub
@@ -462,7 +546,7 @@ mod tests {
             } else {
                 got.unwrap();
                 assert!(inbuf.windows(7).any(|w| w == b"honest!"));
-                assert_eq!(link.shared.lock().unwrap().relayed_bytes, 0);
+                assert_eq!(link.shared.lock().unwrap().relayed.bytes(), 0);
             }
         }
     }

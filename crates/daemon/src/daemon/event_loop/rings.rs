@@ -147,6 +147,20 @@ enum Drain {
 }
 
 impl RingUse {
+    /// `client` (of `uid`) takes a slot of `r` (not yet recorded in it):
+    /// the ring counts against its uid once, and against it once per ring.
+    fn charge(&mut self, client: ClientId, uid: u32, r: &ChannelRing, waker: &Arc<Notifier>) {
+        if !r.has_uid(uid) {
+            let u = self.uids.entry(uid).or_default();
+            u.0 += 1;
+            u.1 += r.bytes;
+        }
+        self.clients
+            .entry(client)
+            .or_insert_with(|| (0, waker.clone()))
+            .0 += 1;
+    }
+
     /// `client` (of `uid`) left `r` (its slot already cleared).
     fn release(&mut self, client: ClientId, uid: u32, r: &ChannelRing) {
         if let Some(c) = self.clients.get_mut(&client) {
@@ -177,6 +191,38 @@ impl RingUse {
 }
 
 impl ChannelRing {
+    /// A ring of `owner`'s clients with no participant yet; the hub's
+    /// endpoint `peer` in slot 0.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        mgmt: BRing,
+        memfd: OwnedFd,
+        hub_event: OwnedFd,
+        peer: ClientId,
+        shared: Arc<Mutex<RingShared>>,
+        owner: u32,
+        next_slot: usize,
+        block_timeout_ms: u64,
+    ) -> ChannelRing {
+        let bytes = mgmt.capacity() + bring::HEADER_BYTES;
+        ChannelRing {
+            mgmt,
+            memfd,
+            hub_event,
+            peer,
+            shared,
+            slots: (0..MAX_SLOTS).map(|_| None).collect(),
+            slot_uid: vec![0; MAX_SLOTS],
+            owner,
+            next_slot,
+            bytes,
+            watch: Watch::new(
+                Instant::now(),
+                check_interval(Duration::from_millis(block_timeout_ms)),
+            ),
+        }
+    }
+
     fn participants(&self) -> usize {
         self.slots.iter().flatten().count()
     }
@@ -410,7 +456,6 @@ impl EventLoop {
                         r.mgmt.attach(HUB_SLOT, s.token, want);
                         s.reader_gen += 1;
                         s.relayed.clear();
-                        s.relayed_bytes = 0;
                         s.hub_cursor = None;
                     }
                     s.want_reader = want;
@@ -620,16 +665,7 @@ impl EventLoop {
         if fresh {
             r.next_slot = slot + 1;
             // Charged from now on (see `check_ring_quota`).
-            if !r.has_uid(uid) {
-                let u = self.ring_use.uids.entry(uid).or_default();
-                u.0 += 1;
-                u.1 += r.bytes;
-            }
-            self.ring_use
-                .clients
-                .entry(req.client)
-                .or_insert_with(|| (0, waker.clone()))
-                .0 += 1;
+            self.ring_use.charge(req.client, uid, r, &waker);
             r.slot_uid[slot] = uid;
         }
         r.slots[slot] = Some((req.client, req.roles));
@@ -732,8 +768,7 @@ impl EventLoop {
             missed: 0,
             written: 0,
             writers: Vec::new(),
-            relayed: std::collections::VecDeque::new(),
-            relayed_bytes: 0,
+            relayed: Default::default(),
             unsettled: 0,
             hub_cursor: None,
         }));
@@ -753,27 +788,18 @@ impl EventLoop {
             policy = overflow.as_str(),
             "channel ring created"
         );
-        self.rings.insert(
-            channel.to_string(),
-            ChannelRing {
-                mgmt,
-                memfd,
-                hub_event,
-                peer,
-                shared,
-                slots: (0..MAX_SLOTS).map(|_| None).collect(),
-                slot_uid: vec![0; MAX_SLOTS],
-                owner,
-                next_slot: HUB_SLOT + 1,
-                bytes,
-                watch: Watch::new(
-                    Instant::now(),
-                    check_interval(Duration::from_millis(
-                        self.hub.config().hub.block_timeout_ms,
-                    )),
-                ),
-            },
+        let ring = ChannelRing::new(
+            mgmt,
+            memfd,
+            hub_event,
+            peer,
+            shared,
+            owner,
+            HUB_SLOT + 1,
+            self.hub.config().hub.block_timeout_ms,
         );
+        debug_assert_eq!(ring.bytes, bytes);
+        self.rings.insert(channel.to_string(), ring);
         Ok(())
     }
 
@@ -1071,11 +1097,9 @@ impl EventLoop {
                 s.written,
                 s.writers.clone(),
                 s.relayed
-                    .iter()
-                    .map(|(seq, rec)| crate::daemon::handover::RelayedRecord {
-                        seq: *seq,
-                        record: rec.to_vec(),
-                    })
+                    .export()
+                    .into_iter()
+                    .map(|(seq, record)| crate::daemon::handover::RelayedRecord { seq, record })
                     .collect(),
                 s.hub_cursor,
             ),
@@ -1263,12 +1287,9 @@ impl EventLoop {
             missed: 0,
             written: h.written,
             writers: h.writers.clone(),
-            relayed: h
-                .relayed
-                .iter()
-                .map(|r| (r.seq, r.record.clone().into_boxed_slice()))
-                .collect(),
-            relayed_bytes: h.relayed.iter().map(|r| r.record.len()).sum(),
+            relayed: ipchub_os::transport::bring::Relayed::import(
+                h.relayed.iter().map(|r| (r.seq, r.record.as_slice())),
+            ),
             unsettled: 0,
             hub_cursor: h.hub_cursor,
         }));
@@ -1300,36 +1321,18 @@ impl EventLoop {
             },
         );
         self.sync_input(peer);
-        let bytes = mgmt.capacity() + bring::HEADER_BYTES;
-        let mut r = ChannelRing {
+        let mut r = ChannelRing::new(
             mgmt,
             memfd,
             hub_event,
             peer,
             shared,
-            slots: (0..MAX_SLOTS).map(|_| None).collect(),
-            slot_uid: vec![0; MAX_SLOTS],
-            owner: first_uid,
-            next_slot: h.next_slot.clamp(HUB_SLOT + 1, MAX_SLOTS - 1),
-            bytes,
-            watch: Watch::new(
-                Instant::now(),
-                check_interval(Duration::from_millis(
-                    self.hub.config().hub.block_timeout_ms,
-                )),
-            ),
-        };
+            first_uid,
+            h.next_slot.clamp(HUB_SLOT + 1, MAX_SLOTS - 1),
+            self.hub.config().hub.block_timeout_ms,
+        );
         for (slot, client, roles, uid, waker) in wakers {
-            if !r.has_uid(uid) {
-                let u = self.ring_use.uids.entry(uid).or_default();
-                u.0 += 1;
-                u.1 += r.bytes;
-            }
-            self.ring_use
-                .clients
-                .entry(client)
-                .or_insert_with(|| (0, waker.clone()))
-                .0 += 1;
+            self.ring_use.charge(client, uid, &r, &waker);
             r.slot_uid[slot] = uid;
             r.slots[slot] = Some((client, roles));
             if let Ok(mut s) = r.shared.lock() {
