@@ -366,6 +366,18 @@ impl Drop for HubProcess {
     }
 }
 
+/// A socket client of the bench's own hub that fails instead of
+/// reconnecting (a lost connection is a failed run, not a pause).
+pub fn socket_client(socket: &Path, name: &str) -> Result<Client, RunError> {
+    Client::connect(&Options {
+        socket: Some(socket.to_path_buf()),
+        transport: TransportKind::Socket,
+        name: name.into(),
+        reconnect: crate::client::Reconnect::off(),
+    })
+    .map_err(|e| RunError::failed(format!("connecting {name}: {e}")))
+}
+
 /// The ipchubd next to this executable: cargo puts all binaries of a
 /// package in one directory.
 pub fn default_hub_binary() -> io::Result<PathBuf> {

@@ -29,8 +29,7 @@ use super::cli::Args;
 use super::hub_runs::{self, HubProcess};
 use super::measure::RunError;
 use super::TempDir;
-use crate::client::{Client, Options, Reconnect};
-use crate::wire::TransportKind;
+use crate::client::Client;
 
 /// Round trips before the signal (the baseline median comes from them).
 const WARMUP: usize = 500;
@@ -61,16 +60,6 @@ pub struct RestartReport {
     pub quick: bool,
     pub hub_config: &'static str,
     pub points: Vec<Point>,
-}
-
-fn connect(socket: &Path, name: &str) -> Result<Client, RunError> {
-    Client::connect(&Options {
-        socket: Some(socket.to_path_buf()),
-        transport: TransportKind::Socket,
-        name: name.into(),
-        reconnect: Reconnect::off(),
-    })
-    .map_err(|e| RunError::failed(format!("connecting {name}: {e}")))
 }
 
 /// One publish and its delivery, timed.
@@ -124,13 +113,13 @@ fn measure_step(bin: &Path, p: &mut Point) -> Result<(), RunError> {
     let socket = hub.socket.clone();
     let mut idle = Vec::with_capacity(p.clients as usize);
     for i in 0..p.clients {
-        let mut c = connect(&socket, "restart-idle")?;
+        let mut c = hub_runs::socket_client(&socket, "restart-idle")?;
         c.subscribe(&format!("restart/idle/{i}"))
             .map_err(|e| RunError::failed(format!("idle client {i}: {e}")))?;
         idle.push(c);
     }
-    let mut publisher = connect(&socket, "restart-pub")?;
-    let mut subscriber = connect(&socket, "restart-sub")?;
+    let mut publisher = hub_runs::socket_client(&socket, "restart-pub")?;
+    let mut subscriber = hub_runs::socket_client(&socket, "restart-sub")?;
     subscriber
         .subscribe("restart/stream")
         .map_err(|e| RunError::failed(format!("subscribe: {e}")))?;

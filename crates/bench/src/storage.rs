@@ -29,8 +29,7 @@ use super::cli::Args;
 use super::hub_runs::{self, HubProcess};
 use super::measure::RunError;
 use super::TempDir;
-use crate::client::{Client, Event, Options, PublishOptions, Reconnect};
-use crate::wire::TransportKind;
+use crate::client::{Event, PublishOptions};
 
 /// Payload of every measured message.
 const SIZE: usize = 1024;
@@ -71,16 +70,6 @@ fn hub_config(state: &Path) -> String {
     )
 }
 
-fn connect(socket: &Path, name: &str) -> Result<Client, RunError> {
-    Client::connect(&Options {
-        socket: Some(socket.to_path_buf()),
-        transport: TransportKind::Socket,
-        name: name.into(),
-        reconnect: Reconnect::off(),
-    })
-    .map_err(|e| RunError::failed(format!("connecting {name}: {e}")))
-}
-
 fn client_error(e: crate::client::ClientError) -> RunError {
     RunError::failed(e.to_string())
 }
@@ -89,7 +78,7 @@ fn client_error(e: crate::client::ClientError) -> RunError {
 /// hub has taken all of them (one confirmed publish at the end): messages
 /// per second.
 fn stream(socket: &Path, channel: &str, time: Duration) -> Result<f64, RunError> {
-    let mut c = connect(socket, "bench-storage")?;
+    let mut c = hub_runs::socket_client(socket, "bench-storage")?;
     let msg = vec![0x5au8; SIZE];
     let t0 = Instant::now();
     let mut n = 0u64;
@@ -121,7 +110,7 @@ fn confirmed(
             let channel = channel.to_string();
             let _ = i;
             std::thread::spawn(move || -> Result<u64, RunError> {
-                let mut c = connect(&socket, "bench-storage-always")?;
+                let mut c = hub_runs::socket_client(&socket, "bench-storage-always")?;
                 let msg = vec![0xa5u8; SIZE];
                 let mut n = 0u64;
                 while t0.elapsed() < time {
@@ -144,13 +133,13 @@ fn confirmed(
 /// A publisher → hub → subscriber stream on a plain channel: messages per
 /// second the subscriber received.
 fn relayed(socket: &Path, time: Duration) -> Result<f64, RunError> {
-    let mut sub = connect(socket, "bench-storage-sub")?;
+    let mut sub = hub_runs::socket_client(socket, "bench-storage-sub")?;
     sub.subscribe("bench/plain").map_err(client_error)?;
     let stop_at = Instant::now() + time;
     let publisher = {
         let socket = socket.to_path_buf();
         std::thread::spawn(move || -> Result<u64, RunError> {
-            let mut c = connect(&socket, "bench-storage-pub")?;
+            let mut c = hub_runs::socket_client(&socket, "bench-storage-pub")?;
             let msg = vec![1u8; SIZE];
             let mut n = 0u64;
             while Instant::now() < stop_at {
